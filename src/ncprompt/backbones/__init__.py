@@ -1,0 +1,5 @@
+"""Frozen vision-language encoders read from open_clip."""
+
+from ncprompt.backbones.openclip import Backbone, BackboneError, list_backbones, load_backbone
+
+__all__ = ["Backbone", "BackboneError", "list_backbones", "load_backbone"]

@@ -1,0 +1,190 @@
+"""Contrastive pretraining of the pocket model on freshly generated image-caption pairs.
+
+Recipe (see ``docs/pocket-model.md``): CLIP loss with a multi-positive target (the ground-truth
+consistency matrix "caption j is true of image i", each row / column normalised), AdamW
+(lr 7e-4, betas (0.9, 0.98), eps 1e-6, weight decay 0.1 on matrices), linear warm-up then cosine
+decay defined by the step count, gradient clipping at 1.0, learnable logit scale (clamped at 100).
+The text tower runs only up to the longest end token of the batch (identical features thanks
+to the causal mask).  The step count is fixed (:data:`DEFAULT_STEPS`, sized to fit in under
+30 minutes on 2 CPU cores), so a rerun with the same seed gives the same weights; ``minutes`` is
+only a safety cap that ends a run early (and says so) on a slower machine.
+
+    python -m ncprompt.pocket.pretrain --output src/ncprompt/pocket/weights/pocket.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.transformer import text_global_pool
+
+from ncprompt.pocket.model import POCKET_NAME, POCKET_PREPROCESS, POCKET_WEIGHTS, register_pocket, save_state_dict_fp16
+from ncprompt.pocket.world import PretrainWorld
+
+DEFAULT_STEPS = 2000
+DEFAULT_BATCH = 256
+
+_MEAN = torch.tensor(POCKET_PREPROCESS["mean"]).view(1, 3, 1, 1)
+_STD = torch.tensor(POCKET_PREPROCESS["std"]).view(1, 3, 1, 1)
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """``(B,3,32,32)`` in [0,1] -> the model's input (open_clip's Normalize with the pocket mean/std)."""
+    return (images - _MEAN) / _STD
+
+
+def encode_text_trimmed(model, tokens: torch.Tensor) -> torch.Tensor:
+    """``model.encode_text(tokens)`` computed only up to the last end token of the batch.
+
+    With the causal mask, positions after the end token never influence it, so the pooled
+    features equal the full-length ones.
+    """
+    length = int(tokens.argmax(dim=-1).max()) + 1
+    t = tokens[:, :length]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(t).to(cast_dtype)
+    x = x + model.positional_embedding[:length].to(cast_dtype)
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+    x = model.ln_final(x)
+    x = text_global_pool(x, t, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+    return x @ model.text_projection
+
+
+def multi_positive_clip_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """CLIP loss whose targets are the consistency matrix (rows: images, columns: captions)."""
+    img = F.normalize(img, dim=-1)
+    txt = F.normalize(txt, dim=-1)
+    logits = scale * img @ txt.t()
+    t = target.float()
+    li = -(t / t.sum(1, keepdim=True) * F.log_softmax(logits, dim=1)).sum(1).mean()
+    lt = -(t / t.sum(0, keepdim=True) * F.log_softmax(logits, dim=0)).sum(0).mean()
+    return (li + lt) / 2
+
+
+def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    p = (step - warmup) / max(1, steps - warmup)
+    return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim < 2 or "ln" in n or "bias" in n or "logit_scale" in n:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def pretrain(
+    output: Path | str = POCKET_WEIGHTS,
+    minutes: float = 28,
+    seed: int = 0,
+    steps: int = DEFAULT_STEPS,
+    batch_size: int = DEFAULT_BATCH,
+    lr: float = 7e-4,
+    warmup: int = 100,
+    weight_decay: float = 0.1,
+    threads: int = 2,
+    log_every: int = 20,
+    save_every: int = 250,
+    bf16: bool = False,
+) -> dict:
+    """Pretrain the pocket model for ``steps`` steps and save fp16 safetensors to ``output``.
+
+    Deterministic under ``seed`` for a given step count (and thread count).  ``minutes`` only
+    caps the wall time: a run that hits it stops early, saves what it has and reports
+    ``stopped_early``.  Returns a summary dict (steps done, wall seconds, pairs/s, last loss).
+    """
+    output = Path(output)
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    register_pocket()
+    model = open_clip.create_model(POCKET_NAME)
+    model.train()
+    tokenizer = open_clip.get_tokenizer(POCKET_NAME)
+    world = PretrainWorld(seed=seed)
+    opt = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"pocket pretrain: {n_params / 1e6:.2f}M parameters, {steps} steps x batch {batch_size}, seed {seed}, "
+          f"threads {threads}, cap {minutes} min -> {output}", flush=True)
+    t0 = time.time()
+    t_log, loss_avg, stopped_early, step = t0, None, False, 0
+    gen_time = 0.0
+    for step in range(steps):
+        tg = time.time()
+        batch = world.batch(batch_size)
+        tokens = tokenizer(batch.captions)
+        target = batch.consistency()
+        images = normalize(batch.images)
+        gen_time += time.time() - tg
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, steps, lr, warmup)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            img = model.encode_image(images)
+            txt = encode_text_trimmed(model, tokens)
+        loss = multi_positive_clip_loss(img.float(), txt.float(), model.logit_scale.exp(), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        lv = float(loss)
+        loss_avg = lv if loss_avg is None else 0.95 * loss_avg + 0.05 * lv
+        done = step + 1
+        if done % log_every == 0 or done == steps:
+            now = time.time()
+            sps = log_every / max(1e-9, now - t_log) if done % log_every == 0 else float("nan")
+            t_log = now
+            print(f"step {done}/{steps}  loss {lv:.4f} (avg {loss_avg:.4f})  scale {model.logit_scale.exp().item():.1f}  "
+                  f"lr {opt.param_groups[0]['lr']:.2e}  {sps:.2f} steps/s = {sps * batch_size:.0f} pairs/s  "
+                  f"data {100 * gen_time / (now - t0):.1f}%  elapsed {(now - t0) / 60:.1f} min", flush=True)
+        if save_every and done % save_every == 0 and done != steps:
+            save_state_dict_fp16(model, output)
+        if (time.time() - t0) / 60 > minutes and done < steps:
+            print(f"WARNING: time cap of {minutes} min reached after {done}/{steps} steps; stopping early", flush=True)
+            stopped_early = True
+            break
+    wall = time.time() - t0
+    save_state_dict_fp16(model, output)
+    done = step + 1
+    summary = {
+        "steps": done, "planned_steps": steps, "batch_size": batch_size, "seed": seed, "wall_s": round(wall, 1),
+        "pairs_per_s": round(done * batch_size / wall, 1), "final_loss_avg": round(loss_avg or float("nan"), 4),
+        "logit_scale": round(model.logit_scale.exp().item(), 2), "stopped_early": stopped_early,
+        "parameters": n_params, "output": str(output),
+    }
+    print("done:", summary, flush=True)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="Pretrain the pocket CLIP model on generated image-caption pairs.")
+    ap.add_argument("--output", type=Path, default=POCKET_WEIGHTS)
+    ap.add_argument("--minutes", type=float, default=28.0, help="wall-time safety cap (the schedule is set by --steps)")
+    ap.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    ap.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lr", type=float, default=7e-4)
+    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--log-every", type=int, default=20)
+    ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast (faster on CPUs with AMX)")
+    a = ap.parse_args(argv)
+    pretrain(a.output, minutes=a.minutes, seed=a.seed, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
+             warmup=a.warmup, threads=a.threads, log_every=a.log_every, bf16=a.bf16)
+
+
+if __name__ == "__main__":
+    main()

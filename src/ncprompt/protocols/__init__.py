@@ -1,0 +1,1 @@
+"""Experiment protocols: single runs, base-to-new, few-shot sweeps and reports."""
