@@ -24,6 +24,7 @@ For text features of shape (B, K, d) (CoCoOp, one set per image), LC and MI are 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -53,10 +54,10 @@ class NPTConfig:
     enabled: bool = False
     lambda_lc: float = 0.1
     lambda_mi: float = 0.1
-    lc_form: str = "pairwise"
-    mi_form: str = "self_duality"
+    lc_form: Literal["pairwise", "anchored"] = "pairwise"
+    mi_form: Literal["self_duality", "cross_similarity"] = "self_duality"
     centered: bool = True
-    anchor_align: str = "procrustes"
+    anchor_align: Literal["procrustes", "identity"] = "procrustes"
     image_anchor: bool = False
     ema_momentum: float = 0.9
     etf_seed: int = 0
@@ -132,9 +133,10 @@ class NPTRegularizer(nn.Module):
 
     def _current_image_means(self, image_features: Tensor, labels: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """Image class means for this step (K, d) and the mask of classes that have a value; updates the EMA."""
-        stored = self.image_means.to(dtype)
+        stored = self.image_means.to(dtype, copy=True)  # copies: the buffers are updated in place below
+        prev_seen = self.image_seen.clone()
         if bool(self.image_fixed):
-            return stored, self.image_seen
+            return stored, prev_seen
         k = self.num_classes
         f = image_features.to(dtype)
         if self.cfg.normalize:
@@ -144,9 +146,9 @@ class NPTRegularizer(nn.Module):
         present = counts > 0
         batch_means = sums / counts.clamp_min(1).to(dtype).unsqueeze(1)
         m = self.cfg.ema_momentum
-        blended = torch.where(self.image_seen.unsqueeze(1), m * stored + (1.0 - m) * batch_means, batch_means)
+        blended = torch.where(prev_seen.unsqueeze(1), m * stored + (1.0 - m) * batch_means, batch_means)
         current = torch.where(present.unsqueeze(1), blended, stored)
-        seen = self.image_seen | present
+        seen = prev_seen | present
         if self.training:
             with torch.no_grad():
                 self.image_means.copy_(current.detach())

@@ -111,9 +111,9 @@ class NCAccumulator:
     :meth:`class_means` raise ValueError naming the empty classes (statistics over a silently smaller K would not be
     comparable between runs).
 
-    NC4 needs the class means first, so it is a second pass: :meth:`update_nc4` counts samples whose nearest class mean
-    (Euclidean, over this accumulator's means or ``reference_means``, e.g. the train means on test features) differs from
-    the given prediction.
+    NC4 needs the class means first, so it is a second pass: :meth:`update_nc4` counts samples whose nearest class
+    mean (Euclidean, over this accumulator's means or ``reference_means``, e.g. the train means on test features)
+    differs from the given prediction.
     """
 
     def __init__(self, num_classes: int, dim: int, normalize: bool = True) -> None:

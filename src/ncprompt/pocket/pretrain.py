@@ -99,6 +99,7 @@ def pretrain(
     log_every: int = 20,
     save_every: int = 250,
     bf16: bool = False,
+    device: str = "cpu",
 ) -> dict:
     """Pretrain the pocket model for ``steps`` steps and save fp16 safetensors to ``output``.
 
@@ -110,7 +111,7 @@ def pretrain(
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     register_pocket()
-    model = open_clip.create_model(POCKET_NAME)
+    model = open_clip.create_model(POCKET_NAME).to(device)
     model.train()
     tokenizer = open_clip.get_tokenizer(POCKET_NAME)
     world = PretrainWorld(seed=seed)
@@ -125,12 +126,13 @@ def pretrain(
         tg = time.time()
         batch = world.batch(batch_size)
         tokens = tokenizer(batch.captions)
-        target = batch.consistency()
-        images = normalize(batch.images)
+        target = batch.consistency().to(device)
+        images = normalize(batch.images).to(device)
+        tokens = tokens.to(device)
         gen_time += time.time() - tg
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr, warmup)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
             img = model.encode_image(images)
             txt = encode_text_trimmed(model, tokens)
         loss = multi_positive_clip_loss(img.float(), txt.float(), model.logit_scale.exp(), target)
@@ -140,7 +142,7 @@ def pretrain(
         opt.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
-        lv = float(loss)
+        lv = float(loss.detach())
         loss_avg = lv if loss_avg is None else 0.95 * loss_avg + 0.05 * lv
         done = step + 1
         if done % log_every == 0 or done == steps:
@@ -157,7 +159,7 @@ def pretrain(
             stopped_early = True
             break
     wall = time.time() - t0
-    save_state_dict_fp16(model, output)
+    save_state_dict_fp16(model.cpu(), output)
     done = step + 1
     summary = {
         "steps": done, "planned_steps": steps, "batch_size": batch_size, "seed": seed, "wall_s": round(wall, 1),
@@ -180,10 +182,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--log-every", type=int, default=20)
-    ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast (faster on CPUs with AMX)")
+    ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    ap.add_argument("--device", default="cpu", help="torch device (the committed weights were trained on cpu)")
     a = ap.parse_args(argv)
     pretrain(a.output, minutes=a.minutes, seed=a.seed, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
-             warmup=a.warmup, threads=a.threads, log_every=a.log_every, bf16=a.bf16)
+             warmup=a.warmup, threads=a.threads, log_every=a.log_every, bf16=a.bf16, device=a.device)
 
 
 if __name__ == "__main__":

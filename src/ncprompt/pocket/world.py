@@ -17,6 +17,7 @@ in pretraining, neither in images nor in captions.
 from __future__ import annotations
 
 import gzip
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -26,7 +27,8 @@ import torch
 import torch.nn.functional as F
 
 IMAGE_SIZE = 32
-FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FMNIST_DIR = Path(os.environ.get("POCKET_FMNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+"""Where the Fashion-MNIST idx files are (Debian's dataset-fashion-mnist; override with $POCKET_FMNIST_DIR)."""
 
 # --------------------------------------------------------------------------------------------
 # vocabulary
@@ -116,7 +118,7 @@ HELD_MATRIX = _HELD
 
 _RGB = torch.tensor([PALETTE[c] for c in COLOUR_NAMES], dtype=torch.float32) / 255.0
 _DIST = torch.cdist(_RGB, _RGB)
-MIN_CONTRAST = 0.42
+MIN_CONTRAST = 0.5
 ALLOWED_BG = _DIST >= MIN_CONTRAST
 """``ALLOWED_BG[obj_colour, bg_colour]``: enough contrast between object and background."""
 

@@ -109,7 +109,12 @@ class Experiment:
             self.train_ds = dataset
             self.eval_sets_ds = {"all": dataset}
         k = self.train_ds.num_classes
-        self.train_images, self.counts = sample_train(self.train_ds.train, k, cfg.shots, cfg.imbalance, cfg.seed)
+        #: zero-shot with shots=0 never touches the training images
+        self.uses_train = not (cfg.method == "zeroshot" and not cfg.shots)
+        if self.uses_train:
+            self.train_images, self.counts = sample_train(self.train_ds.train, k, cfg.shots, cfg.imbalance, cfg.seed)
+        else:
+            self.train_images, self.counts = self.train_ds.train, np.bincount(self.train_ds.train.labels, minlength=k)
         self.groups = class_groups(self.counts) if cfg.imbalance is not None and cfg.imbalance < 1 else None
         self._features: dict[str, Any] = {}
 
@@ -194,27 +199,33 @@ class Experiment:
             write_json(run_dir / "results.json", results)
         return results
 
+    def _train_report(self, method: PromptMethod, feats: torch.Tensor, labels: torch.Tensor,
+                      initial_text: torch.Tensor) -> dict[str, Any]:
+        preds, text = predict(method, feats)
+        out: dict[str, Any] = {"top1": 100.0 * float((preds == labels.numpy()).mean())}
+        if self.cfg.diagnostics:
+            out["nc"] = nc_diagnostics(feats, labels, text, preds)
+            out["nc_initial_text"] = nc_diagnostics(feats, labels, initial_text)
+        return out
+
     def results(self, method: PromptMethod, log: list[dict[str, Any]], initial_text: torch.Tensor,
                 seconds: float) -> dict[str, Any]:
         cfg = self.cfg
         labels = torch.as_tensor(self.train_images.labels)
-        train_feats = self.train_centre_features()
+        train_feats = self.train_centre_features() if self.uses_train else None
         train_means = None
-        if cfg.diagnostics:
+        if cfg.diagnostics and train_feats is not None:
             acc = NCAccumulator(self.train_ds.num_classes, train_feats.shape[1])
             acc.update(train_feats, labels)
             train_means = acc.class_means()
         res: dict[str, Any] = {
             "method": cfg.method, "npt": cfg.npt.enabled, "dataset": self.dataset.name, "model": cfg.model,
             "pretrained": self.backbone.weights_id, "protocol": cfg.protocol, "seed": cfg.seed, "shots": cfg.shots,
-            "imbalance": cfg.imbalance, "train_counts": self.counts.tolist(), "epochs_run": len(log),
+            "imbalance": cfg.imbalance, "train_counts": self.counts.tolist() if self.uses_train else None, "epochs_run": len(log),
             "seconds": round(seconds, 2),
         }
-        preds_train, text = predict(method, train_feats)
-        res["train"] = {"top1": 100.0 * float((preds_train == labels.numpy()).mean())}
-        if cfg.diagnostics:
-            res["train"]["nc"] = nc_diagnostics(train_feats, labels, text, preds_train)
-            res["train"]["nc_initial_text"] = nc_diagnostics(train_feats, labels, initial_text)
+        if train_feats is not None:
+            res["train"] = self._train_report(method, train_feats, labels, initial_text)
         for name, ev in self.eval_sets().items():
             groups = self.groups if name in ("all", "base") else None
             res[name] = evaluate(method, ev, groups, cfg.diagnostics,

@@ -1,0 +1,62 @@
+"""Shared fixtures: a tiny open_clip architecture (random weights) and small real datasets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+
+from ncprompt.backbones import load_backbone
+from ncprompt.data.sources import FASHION_MNIST_CLASSES, load_fashion_mnist_arrays
+
+ASSETS = Path(__file__).parent / "assets"
+TINY = "tiny-clip"
+
+open_clip.add_model_config(ASSETS / "tiny-clip.json")
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone():
+    torch.manual_seed(0)
+    return load_backbone(TINY, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def fmnist_arrays():
+    return load_fashion_mnist_arrays()
+
+
+@pytest.fixture(scope="session")
+def fmnist_small(fmnist_arrays):
+    """A small Fashion-MNIST DatasetSplits: 60 train and 20 test images per class."""
+    from ncprompt.data.base import ArrayImages, DatasetSplits
+
+    a = fmnist_arrays
+    rng = np.random.default_rng(0)
+    tr = np.concatenate([rng.choice(np.flatnonzero(a["train_y"] == k), 60, replace=False) for k in range(10)])
+    te = np.concatenate([rng.choice(np.flatnonzero(a["test_y"] == k), 20, replace=False) for k in range(10)])
+    return DatasetSplits(
+        name="fmnist_small",
+        classnames=list(FASHION_MNIST_CLASSES),
+        train=ArrayImages(a["train_x"][tr], a["train_y"][tr]),
+        test=ArrayImages(a["test_x"][te], a["test_y"][te]),
+    )
+
+
+@pytest.fixture()
+def image_folder(tmp_path, fmnist_arrays):
+    """ROOT/<class>/*.png with 6 real Fashion-MNIST images for each of 3 classes."""
+    from PIL import Image
+
+    root = tmp_path / "imgs"
+    for k, name in enumerate(["bag", "sneaker", "trouser"]):
+        cls = [8, 7, 1][k]
+        d = root / name
+        d.mkdir(parents=True)
+        for j, i in enumerate(np.flatnonzero(fmnist_arrays["test_y"] == cls)[:6]):
+            Image.fromarray(fmnist_arrays["test_x"][i]).save(d / f"{j}.png")
+    return root
