@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from ncprompt.backbones import load_backbone
-
 from ncprompt.config import RunConfig
 from ncprompt.data.cache import CachedFeatures, FeatureCache, LiveFeatures
 from ncprompt.data.sampling import sample_train

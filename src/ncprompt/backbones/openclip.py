@@ -190,7 +190,7 @@ def _load_file_weights(model: nn.Module, name: str, path: Path) -> None:
             )
         raise BackboneError(
             f"checkpoint {path} does not match architecture {name!r}: " + "; ".join(details)
-            + f". Pass the --model this checkpoint was trained with (see `ncprompt models`)."
+            + ". Pass the --model this checkpoint was trained with (see `ncprompt models`)."
         )
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
 
@@ -254,9 +254,8 @@ def load_backbone(
     else:
         weights_id = "random-init"
 
-    from open_clip.transform import PreprocessCfg, image_transform_v2
-
     from open_clip.model import get_model_preprocess_cfg
+    from open_clip.transform import PreprocessCfg, image_transform_v2
 
     pp = PreprocessCfg(**get_model_preprocess_cfg(model))
     eval_tf = image_transform_v2(pp, is_train=False)

@@ -53,7 +53,8 @@ class TrainConfig:
             (self.lr > 0, f"lr must be > 0, got {self.lr}"),
             (self.optimizer in ("sgd", "adamw"), f"optimizer must be sgd or adamw, got {self.optimizer!r}"),
             (0 <= self.warmup_epochs < max(self.epochs, 1) or self.warmup_epochs == 0,
-             f"warmup_epochs ({self.warmup_epochs}) must be smaller than epochs ({self.epochs})"),
+             f"warmup_epochs ({self.warmup_epochs}) must be smaller than epochs ({self.epochs}): "
+             "train longer or set train.warmup_epochs to 0"),
             (self.views >= 1, f"views must be >= 1, got {self.views}"),
             (self.checkpoint_every >= 1, "checkpoint_every must be >= 1"),
         ]
@@ -188,7 +189,8 @@ def train(
 
 
 def _rewrite_log(path: Path, records: list[dict[str, Any]]) -> None:
-    from ncprompt.utils import atomic_write
     import json
+
+    from ncprompt.utils import atomic_write
 
     atomic_write(path, lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in records)))

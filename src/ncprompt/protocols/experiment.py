@@ -196,6 +196,11 @@ class Experiment:
                 atomic_write(run_dir / "prompt.safetensors", lambda p: save_file(state, str(p)))
             text = {"initial": initial_text.contiguous(), "final": method.text_features().detach().cpu().contiguous()}
             atomic_write(run_dir / "text_features.safetensors", lambda p: save_file(text, str(p)))
+            if self.uses_train and cfg.diagnostics:
+                acc = NCAccumulator(self.train_ds.num_classes, self.backbone.embed_dim)
+                acc.update(self.train_centre_features(), torch.as_tensor(self.train_images.labels))
+                means = {"train_means": acc.class_means().float().contiguous()}
+                atomic_write(run_dir / "image_means.safetensors", lambda p: save_file(means, str(p)))
             write_json(run_dir / "results.json", results)
         return results
 
