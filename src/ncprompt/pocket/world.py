@@ -485,8 +485,12 @@ def sample_captions(scene: Scene, g: torch.Generator) -> tuple[list[str], Captio
     bgkind = torch.randint(0, 3, (n,), generator=g)  # 0 colour, 1 texture, 2 both
     m_bgcol = m_bg & (bgkind != 1)
     m_tex = m_bg & (bgkind != 0)
+    # some captions describe the background alone
+    bg_only = r[:, 5] < 0.08
+    m_obj, m_col = m_obj & ~bg_only, m_col & ~bg_only
+    m_bgcol, m_tex = m_bgcol | (bg_only & (bgkind != 1)), m_tex | (bg_only & (bgkind != 0))
     # nothing said about the object: say its colour, or the background
-    bare = ~m_obj & ~m_col & ~m_bg
+    bare = ~m_obj & ~m_col & ~m_bgcol & ~m_tex
     m_col = m_col | (bare & (r[:, 3] < 0.6))
     m_bgcol = m_bgcol | (bare & (r[:, 3] >= 0.6))
     m_gray = (scene.gray == 1) & (r[:, 4] < 0.3) & m_obj

@@ -194,7 +194,7 @@ class Experiment:
             state = {k: v.contiguous() for k, v in method.prompt_state().items()}
             if state:
                 atomic_write(run_dir / "prompt.safetensors", lambda p: save_file(state, str(p)))
-            text = {"initial": initial_text.contiguous(), "final": method.text_features().detach().cpu().contiguous()}
+            text = {"initial": initial_text.clone(), "final": method.text_features().detach().cpu().clone()}
             atomic_write(run_dir / "text_features.safetensors", lambda p: save_file(text, str(p)))
             if self.uses_train and cfg.diagnostics:
                 acc = NCAccumulator(self.train_ds.num_classes, self.backbone.embed_dim)
