@@ -106,8 +106,7 @@ class PromptLearner(nn.Module):
         return torch.cat(rows, dim=0)
 
     def forward(self) -> torch.Tensor:
-        with torch.autocast(device_type=self.tokens.device.type, enabled=False):
-            return self.encoder(self.sequences(), self.pool_idx).float()
+        return self.encoder(self.sequences(), self.pool_idx).float()
 
 
 @METHODS.register("coop", help="CoOp: learned context vectors shared by all classes (or class-specific)")
@@ -121,7 +120,8 @@ class CoOp(PromptMethod):
         self.prompt_learner = PromptLearner(backbone, self.classnames, self.cfg, ctx=ctx)
 
     def text_features(self) -> torch.Tensor:
-        return self.prompt_learner()
+        with self.backbone.autocast():
+            return self.prompt_learner()
 
     def for_classnames(self, classnames: list[str]) -> CoOp:
         if self.cfg.class_specific:
