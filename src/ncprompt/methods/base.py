@@ -58,6 +58,8 @@ class PromptMethod(nn.Module):
     #: True when image features do not depend on learned parameters (features can be cached).
     frozen_image_encoder: ClassVar[bool] = True
     trainable: ClassVar[bool] = True
+    #: True when text features depend on the image (CoCoOp): prediction calls ``forward`` per batch.
+    image_conditional: ClassVar[bool] = False
     #: True when the method reads the dataset's hand-written templates (``dataset_templates=`` kwarg).
     uses_templates: ClassVar[bool] = False
 

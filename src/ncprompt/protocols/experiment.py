@@ -60,7 +60,11 @@ def predict(method: PromptMethod, features: torch.Tensor, batch: int = 1024) -> 
     method.eval()
     t = method.text_features()
     device = t.device
-    preds = [method.logits(features[i : i + batch].to(device), t).argmax(-1).cpu() for i in range(0, len(features), batch)]
+    preds = []
+    for i in range(0, len(features), batch):
+        f = features[i : i + batch].to(device)
+        logits = method(f).logits if method.image_conditional else method.logits(f, t)
+        preds.append(logits.argmax(-1).cpu())
     return torch.cat(preds).numpy(), t
 
 

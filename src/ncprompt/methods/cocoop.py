@@ -1,0 +1,98 @@
+"""CoCoOp (Zhou et al., 2022): CoOp's context shifted per image by a meta-net.
+
+    pi_i = W_2 ReLU(W_1 f_i/||f_i|| + b_1) + b_2       (Linear(d_img, d_img/16)-ReLU-Linear(., d_txt))
+    prompt_{i,k} = [SOS] (v_1 + pi_i) .. (v_M + pi_i) name_k . [EOS]
+
+so text features are per image, (B, K, E), and logits_{ik} = s cos(f_i, t_{ik}). The image
+encoder stays frozen, so cached features feed the meta-net. The NPT regularisers average LC over
+the B per-image class sets; the diagnostics use the unshifted context (pi = 0) as the classifier.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ncprompt.methods.base import METHODS, MethodConfigError, MethodOutput, PromptMethod
+from ncprompt.methods.coop import CoOpConfig, PromptLearner
+
+
+@dataclass
+class CoCoOpConfig(CoOpConfig):
+    """CoOp's options (defaults: 4 tokens from "a photo of a") plus the meta-net reduction and
+    the number of images encoded together at evaluation (``eval_chunk``)."""
+
+    n_ctx: int = 4
+    ctx_init: str = "a photo of a"
+    meta_reduction: int = 16
+    eval_chunk: int = 16
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.class_specific:
+            raise MethodConfigError("CoCoOp has no class-specific context (set class_specific: false)")
+        if self.meta_reduction < 1 or self.eval_chunk < 1:
+            raise MethodConfigError("meta_reduction and eval_chunk must be >= 1")
+
+
+@METHODS.register("cocoop", help="CoCoOp: CoOp context shifted per image by a meta-net")
+class CoCoOp(PromptMethod):
+    name = "cocoop"
+    config_class = CoCoOpConfig
+    image_conditional = True
+
+    def __init__(self, backbone, classnames, cfg=None, ctx: nn.Parameter | None = None,
+                 meta_net: nn.Module | None = None) -> None:
+        super().__init__(backbone, classnames, cfg)
+        self.prompt_learner = PromptLearner(backbone, self.classnames, self.cfg, ctx=ctx)
+        d_img, d_txt = backbone.embed_dim, backbone.text_width
+        hidden = max(1, d_img // self.cfg.meta_reduction)
+        if meta_net is None:
+            g = torch.Generator().manual_seed(self.cfg.init_seed + 1)
+            meta_net = nn.Sequential(nn.Linear(d_img, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, d_txt))
+            with torch.no_grad():
+                for m in meta_net:
+                    if isinstance(m, nn.Linear):
+                        bound = 1.0 / m.in_features**0.5
+                        m.weight.copy_(torch.empty_like(m.weight).uniform_(-bound, bound, generator=g))
+                        m.bias.copy_(torch.empty_like(m.bias).uniform_(-bound, bound, generator=g))
+            meta_net = meta_net.to(backbone.device)
+        self.meta_net = meta_net
+
+    def text_features(self) -> torch.Tensor:
+        """The unshifted classifier (pi = 0), used for diagnostics."""
+        with self.backbone.autocast():
+            return self.prompt_learner()
+
+    def conditional_text_features(self, image_features: torch.Tensor) -> torch.Tensor:
+        """(B, K, E) text features for each image's shifted context."""
+        pl = self.prompt_learner
+        bias = self.meta_net(F.normalize(image_features.float(), dim=-1))  # (B, d_txt)
+        b, k = bias.shape[0], pl.token_prefix.shape[0]
+        ctx = pl.ctx.unsqueeze(0) + bias.unsqueeze(1)  # (B, M, d_txt)
+        seq = torch.cat([
+            pl.token_prefix.unsqueeze(0).expand(b, -1, -1, -1),
+            ctx.unsqueeze(1).expand(-1, k, -1, -1).to(pl.token_prefix.dtype),
+            pl.token_suffix.unsqueeze(0).expand(b, -1, -1, -1),
+        ], dim=2).flatten(0, 1)
+        with self.backbone.autocast():
+            t = pl.encoder(seq, pl.pool_idx.repeat(b)).float()
+        return t.view(b, k, -1)
+
+    def forward(self, image_features: torch.Tensor) -> MethodOutput:
+        if self.training:
+            t = self.conditional_text_features(image_features)
+            return MethodOutput(self.logits(image_features, t), t)
+        logits, texts = [], []
+        for i in range(0, len(image_features), self.cfg.eval_chunk):
+            f = image_features[i : i + self.cfg.eval_chunk]
+            t = self.conditional_text_features(f)
+            logits.append(self.logits(f, t))
+            texts.append(t)
+        return MethodOutput(torch.cat(logits), torch.cat(texts))
+
+    def for_classnames(self, classnames: list[str]) -> CoCoOp:
+        return CoCoOp(self.backbone, classnames, self.cfg, ctx=self.prompt_learner.ctx, meta_net=self.meta_net)
