@@ -84,13 +84,12 @@ def config_from_args(a: argparse.Namespace, method: str | None = None) -> RunCon
     merged = merge(d, over)
     if merged.get("method") == "zeroshot":
         merged.setdefault("shots", 0)  # zero-shot needs no training images
-    name = merged.get("method", "coop")
-    from ncprompt.methods import METHODS
+    from ncprompt.methods.base import options_for
 
-    cls = METHODS.get(name)
-    known = {f for f in cls.config_class.__dataclass_fields__}
-    merged["method_options"] = {k: v for k, v in merged.get("method_options", {}).items()
-                                if k in known or k not in mo}
+    # CLI flags shared by several methods apply where the method knows them; YAML options stay strict
+    opts = merged.get("method_options", {})
+    known = options_for(merged.get("method", "coop"), opts)
+    merged["method_options"] = {k: v for k, v in opts.items() if k in known or k not in mo}
     return RunConfig.from_dict(merged)
 
 

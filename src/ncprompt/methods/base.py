@@ -125,6 +125,12 @@ class PromptMethod(nn.Module):
 METHODS: Registry[type[PromptMethod]] = Registry("method")
 
 
+def options_for(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The subset of ``options`` that method ``name``'s config knows (shared option sets)."""
+    known = {f.name for f in fields(METHODS.get(name).config_class)}
+    return {k: v for k, v in options.items() if k in known}
+
+
 def build_method(
     name: str, backbone: Backbone, classnames: list[str], options: dict[str, Any] | MethodConfig | None = None,
     dataset_templates: list[str] | None = None,

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ncprompt.config import RunConfig, merge
+from ncprompt.methods.base import options_for
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ def grid_jobs(base: dict[str, Any], datasets: list[str], methods: list[MethodSpe
             for seed in seeds:
                 cfg = merge(base, {"dataset": ds, "method": m.method, "method_options": dict(m.options),
                                    "train": {"seed": seed}, "npt": {"enabled": m.npt}})
+                cfg["method_options"] = options_for(m.method, cfg.get("method_options", {}))
                 if m.method == "zeroshot":
                     cfg["shots"] = cfg.get("shots") if cfg.get("imbalance") else 0
                 cfg["output"] = None

@@ -1,0 +1,46 @@
+"""Protocol grids: tables with mean ± std over seeds, resume by skipping finished runs, processes."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from ncprompt.protocols.grid import MethodSpec, run_grid, summarise
+
+
+@pytest.fixture()
+def grid_base(image_folder, tmp_path):
+    return {"model": "tiny-clip", "dataset": "folder", "root": str(image_folder), "protocol": "base2new",
+            "shots": 2, "cache_dir": str(tmp_path / "cache"), "dataset_options": {"test_fraction": 0.5},
+            "method_options": {"n_ctx": 2}, "train": {"epochs": 2, "views": 1, "batch_size": 2}}
+
+
+def test_grid_tables_resume_and_workers(grid_base, tmp_path):
+    methods = [MethodSpec.parse(m) for m in ("zeroshot", "coop", "coop+npt")]
+    out = tmp_path / "grid"
+    rows = run_grid(grid_base, ["folder"], methods, [1, 2], out, log=lambda s: None)
+    assert len(rows) == 6
+    summary = {(s["dataset"], s["method"]): s for s in summarise(rows)}
+    coop = [r for r in rows if r["method"] == "coop"]
+    assert summary[("folder", "coop")]["base"] == pytest.approx(sum(r["base"] for r in coop) / 2)
+    assert ("average", "coop+npt") in summary
+    assert "±" in (out / "summary.md").read_text() or all(r["base"] == coop[0]["base"] for r in coop)
+    assert (out / "summary.png").stat().st_size > 1000
+    with open(out / "runs.csv") as f:
+        assert len(list(csv.DictReader(f))) == 6
+    # finished runs are skipped: their results files are not rewritten
+    stamp = {p: p.stat().st_mtime_ns for p in out.rglob("results.json")}
+    run_grid(grid_base, ["folder"], methods, [1, 2], out, log=lambda s: None)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("results.json")} == stamp
+    # two worker processes give the same numbers as one
+    rows2 = run_grid(grid_base, ["folder"], methods, [1, 2], tmp_path / "grid2", workers=2, log=lambda s: None)
+    key = lambda r: (r["method"], r["seed"])  # noqa: E731
+    assert [(key(r), r["base"], r["new"]) for r in sorted(rows, key=key)] == \
+        [(key(r), r["base"], r["new"]) for r in sorted(rows2, key=key)]
+
+
+def test_method_spec_parsing():
+    assert MethodSpec.parse("coop+npt").npt and MethodSpec.parse("coop+npt").method == "coop"
+    with pytest.raises(ValueError, match="npt"):
+        MethodSpec.parse("coop+xyz")
