@@ -44,3 +44,22 @@ def test_method_spec_parsing():
     assert MethodSpec.parse("coop+npt").npt and MethodSpec.parse("coop+npt").method == "coop"
     with pytest.raises(ValueError, match="npt"):
         MethodSpec.parse("coop+xyz")
+
+
+def test_few_shot_sweep_and_targets(grid_base, image_folder, tmp_path):
+    base = {**grid_base, "protocol": "all", "targets": [f"folder={image_folder}"], "max_test_per_class": 2}
+    rows = run_grid(base, ["folder"], [MethodSpec.parse("coop")], [1], tmp_path / "g", shots=[1, 2],
+                    log=lambda s: None)
+    assert sorted(r["shots"] for r in rows) == [1, 2]
+    assert all(f"target:folder={image_folder}" in r for r in rows)
+    names = [s["dataset"] for s in summarise(rows)]
+    assert "folder (1 shots)" in names and "folder (2 shots)" in names
+
+
+def test_example_config_is_valid():
+    from pathlib import Path
+
+    from ncprompt.config import RunConfig, load_yaml
+
+    cfg = RunConfig.from_dict(load_yaml(Path(__file__).parents[1] / "configs" / "coop_npt.yaml"))
+    assert cfg.npt.enabled and cfg.imbalance == 0.25 and cfg.method_options["ctx_init"] == "a photo of a"

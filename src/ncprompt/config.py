@@ -22,7 +22,9 @@ PROTOCOLS = ("all", "base2new")
 @dataclass
 class RunConfig:
     """Everything one run needs. ``protocol``: "all" (train and test on all classes) or
-    "base2new" (train on the first ceil(K/2) classes, test on base and on new classes)."""
+    "base2new" (train on the first ceil(K/2) classes, test on base and on new classes).
+    ``targets``: further datasets evaluated (all their classes) with the learned prompts after
+    training: cross-dataset transfer and domain generalisation."""
 
     model: str = "pocket"
     pretrained: str | None = None
@@ -37,6 +39,7 @@ class RunConfig:
     shots: int | None = 16
     imbalance: float | None = None
     max_test_per_class: int | None = None
+    targets: list[str] = field(default_factory=list)  # "name" or "name=ROOT"
     cache_dir: str | None = None
     use_cache: bool = True
     diagnostics: bool = True

@@ -27,8 +27,8 @@ from open_clip.transformer import text_global_pool
 from ncprompt.pocket.model import POCKET_NAME, POCKET_PREPROCESS, POCKET_WEIGHTS, register_pocket, save_state_dict_fp16
 from ncprompt.pocket.world import PretrainWorld
 
-DEFAULT_STEPS = 2000
-DEFAULT_BATCH = 256
+DEFAULT_STEPS = 5600
+DEFAULT_BATCH = 128
 
 _MEAN = torch.tensor(POCKET_PREPROCESS["mean"]).view(1, 3, 1, 1)
 _STD = torch.tensor(POCKET_PREPROCESS["std"]).view(1, 3, 1, 1)

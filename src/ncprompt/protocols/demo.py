@@ -53,14 +53,14 @@ def cmd_protocol(a: argparse.Namespace) -> int:
     for key in ("model", "pretrained", "root", "device"):
         if getattr(a, key, None):
             base[key] = getattr(a, key)
-    if a.shots is not None:
-        base["shots"] = a.shots
+    if a.targets:
+        base["targets"] = a.targets
     if a.imbalance is not None:
         base["imbalance"] = a.imbalance
     if a.epochs:
         base.setdefault("train", {})["epochs"] = a.epochs
     methods = [MethodSpec.parse(m, base.pop("method_options_by_method", None)) for m in a.methods]
-    rows = run_grid(base, a.datasets, methods, a.seeds, a.output, workers=a.workers)
+    rows = run_grid(base, a.datasets, methods, a.seeds, a.output, workers=a.workers, shots=a.shots)
     print(markdown_table(summarise(rows)))
     return 0
 
@@ -74,12 +74,13 @@ def add_commands(sub: Any) -> None:
     s.add_argument("--epochs", type=int)
     s.add_argument("--workers", type=int, default=1, help="parallel runs (processes)")
     s.set_defaults(func=cmd_demo)
-    s = sub.add_parser("protocol", help="a grid of runs (datasets x methods x seeds) with summary tables")
+    s = sub.add_parser("protocol", help="a grid of runs (datasets x shots x methods x seeds) with summary tables")
     s.add_argument("--protocol", choices=["all", "base2new"], default="base2new")
     s.add_argument("--datasets", nargs="+", required=True)
     s.add_argument("--methods", nargs="+", required=True, help="e.g. zeroshot coop coop+npt")
     s.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
-    s.add_argument("--shots", type=int)
+    s.add_argument("--shots", type=int, nargs="+", help="shots per class; several values: a few-shot sweep")
+    s.add_argument("--targets", nargs="+", help="datasets to evaluate after training (cross-dataset / domain shift)")
     s.add_argument("--imbalance", type=float)
     s.add_argument("--epochs", type=int)
     s.add_argument("--model")

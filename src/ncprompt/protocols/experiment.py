@@ -145,6 +145,15 @@ class Experiment:
             self._features["eval"] = out
         return self._features["eval"]
 
+    def target_set(self, spec: str) -> EvalSet:
+        """All test classes of another dataset (cross-dataset / domain-generalisation target);
+        ``spec`` is a registered name, or ``name=ROOT`` for datasets that need a root."""
+        name, _, root = spec.partition("=")
+        ds = get_dataset(name, root or None, seed=0)
+        test = limit_per_class(ds.test, self.cfg.max_test_per_class, 0)
+        feats = self.cache.features(self.backbone, test, desc=f"target {name}")
+        return EvalSet(spec, ds.classnames, feats, torch.as_tensor(test.labels))
+
     # --- method ---------------------------------------------------------------------------
     def build(self) -> PromptMethod:
         return build_method(self.cfg.method, self.backbone, self.train_ds.classnames, dict(self.cfg.method_options),
@@ -241,6 +250,9 @@ class Experiment:
                                  train_means if name in ("all", "base") else None)
         if cfg.protocol == "base2new":
             res["hm"] = harmonic_mean(res["base"]["top1"], res["new"]["top1"])
+        if cfg.targets:
+            res["targets"] = {name: evaluate(method, self.target_set(name), diagnostics=cfg.diagnostics)
+                              for name in cfg.targets}
         if log:
             res["final_train_loss"] = log[-1]["loss"]
         return res

@@ -66,33 +66,34 @@ _DATASETS: dict[str, Any] = {}
 
 
 def grid_jobs(base: dict[str, Any], datasets: list[str], methods: list[MethodSpec], seeds: list[int],
-              out_dir: Path) -> list[dict[str, Any]]:
+              out_dir: Path, shots: list[int | None] | None = None) -> list[dict[str, Any]]:
     jobs = []
-    for ds in datasets:
-        for m in methods:
-            for seed in seeds:
-                cfg = merge(base, {"dataset": ds, "method": m.method, "method_options": dict(m.options),
-                                   "train": {"seed": seed}, "npt": {"enabled": m.npt}})
-                cfg["method_options"] = options_for(m.method, cfg.get("method_options", {}))
-                if m.method == "zeroshot":
-                    cfg["shots"] = cfg.get("shots") if cfg.get("imbalance") else 0
-                cfg["output"] = None
-                RunConfig.from_dict(cfg)  # validate before anything runs
-                jobs.append({"run_dir": str(out_dir / ds / m.label / f"seed{seed}"), "config": cfg,
-                             "dataset": ds, "label": m.label, "seed": seed})
+    shot_list = shots or [base.get("shots", 16)]
+    for ds, n, m, seed in ((d, n, m, s) for d in datasets for n in shot_list for m in methods for s in seeds):
+        cfg = merge(base, {"dataset": ds, "method": m.method, "method_options": dict(m.options),
+                           "train": {"seed": seed}, "npt": {"enabled": m.npt}, "shots": n})
+        cfg["method_options"] = options_for(m.method, cfg.get("method_options", {}))
+        if m.method == "zeroshot":
+            cfg["shots"] = cfg.get("shots") if cfg.get("imbalance") else 0
+        cfg["output"] = None
+        RunConfig.from_dict(cfg)  # validate before anything runs
+        sub = f"shots{n}/" if len(shot_list) > 1 else ""
+        jobs.append({"run_dir": str(out_dir / ds / f"{sub}{m.label}" / f"seed{seed}"), "config": cfg,
+                     "dataset": ds, "label": m.label, "seed": seed, "shots": n})
     return jobs
 
 
 def run_grid(base: dict[str, Any], datasets: list[str], methods: list[MethodSpec], seeds: list[int],
-             out_dir: str | Path, workers: int = 1, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Run every (dataset, method, seed) cell; returns one summary row per cell."""
+             out_dir: str | Path, workers: int = 1, log: Callable[[str], None] = print,
+             shots: list[int | None] | None = None) -> list[dict[str, Any]]:
+    """Run every (dataset, shots, method, seed) cell; returns one summary row per cell."""
     out = Path(out_dir)
-    jobs = grid_jobs(base, datasets, methods, seeds, out)
+    jobs = grid_jobs(base, datasets, methods, seeds, out, shots)
     rows: list[dict[str, Any]] = []
     threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
 
     def record(job: dict[str, Any], res: dict[str, Any]) -> None:
-        row = {"dataset": job["dataset"], "method": job["label"], "seed": job["seed"]}
+        row = {"dataset": job["dataset"], "shots": job["shots"], "method": job["label"], "seed": job["seed"]}
         for k in ("all", "base", "new"):
             if k in res:
                 row[k] = res[k]["top1"]
@@ -100,6 +101,8 @@ def run_grid(base: dict[str, Any], datasets: list[str], methods: list[MethodSpec
                     row[f"{k}_{g}"] = v
         if "hm" in res:
             row["hm"] = res["hm"]
+        for name, rep in (res.get("targets") or {}).items():
+            row[f"target:{name}"] = rep["top1"]
         row["seconds"] = res.get("seconds")
         rows.append(row)
         shown = ", ".join(f"{k} {row[k]:.1f}" for k in ("all", "base", "new", "hm") if k in row)
@@ -120,14 +123,14 @@ def run_grid(base: dict[str, Any], datasets: list[str], methods: list[MethodSpec
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and std over seeds of each (dataset, method), plus an "average" row per method."""
-    metrics = [k for k in ("all", "base", "new", "hm") if any(k in r for r in rows)]
-    metrics += sorted({k for r in rows for k in r if k.count("_") == 1 and k.split("_")[1] in
-                       ("head", "middle", "tail")})
+    metrics = _metric_columns(rows)
     out = []
-    keys = list(dict.fromkeys((r["dataset"], r["method"]) for r in rows))
-    for ds, m in keys:
-        cell = [r for r in rows if r["dataset"] == ds and r["method"] == m]
-        s: dict[str, Any] = {"dataset": ds, "method": m, "seeds": len(cell)}
+    multi_shot = len({r.get("shots") for r in rows}) > 1
+    keys = list(dict.fromkeys((r["dataset"], r.get("shots"), r["method"]) for r in rows))
+    for ds, n, m in keys:
+        cell = [r for r in rows if r["dataset"] == ds and r["method"] == m and r.get("shots") == n]
+        s: dict[str, Any] = {"dataset": f"{ds} ({n} shots)" if multi_shot else ds, "method": m,
+                             "seeds": len(cell)}
         for k in metrics:
             v = np.array([r[k] for r in cell if k in r], dtype=float)
             if len(v):
@@ -147,10 +150,16 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _metric_columns(rows: list[dict[str, Any]]) -> list[str]:
+    cols = [k for k in ("all", "base", "new", "hm") if any(k in r for r in rows)]
+    cols += [k for k in ("base_head", "base_middle", "base_tail", "all_head", "all_middle", "all_tail")
+             if any(k in r for r in rows)]
+    cols += sorted({k for r in rows for k in r if k.startswith("target:")})
+    return cols
+
+
 def markdown_table(summary: list[dict[str, Any]]) -> str:
-    metrics = [k for k in ("all", "base", "new", "hm") if any(k in s for s in summary)]
-    metrics += [k for k in ("base_head", "base_middle", "base_tail", "all_head", "all_middle", "all_tail")
-                if any(k in s for s in summary)]
+    metrics = _metric_columns(summary)
     lines = ["| dataset | method | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
     for s in summary:
         cells = []
