@@ -7,7 +7,7 @@ import importlib
 from ncprompt.data.base import ArrayImages, DataError, DatasetSplits, FileImages, LabeledImages
 from ncprompt.data.registry import DATASETS
 
-_BUILTIN_MODULES = ("ncprompt.data.sources", "ncprompt.pocket.suite")
+_BUILTIN_MODULES = ("ncprompt.data.sources", "ncprompt.data.coop_datasets", "ncprompt.pocket.suite")
 
 
 def register_builtin_datasets() -> None:

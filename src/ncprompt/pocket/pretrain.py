@@ -108,7 +108,15 @@ def pretrain(
     ``stopped_early``.  Returns a summary dict (steps done, wall seconds, pairs/s, last loss).
     """
     output = Path(output)
+    previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
+    try:
+        return _pretrain(output, minutes, seed, steps, batch_size, lr, warmup, weight_decay, log_every, save_every, bf16, device, threads)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _pretrain(output, minutes, seed, steps, batch_size, lr, warmup, weight_decay, log_every, save_every, bf16, device, threads) -> dict:
     torch.manual_seed(seed)
     register_pocket()
     model = open_clip.create_model(POCKET_NAME).to(device)
