@@ -25,7 +25,8 @@ def test_zero_shot_equals_brute_force(tiny_backbone, fmnist_small, tmp_path):
         expected = []
         for i in range(len(test)):
             img = tiny_backbone.eval_transform(test.load(i)).unsqueeze(0)
-            logits = model.logit_scale.exp() * F.normalize(model.encode_image(img), dim=-1) @ F.normalize(text, dim=-1).T
+            f = F.normalize(model.encode_image(img), dim=-1)
+            logits = model.logit_scale.exp() * f @ F.normalize(text, dim=-1).T
             expected.append(int(logits.argmax()))
     assert np.array_equal(preds, np.array(expected))
 

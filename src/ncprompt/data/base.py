@@ -92,7 +92,9 @@ class FileImages(LabeledImages):
         except FileNotFoundError as e:
             raise DataError(f"image file {path} does not exist; check the dataset root and its split/CSV file") from e
         except (UnidentifiedImageError, OSError) as e:
-            raise DataError(f"cannot read image {path} ({e}); the file is corrupt or not an image: replace or remove it") from e
+            raise DataError(
+                f"cannot read image {path} ({e}); the file is corrupt or not an image: replace or remove it"
+            ) from e
 
 
 class SubsetImages(LabeledImages):

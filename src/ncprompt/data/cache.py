@@ -28,7 +28,9 @@ def view_seed(seed: int, index: int, view: int) -> int:
     return (((seed * 1_000_003) + view) * 10_000_019 + index) % (2**63 - 1)
 
 
-def augmented_view(transform: Callable[[Any], torch.Tensor], image: Any, seed: int, index: int, view: int) -> torch.Tensor:
+def augmented_view(
+    transform: Callable[[Any], torch.Tensor], image: Any, seed: int, index: int, view: int
+) -> torch.Tensor:
     """The augmented tensor of view ``view`` of image ``index`` (independent of call order).
 
     The transform draws from torch's default CPU generator, which is re-seeded for this view and
@@ -95,7 +97,8 @@ def encode_images(backbone: Backbone, images: LabeledImages, views: int = 1, see
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start : start + batch_size]
         if train:
-            batch = torch.stack([augmented_view(backbone.train_transform, images.load(i), seed, i, v) for i, v in chunk])
+            tf = backbone.train_transform
+            batch = torch.stack([augmented_view(tf, images.load(i), seed, i, v) for i, v in chunk])
         else:
             batch = torch.stack([backbone.eval_transform(images.load(i)) for i, _ in chunk])
         f = backbone.encode_images(batch).cpu()

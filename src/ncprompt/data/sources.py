@@ -131,10 +131,13 @@ def image_folder(root: str | None = None, test_fraction: float = 0.3, seed: int 
             if classes is None:
                 classes = c
             elif c != classes:
-                raise DataError(f"{r / s} has classes {c}, but {r / 'train'} has {classes}: the class folders must match")
+                raise DataError(
+                    f"{r / s} has classes {c}, but {r / 'train'} has {classes}: the class folders must match"
+                )
             splits[s] = FileImages(p, y)
         assert classes is not None
-        return DatasetSplits(r.name, [_classname(c) for c in classes], splits["train"], splits["test"], splits.get("val"))
+        names = [_classname(c) for c in classes]
+        return DatasetSplits(r.name, names, splits["train"], splits["test"], splits.get("val"))
     classes, paths, labels = _scan_folder(r)
     all_images = FileImages(paths, labels)
     tr, te = _split_indices(all_images.labels, test_fraction, seed)

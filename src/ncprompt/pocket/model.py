@@ -89,4 +89,5 @@ def save_state_dict_fp16(model: torch.nn.Module, path: str | Path) -> None:
     sd = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.state_dict().items()}
     tmp = path.with_name(path.name + ".tmp")
     save_file(sd, str(tmp), metadata={"format": "pt", "model": POCKET_NAME})
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)

@@ -239,7 +239,8 @@ class Experiment:
         res: dict[str, Any] = {
             "method": cfg.method, "npt": cfg.npt.enabled, "dataset": self.dataset.name, "model": cfg.model,
             "pretrained": self.backbone.weights_id, "protocol": cfg.protocol, "seed": cfg.seed, "shots": cfg.shots,
-            "imbalance": cfg.imbalance, "train_counts": self.counts.tolist() if self.uses_train else None, "epochs_run": len(log),
+            "imbalance": cfg.imbalance, "train_counts": self.counts.tolist() if self.uses_train else None,
+            "epochs_run": len(log),
             "seconds": round(seconds, 2),
         }
         if train_feats is not None:
