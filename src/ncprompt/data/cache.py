@@ -146,3 +146,28 @@ class LiveFeatures(FeatureSource):
             for i, v in zip(indices.tolist(), views.tolist())
         ])
         return self.backbone.encode_images(batch).cpu()
+
+
+class PixelViews(FeatureSource):
+    """The augmented pixels of training views (same seeded views as the cache), for methods whose
+    image features depend on learned prompts and so cannot be cached."""
+
+    def __init__(self, backbone: Backbone, images: LabeledImages, views: int, seed: int) -> None:
+        self.backbone, self.images, self.num_views, self.seed = backbone, images, views, seed
+
+    def __call__(self, indices: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        tf = self.backbone.train_transform
+        return torch.stack([augmented_view(tf, self.images.load(int(i)), self.seed, int(i), int(v))
+                            for i, v in zip(indices.tolist(), views.tolist())])
+
+
+@torch.no_grad()
+def encode_with(encode: Callable[[torch.Tensor], torch.Tensor], backbone: Backbone, images: LabeledImages,
+                batch_size: int = 128) -> torch.Tensor:
+    """Centre-view features of every image through ``encode`` (e.g. a method's prompted encoder)."""
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = torch.stack([backbone.eval_transform(images.load(i))
+                             for i in range(start, min(start + batch_size, len(images)))])
+        out.append(encode(batch.to(backbone.device)).float().cpu())
+    return torch.cat(out)

@@ -151,7 +151,8 @@ def train(
             out = method(feats)
             parts = method.base_loss(out, y)
             if regularizer is not None:
-                reg = regularizer(out.text_features, feats, y)
+                img = out.image_features if out.image_features is not None else feats
+                reg = regularizer(out.text_features, img, y)
                 parts.update({f"npt_{k}": v for k, v in reg.items() if k != "loss"})
                 parts["npt"] = reg["loss"]
             loss = sum(v for k, v in parts.items() if k == "npt" or not k.startswith("npt_"))

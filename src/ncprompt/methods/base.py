@@ -43,11 +43,14 @@ class MethodConfig:
 @dataclass
 class MethodOutput:
     """What a forward pass returns: logits (B, K), the raw text features it used ((K, E) or
-    (B, K, E) for per-image prompts) and any method-specific loss terms."""
+    (B, K, E) for per-image prompts), any method-specific loss terms and, for methods that encode
+    images themselves, the image features."""
 
     logits: torch.Tensor
     text_features: torch.Tensor
     extra_losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: the image features used, when the method computes them itself (trainable image prompts)
+    image_features: torch.Tensor | None = None
 
 
 class PromptMethod(nn.Module):
@@ -77,6 +80,10 @@ class PromptMethod(nn.Module):
     def text_features(self) -> torch.Tensor:
         """Raw text features (K, E) of the current prompts."""
         raise NotImplementedError
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Image features (B, E) of preprocessed pixels, as this method sees them (frozen tower by default)."""
+        return self.backbone.encode_images(images)
 
     def forward(self, image_features: torch.Tensor) -> MethodOutput:
         t = self.text_features()

@@ -22,7 +22,7 @@ from ncprompt.backbones.openclip import Backbone, load_backbone
 from ncprompt.collapse.regularizers import NPTRegularizer
 from ncprompt.config import RunConfig, save_yaml
 from ncprompt.data import DataError, DatasetSplits, LabeledImages, get_dataset
-from ncprompt.data.cache import CachedFeatures, FeatureCache
+from ncprompt.data.cache import CachedFeatures, FeatureCache, FeatureSource, PixelViews, encode_with
 from ncprompt.data.sampling import base_new_split, class_groups, restrict_classes, sample_train
 from ncprompt.engine.trainer import train
 from ncprompt.methods import build_method
@@ -41,6 +41,15 @@ class EvalSet:
     classnames: list[str]
     features: torch.Tensor
     labels: torch.Tensor
+    images: LabeledImages | None = None
+
+    def features_for(self, method: PromptMethod) -> torch.Tensor:
+        """Cached frozen-encoder features, or the method's own (prompted) image features."""
+        if method.frozen_image_encoder:
+            return self.features
+        if self.images is None:
+            raise ValueError(f"{method.name} needs the images of {self.name!r} to encode them")
+        return encode_with(method.encode_images, method.backbone, self.images)
 
 
 def limit_per_class(split: LabeledImages, max_per_class: int | None, seed: int) -> LabeledImages:
@@ -85,10 +94,11 @@ def nc_diagnostics(features: torch.Tensor, labels: torch.Tensor, text: torch.Ten
 def evaluate(method: PromptMethod, ev: EvalSet, groups: dict[str, np.ndarray] | None = None,
              diagnostics: bool = True, train_means: torch.Tensor | None = None) -> dict[str, Any]:
     m = method if ev.classnames == method.classnames else method.for_classnames(ev.classnames)
-    preds, text = predict(m, ev.features)
+    feats = ev.features_for(m)
+    preds, text = predict(m, feats)
     rep = classification_report(ev.labels.numpy(), preds, len(ev.classnames), groups)
     if diagnostics:
-        rep["nc"] = nc_diagnostics(ev.features, ev.labels, text, preds, reference_means=train_means)
+        rep["nc"] = nc_diagnostics(feats, ev.labels, text, preds, reference_means=train_means)
     return rep
 
 
@@ -141,7 +151,7 @@ class Experiment:
             for name, ds in self.eval_sets_ds.items():
                 test = limit_per_class(ds.test, self.cfg.max_test_per_class, 0)
                 feats = self.cache.features(self.backbone, test, desc=f"test {name}")
-                out[name] = EvalSet(name, ds.classnames, feats, torch.as_tensor(test.labels))
+                out[name] = EvalSet(name, ds.classnames, feats, torch.as_tensor(test.labels), test)
             self._features["eval"] = out
         return self._features["eval"]
 
@@ -152,14 +162,20 @@ class Experiment:
         ds = get_dataset(name, root or None, seed=0)
         test = limit_per_class(ds.test, self.cfg.max_test_per_class, 0)
         feats = self.cache.features(self.backbone, test, desc=f"target {name}")
-        return EvalSet(spec, ds.classnames, feats, torch.as_tensor(test.labels))
+        return EvalSet(spec, ds.classnames, feats, torch.as_tensor(test.labels), test)
 
     # --- method ---------------------------------------------------------------------------
     def build(self) -> PromptMethod:
         return build_method(self.cfg.method, self.backbone, self.train_ds.classnames, dict(self.cfg.method_options),
                             dataset_templates=self.train_ds.templates)
 
-    def regularizer(self) -> NPTRegularizer | None:
+    def train_features_for(self, method: PromptMethod) -> torch.Tensor:
+        """Centre-view training features as ``method`` sees them."""
+        if method.frozen_image_encoder:
+            return self.train_centre_features()
+        return encode_with(method.encode_images, self.backbone, self.train_images)
+
+    def regularizer(self, method_frozen: bool = True) -> NPTRegularizer | None:
         npt = self.cfg.npt
         if not npt.enabled:
             return None
@@ -167,6 +183,9 @@ class Experiment:
         reg = NPTRegularizer(npt, k, e).to(self.backbone.device)
         zs = zero_shot_classifier(self.backbone, self.train_ds.classnames, self.train_ds.templates)
         labels = torch.as_tensor(self.train_images.labels)
+        if not method_frozen:  # trainable image features: a running average of the class means
+            reg.setup(zero_shot_text=zs)
+            return reg
         acc = NCAccumulator(k, e, normalize=npt.normalize)
         acc.update(self.train_centre_features(), labels)
         reg.setup(zero_shot_text=zs, image_class_means=acc.class_means().float().to(self.backbone.device))
@@ -185,15 +204,17 @@ class Experiment:
         log: list[dict[str, Any]] = []
         initial_text = method.text_features().detach().cpu()
         if method.trainable:
-            source = CachedFeatures(self.train_view_features())
-            reg = self.regularizer()
-            centre = self.train_centre_features()
+            if method.frozen_image_encoder:
+                source: FeatureSource = CachedFeatures(self.train_view_features())
+            else:
+                source = PixelViews(self.backbone, self.train_images, cfg.train.views, cfg.seed)
+            reg = self.regularizer(method.frozen_image_encoder)
 
             def on_epoch_end(epoch: int) -> dict[str, Any]:
                 out: dict[str, Any] = {}
                 if cfg.diagnostics:
                     t = method.text_features().detach().cpu()
-                    out["nc_train"] = nc_diagnostics(centre, labels, t)
+                    out["nc_train"] = nc_diagnostics(self.train_features_for(method), labels, t)
                 if cfg.train.eval_every and ((epoch + 1) % cfg.train.eval_every == 0):
                     for name, ev in eval_sets.items():
                         out[f"{name}_acc"] = evaluate(method, ev, diagnostics=False)["top1"]
@@ -211,7 +232,7 @@ class Experiment:
             atomic_write(run_dir / "text_features.safetensors", lambda p: save_file(text, str(p)))
             if self.uses_train and cfg.diagnostics:
                 acc = NCAccumulator(self.train_ds.num_classes, self.backbone.embed_dim)
-                acc.update(self.train_centre_features(), torch.as_tensor(self.train_images.labels))
+                acc.update(self.train_features_for(method), torch.as_tensor(self.train_images.labels))
                 means = {"train_means": acc.class_means().float().contiguous()}
                 atomic_write(run_dir / "image_means.safetensors", lambda p: save_file(means, str(p)))
             write_json(run_dir / "results.json", results)
@@ -230,7 +251,7 @@ class Experiment:
                 seconds: float) -> dict[str, Any]:
         cfg = self.cfg
         labels = torch.as_tensor(self.train_images.labels)
-        train_feats = self.train_centre_features() if self.uses_train else None
+        train_feats = self.train_features_for(method) if self.uses_train else None
         train_means = None
         if cfg.diagnostics and train_feats is not None:
             acc = NCAccumulator(self.train_ds.num_classes, train_feats.shape[1])
