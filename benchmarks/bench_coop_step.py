@@ -108,7 +108,7 @@ def reference_step_fn(backbone: Backbone, b: dict[str, Any]):
         idx = torch.randperm(b["n"], generator=g)[:BATCH]
         y = labels[idx]
         f = backbone.encode_images(images)  # no grad, frozen tower
-        t = pl.encoder(pl.sequences(), pl.pool_idx, truncate=False).float()
+        t = pl.encoder(pl.sequences(full=True), pl.pool_idx, truncate=False).float()
         out = MethodOutput(method.logits(f, t), t)
         loss = method.base_loss(out, y)["ce"]
         opt.zero_grad(set_to_none=True)
@@ -153,7 +153,7 @@ def stage_breakdown(b: dict[str, Any], reps: int) -> dict[str, Any]:
         y = labels[idx]
         t = tick("cached: feature lookup", t)
         seqs = pl.sequences()
-        t = tick("cached: PromptLearner.sequences() (K x 77 x width)", t)
+        t = tick("cached: PromptLearner.sequences() (K x L x width, cut after the end token)", t)
         text = pl.encoder(seqs, pl.pool_idx).float()
         t = tick("cached: PromptTextEncoder forward (truncated)", t)
         loss = method.base_loss(MethodOutput(method.logits(feats, text), text), y)["ce"]
@@ -211,6 +211,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     logging.getLogger().setLevel(logging.ERROR)  # open_clip's "no pretrained weights" warning
     waited = wait_until_idle(args.wait_idle) if args.wait_idle > 0 else None
+    if waited is not None and waited["pretrain_running"]:
+        raise SystemExit("the pretraining job is still running and would distort the timings; "
+                         "rerun later (or with --wait-idle 0 to measure anyway)")
     info = machine_info(args.threads)
     info["wait_for_idle"] = waited
     monitor = CpuMonitor()
@@ -263,6 +266,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         r["feature_extraction_s_per_view"] = b["n"] / enc["images_per_s"]
         r["feature_extraction_s_all_views"] = b["n"] * VIEWS / enc["images_per_s"]
         result["ks"][str(k)] = r
+        write_json(args.out.with_suffix(".partial.json"), result)  # survives an interrupted run
 
     finish_info(info, monitor)
     result["targets"] = targets(result)
@@ -311,10 +315,15 @@ def tables(result: dict[str, Any]) -> str:
     t3 = f"Image encoding ({result['model']}, batch {enc['batch']}): {enc['images_per_s']:.1f} images/s " \
          f"({fmt_s(enc['median_s'])} per batch). Other processes took {100 * run.get('others_share', 0):.1f}% " \
          f"of the CPUs during the whole run (steal {100 * run.get('steal_share', 0):.1f}%)."
+    extra = []
+    for k, r in result["ks"].items():
+        if "stages_s" in r:
+            extra.append(f"Stages of one step, K={k} (medians, timed one by one):\n\n"
+                         + markdown_table(["stage", "time"], [[n, fmt_s(v)] for n, v in r["stages_s"].items()]))
     lines = []
     for k, t in result["targets"].items():
         lines.append(f"K={k}: " + ", ".join(f"{name}: {'met' if ok else 'MISSED'}" for name, ok in t.items()))
-    return "\n\n".join([t1, t2, t3, "\n".join(lines)])
+    return "\n\n".join([t1, t2, t3, *extra, "\n".join(lines)])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -339,6 +348,7 @@ def main(argv: list[str] | None = None) -> None:
     print(text)
     result["markdown"] = text
     write_json(args.out, result)
+    args.out.with_suffix(".partial.json").unlink(missing_ok=True)
     print(f"\nwritten {args.out}")
 
 

@@ -82,6 +82,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     logging.getLogger().setLevel(logging.ERROR)
     waited = wait_until_idle(args.wait_idle) if args.wait_idle > 0 else None
+    if waited is not None and waited["pretrain_running"]:
+        raise SystemExit("the pretraining job is still running and would distort the timings; "
+                         "rerun later (or with --wait-idle 0 to measure anyway)")
     info = machine_info(args.threads)
     info["wait_for_idle"] = waited
     monitor = CpuMonitor()

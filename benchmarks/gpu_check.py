@@ -62,7 +62,7 @@ def step_timings(bb, k: int, reps: int) -> dict[str, float]:
         with torch.no_grad():
             f = bb.encode_images(images)
         with bb.autocast():
-            t = pl.encoder(pl.sequences(), pl.pool_idx, truncate=False).float()
+            t = pl.encoder(pl.sequences(full=True), pl.pool_idx, truncate=False).float()
         loss = F.cross_entropy(m.logits(f, t), labels)
         opt.zero_grad()
         loss.backward()

@@ -39,11 +39,12 @@ def test_truncation_after_end_token_is_exact(tiny_backbone):
     m = CoOp(tiny_backbone, NAMES, CoOpConfig(n_ctx=6))
     pl = m.prompt_learner
     with torch.no_grad():
-        seq = pl.sequences()
+        seq = pl.sequences(full=True)
         full = pl.encoder(seq, pl.pool_idx, truncate=False)
         cut = pl.encoder(seq, pl.pool_idx, truncate=True)
-    assert torch.allclose(full, cut, atol=1e-5)
-    assert int(pl.pool_idx.max()) + 1 < seq.shape[1]  # it really was cut
+        short = pl.encoder(pl.sequences(), pl.pool_idx, truncate=False)
+    assert seq.shape[1] == 77 and pl.sequences().shape[1] == int(pl.pool_idx.max()) + 1 < 77
+    assert torch.allclose(full, cut, atol=1e-5) and torch.allclose(full, short, atol=1e-5)
 
 
 def test_gradients_reach_context_only(tiny_backbone):

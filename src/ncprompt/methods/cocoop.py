@@ -76,7 +76,7 @@ class CoCoOp(PromptMethod):
         seq = torch.cat([
             pl.token_prefix.unsqueeze(0).expand(b, -1, -1, -1),
             ctx.unsqueeze(1).expand(-1, k, -1, -1).to(pl.token_prefix.dtype),
-            pl.token_suffix.unsqueeze(0).expand(b, -1, -1, -1),
+            pl.suffix().unsqueeze(0).expand(b, -1, -1, -1),
         ], dim=2).flatten(0, 1)
         with self.backbone.autocast():
             t = pl.encoder(seq, pl.pool_idx.repeat(b)).float()

@@ -81,23 +81,30 @@ class PromptLearner(nn.Module):
         self.register_buffer("token_prefix", emb[:, :1], persistent=False)  # SOS
         self.register_buffer("token_suffix", emb[:, 1 + n_ctx :], persistent=False)  # name, ".", EOS, pad
         self.register_buffer("pool_idx", self.encoder.pool_index(tokens), persistent=False)
+        #: positions up to the last end token: under the causal mask nothing later matters
+        self.length = int(self.pool_idx.max()) + 1 if self.encoder.causal else tokens.shape[1]
         # class-name length in tokens: the tokens between the context and "." + EOS
         name_tokens = tok(list(classnames)).to(device)
         self.name_lens = (self.encoder.pool_index(name_tokens) - 1).tolist()
 
-    def sequences(self) -> torch.Tensor:
-        """The K prompt sequences (K, L, width)."""
+    def suffix(self, full: bool = False) -> torch.Tensor:
+        """Class-name, "." and end-token embeddings (and padding when ``full``)."""
+        return self.token_suffix if full else self.token_suffix[:, : self.length - 1 - self.n_ctx]
+
+    def sequences(self, full: bool = False) -> torch.Tensor:
+        """The K prompt sequences (K, L, width), cut after the last end token unless ``full``."""
         k = self.token_prefix.shape[0]
+        suffix = self.suffix(full)
         ctx = self.ctx if self.ctx.ndim == 3 else self.ctx.unsqueeze(0).expand(k, -1, -1)
         ctx = ctx.to(self.token_prefix.dtype)
         pos = self.cfg.class_token_position
         if pos == "end":
-            return torch.cat([self.token_prefix, ctx, self.token_suffix], dim=1)
+            return torch.cat([self.token_prefix, ctx, suffix], dim=1)
         rows = []
         half = self.n_ctx // 2
         for i, n in enumerate(self.name_lens):
-            name = self.token_suffix[i : i + 1, :n]
-            rest = self.token_suffix[i : i + 1, n:]
+            name = suffix[i : i + 1, :n]
+            rest = suffix[i : i + 1, n:]
             c = ctx[i : i + 1]
             if pos == "middle":
                 rows.append(torch.cat([self.token_prefix[i : i + 1], c[:, :half], name, c[:, half:], rest], dim=1))
