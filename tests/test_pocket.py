@@ -60,10 +60,20 @@ def test_held_out_combinations_never_in_pretraining():
 
 
 def test_consistency_is_multi_positive():
-    scene = W.Scene(obj=torch.tensor([7, 7, 3]), colour=torch.tensor([0, 3, 0]), bg=torch.tensor([10, 10, 7]),
-                    texture=torch.tensor([0, 1, 0]), look=torch.zeros(3, dtype=torch.long))
-    spec = W.CaptionSpec(obj=torch.tensor([7, -1, 3]), colour=torch.tensor([-1, 0, -1]), bg=torch.tensor([-1, -1, -1]),
-                         texture=torch.tensor([-1, -1, 0]), gray=torch.zeros(3, dtype=torch.long))
+    scene = W.Scene(
+        obj=torch.tensor([7, 7, 3]),
+        colour=torch.tensor([0, 3, 0]),
+        bg=torch.tensor([10, 10, 7]),
+        texture=torch.tensor([0, 1, 0]),
+        look=torch.zeros(3, dtype=torch.long),
+    )
+    spec = W.CaptionSpec(
+        obj=torch.tensor([7, -1, 3]),
+        colour=torch.tensor([-1, 0, -1]),
+        bg=torch.tensor([-1, -1, -1]),
+        texture=torch.tensor([-1, -1, 0]),
+        gray=torch.zeros(3, dtype=torch.long),
+    )
     m = W.consistency(scene, spec)  # "a sneaker", "something red", "a dress on a plain background"
     assert m.tolist() == [[True, True, False], [True, False, False], [False, True, True]]
 
@@ -128,7 +138,9 @@ def test_multi_positive_loss_reduces_to_clip_loss():
     scale = torch.tensor(10.0)
     logits = scale * torch.nn.functional.normalize(img, dim=-1) @ torch.nn.functional.normalize(txt, dim=-1).t()
     labels = torch.arange(6)
-    ref = (torch.nn.functional.cross_entropy(logits, labels) + torch.nn.functional.cross_entropy(logits.t(), labels)) / 2
+    ref = (
+        torch.nn.functional.cross_entropy(logits, labels) + torch.nn.functional.cross_entropy(logits.t(), labels)
+    ) / 2
     assert torch.allclose(multi_positive_clip_loss(img, txt, scale, torch.eye(6, dtype=torch.bool)), ref, atol=1e-6)
 
 

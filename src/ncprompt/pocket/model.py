@@ -70,7 +70,9 @@ def create_pocket(pretrained: bool = True, device: str | torch.device = "cpu", w
     register_pocket()
     path = Path(weights) if weights is not None else POCKET_WEIGHTS
     if pretrained and not path.is_file():
-        raise FileNotFoundError(f"pocket weights {path} not found; train them with `python -m ncprompt.pocket.pretrain --output {path}`")
+        raise FileNotFoundError(
+            f"pocket weights {path} not found; train them with `python -m ncprompt.pocket.pretrain --output {path}`"
+        )
     model, _, preprocess = open_clip.create_model_and_transforms(
         POCKET_NAME, pretrained=str(path) if pretrained else None, device=device
     )

@@ -27,7 +27,7 @@ from open_clip.transformer import text_global_pool
 from ncprompt.pocket.model import POCKET_NAME, POCKET_PREPROCESS, POCKET_WEIGHTS, register_pocket, save_state_dict_fp16
 from ncprompt.pocket.world import PretrainWorld
 
-DEFAULT_STEPS = 5600
+DEFAULT_STEPS = 5000
 DEFAULT_BATCH = 128
 
 _MEAN = torch.tensor(POCKET_PREPROCESS["mean"]).view(1, 3, 1, 1)
@@ -56,7 +56,9 @@ def encode_text_trimmed(model, tokens: torch.Tensor) -> torch.Tensor:
     return x @ model.text_projection
 
 
-def multi_positive_clip_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def multi_positive_clip_loss(
+    img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor:
     """CLIP loss whose targets are the consistency matrix (rows: images, columns: captions)."""
     img = F.normalize(img, dim=-1)
     txt = F.normalize(txt, dim=-1)
@@ -111,12 +113,28 @@ def pretrain(
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return _pretrain(output, minutes, seed, steps, batch_size, lr, warmup, weight_decay, log_every, save_every, bf16, device, threads)
+        return _pretrain(
+            output,
+            minutes,
+            seed,
+            steps,
+            batch_size,
+            lr,
+            warmup,
+            weight_decay,
+            log_every,
+            save_every,
+            bf16,
+            device,
+            threads,
+        )
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _pretrain(output, minutes, seed, steps, batch_size, lr, warmup, weight_decay, log_every, save_every, bf16, device, threads) -> dict:
+def _pretrain(
+    output, minutes, seed, steps, batch_size, lr, warmup, weight_decay, log_every, save_every, bf16, device, threads
+) -> dict:
     torch.manual_seed(seed)
     register_pocket()
     model = open_clip.create_model(POCKET_NAME).to(device)
@@ -125,8 +143,11 @@ def _pretrain(output, minutes, seed, steps, batch_size, lr, warmup, weight_decay
     world = PretrainWorld(seed=seed)
     opt = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"pocket pretrain: {n_params / 1e6:.2f}M parameters, {steps} steps x batch {batch_size}, seed {seed}, "
-          f"threads {threads}, cap {minutes} min -> {output}", flush=True)
+    print(
+        f"pocket pretrain: {n_params / 1e6:.2f}M parameters, {steps} steps x batch {batch_size}, seed {seed}, "
+        f"threads {threads}, cap {minutes} min -> {output}",
+        flush=True,
+    )
     t0 = time.time()
     t_log, loss_avg, stopped_early, step = t0, None, False, 0
     gen_time = 0.0
@@ -157,9 +178,12 @@ def _pretrain(output, minutes, seed, steps, batch_size, lr, warmup, weight_decay
             now = time.time()
             sps = log_every / max(1e-9, now - t_log) if done % log_every == 0 else float("nan")
             t_log = now
-            print(f"step {done}/{steps}  loss {lv:.4f} (avg {loss_avg:.4f})  scale {model.logit_scale.exp().item():.1f}  "
-                  f"lr {opt.param_groups[0]['lr']:.2e}  {sps:.2f} steps/s = {sps * batch_size:.0f} pairs/s  "
-                  f"data {100 * gen_time / (now - t0):.1f}%  elapsed {(now - t0) / 60:.1f} min", flush=True)
+            print(
+                f"step {done}/{steps}  loss {lv:.4f} (avg {loss_avg:.4f})  scale {model.logit_scale.exp().item():.1f}  "
+                f"lr {opt.param_groups[0]['lr']:.2e}  {sps:.2f} steps/s = {sps * batch_size:.0f} pairs/s  "
+                f"data {100 * gen_time / (now - t0):.1f}%  elapsed {(now - t0) / 60:.1f} min",
+                flush=True,
+            )
         if save_every and done % save_every == 0 and done != steps:
             save_state_dict_fp16(model, output)
         if (time.time() - t0) / 60 > minutes and done < steps:
@@ -170,10 +194,17 @@ def _pretrain(output, minutes, seed, steps, batch_size, lr, warmup, weight_decay
     save_state_dict_fp16(model.cpu(), output)
     done = step + 1
     summary = {
-        "steps": done, "planned_steps": steps, "batch_size": batch_size, "seed": seed, "wall_s": round(wall, 1),
-        "pairs_per_s": round(done * batch_size / wall, 1), "final_loss_avg": round(loss_avg or float("nan"), 4),
-        "logit_scale": round(model.logit_scale.exp().item(), 2), "stopped_early": stopped_early,
-        "parameters": n_params, "output": str(output),
+        "steps": done,
+        "planned_steps": steps,
+        "batch_size": batch_size,
+        "seed": seed,
+        "wall_s": round(wall, 1),
+        "pairs_per_s": round(done * batch_size / wall, 1),
+        "final_loss_avg": round(loss_avg or float("nan"), 4),
+        "logit_scale": round(model.logit_scale.exp().item(), 2),
+        "stopped_early": stopped_early,
+        "parameters": n_params,
+        "output": str(output),
     }
     print("done:", summary, flush=True)
     return summary
@@ -193,8 +224,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     ap.add_argument("--device", default="cpu", help="torch device (the committed weights were trained on cpu)")
     a = ap.parse_args(argv)
-    pretrain(a.output, minutes=a.minutes, seed=a.seed, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
-             warmup=a.warmup, threads=a.threads, log_every=a.log_every, bf16=a.bf16, device=a.device)
+    pretrain(
+        a.output,
+        minutes=a.minutes,
+        seed=a.seed,
+        steps=a.steps,
+        batch_size=a.batch_size,
+        lr=a.lr,
+        warmup=a.warmup,
+        threads=a.threads,
+        log_every=a.log_every,
+        bf16=a.bf16,
+        device=a.device,
+    )
 
 
 if __name__ == "__main__":

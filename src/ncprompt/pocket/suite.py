@@ -108,7 +108,14 @@ def _generated(
         pool = "test" if split == "test" else "downstream"
         images = W.to_uint8_hwc(W.render(scene, pool, g, W.DOWNSTREAM_STYLE))
         splits[split] = ArrayImages(images, labels.numpy())
-    return DatasetSplits(name=name, classnames=list(classnames), train=splits["train"], val=splits["val"], test=splits["test"], templates=list(TEMPLATES))
+    return DatasetSplits(
+        name=name,
+        classnames=list(classnames),
+        train=splits["train"],
+        val=splits["val"],
+        test=splits["test"],
+        templates=list(TEMPLATES),
+    )
 
 
 @DATASETS.register("pocket_garments")
@@ -172,11 +179,15 @@ def _grey_to_rgb32(images: np.ndarray) -> np.ndarray:
     """Real 28x28 grayscale images -> uint8 RGB 32x32 (bicubic, as open_clip's resize does)."""
     out = np.empty((len(images), W.IMAGE_SIZE, W.IMAGE_SIZE, 3), dtype=np.uint8)
     for i, a in enumerate(images):
-        out[i] = np.asarray(Image.fromarray(a, mode="L").resize((W.IMAGE_SIZE, W.IMAGE_SIZE), Image.BICUBIC).convert("RGB"))
+        out[i] = np.asarray(
+            Image.fromarray(a, mode="L").resize((W.IMAGE_SIZE, W.IMAGE_SIZE), Image.BICUBIC).convert("RGB")
+        )
     return out
 
 
-def _per_class(labels: np.ndarray, k: int, per_class: int, rng: np.random.Generator, exclude: np.ndarray | None = None) -> np.ndarray:
+def _per_class(
+    labels: np.ndarray, k: int, per_class: int, rng: np.random.Generator, exclude: np.ndarray | None = None
+) -> np.ndarray:
     idx = []
     for c in range(k):
         cand = np.flatnonzero(labels == c)
@@ -186,7 +197,13 @@ def _per_class(labels: np.ndarray, k: int, per_class: int, rng: np.random.Genera
     return np.sort(np.concatenate(idx))
 
 
-def _real(name: str, classnames: list[str], pools: dict[str, tuple[np.ndarray, np.ndarray]], sizes: tuple[int, int, int], seed: int) -> DatasetSplits:
+def _real(
+    name: str,
+    classnames: list[str],
+    pools: dict[str, tuple[np.ndarray, np.ndarray]],
+    sizes: tuple[int, int, int],
+    seed: int,
+) -> DatasetSplits:
     rng = np.random.default_rng(zlib.crc32(f"{name}/{seed}".encode()))
     tx, ty = pools["train"]
     tr = _per_class(ty, len(classnames), sizes[0], rng)
@@ -194,7 +211,14 @@ def _real(name: str, classnames: list[str], pools: dict[str, tuple[np.ndarray, n
     ex, ey = pools["test"]
     te = _per_class(ey, len(classnames), sizes[2], rng)
     mk = lambda x, y, i: ArrayImages(_grey_to_rgb32(x[i]), y[i])  # noqa: E731
-    return DatasetSplits(name=name, classnames=list(classnames), train=mk(tx, ty, tr), val=mk(tx, ty, va), test=mk(ex, ey, te), templates=list(TEMPLATES))
+    return DatasetSplits(
+        name=name,
+        classnames=list(classnames),
+        train=mk(tx, ty, tr),
+        val=mk(tx, ty, va),
+        test=mk(ex, ey, te),
+        templates=list(TEMPLATES),
+    )
 
 
 @DATASETS.register("pocket_fmnist_real")
@@ -247,13 +271,21 @@ def zero_shot_accuracy(
     return correct / len(idx)
 
 
-def zero_shot(weights=None, names: list[str] | None = None, seed: int = 0, max_images: int | None = None, template: str | None = None) -> dict[str, float]:
+def zero_shot(
+    weights=None,
+    names: list[str] | None = None,
+    seed: int = 0,
+    max_images: int | None = None,
+    template: str | None = None,
+) -> dict[str, float]:
     """Zero-shot test accuracy of the pocket model (committed weights unless ``weights``) per suite dataset."""
     from ncprompt.pocket.model import create_pocket
 
     model, preprocess, tokenizer = create_pocket(weights=weights)
     return {
-        name: zero_shot_accuracy(model, tokenizer, preprocess, DATASETS.get(name)(seed=seed), max_images=max_images, template=template)
+        name: zero_shot_accuracy(
+            model, tokenizer, preprocess, DATASETS.get(name)(seed=seed), max_images=max_images, template=template
+        )
         for name in (names or SUITE)
     }
 
@@ -261,19 +293,28 @@ def zero_shot(weights=None, names: list[str] | None = None, seed: int = 0, max_i
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
+    from ncprompt.pocket.model import create_pocket
+
     ap = argparse.ArgumentParser(description="Zero-shot accuracy of the pocket model on the pocket suite.")
-    ap.add_argument("--weights", default=None)
+    ap.add_argument("--weights", default=None, help="safetensors file (default: the committed weights)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-images", type=int, default=None)
-    ap.add_argument("--template", default=None)
+    ap.add_argument("--template", action="append", help="prompt template(s), default: each dataset's first")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    res = zero_shot(a.weights, seed=a.seed, max_images=a.max_images, template=a.template)
-    print("| dataset | classes | zero-shot top-1 | chance |\n|---|---|---|---|")
-    for name, acc in res.items():
-        k = len(DATASETS.get(name)(seed=a.seed).classnames)
-        print(f"| {name} | {k} | {100 * acc:.1f}% | {100 / k:.1f}% |")
+    model, preprocess, tokenizer = create_pocket(weights=a.weights)
+    templates = a.template or [None]
+    head = " | ".join(t or "a photo of a {}." for t in templates)
+    print(f"| dataset | classes | chance | {head} |\n|---|---|---|" + "---|" * len(templates))
+    for name in SUITE:
+        data = DATASETS.get(name)(seed=a.seed)
+        accs = [
+            zero_shot_accuracy(model, tokenizer, preprocess, data, max_images=a.max_images, template=t)
+            for t in templates
+        ]
+        k = data.num_classes
+        print(f"| {name} | {k} | {100 / k:.1f}% | " + " | ".join(f"{100 * x:.1f}%" for x in accs) + " |")
 
 
 if __name__ == "__main__":

@@ -237,7 +237,9 @@ class Style:
 
 
 PRETRAIN_STYLE = Style()
-DOWNSTREAM_STYLE = Style(scale=(0.65, 0.95), colour_jitter=0.08, texture_amp=(0.3, 0.5), noise_std=0.035, gradient=0.15, blur=0.3)
+DOWNSTREAM_STYLE = Style(
+    scale=(0.65, 0.95), colour_jitter=0.08, texture_amp=(0.3, 0.5), noise_std=0.035, gradient=0.15, blur=0.3
+)
 
 
 def _uniform(g: torch.Generator, n: int, lo: float, hi: float) -> torch.Tensor:
@@ -264,7 +266,11 @@ def _texture_pattern(texture: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     checks = torch.remainder(torch.floor((xx + phase) / cs) + torch.floor((yy + phase) / cs), 2)
     noise = torch.rand(n, s, s, generator=g)
     t = texture.view(n, 1, 1)
-    pat = torch.where(t == 1, stripes, torch.where(t == 2, dots, torch.where(t == 3, checks, torch.where(t == 4, noise, torch.zeros_like(noise)))))
+    pat = torch.where(
+        t == 1,
+        stripes,
+        torch.where(t == 2, dots, torch.where(t == 3, checks, torch.where(t == 4, noise, torch.zeros_like(noise)))),
+    )
     return pat.unsqueeze(1)
 
 
@@ -353,12 +359,16 @@ def sample_pretrain_scene(n: int, g: torch.Generator, look_frac: float = 0.15, d
     colour = _categorical(cw, g)
     # grayscale samples: white/gray object on black/gray/white background
     gray = (torch.rand(n, generator=g) < 0.12) & ~look
-    gcol = torch.tensor([WHITE, GRAY, BLACK])[torch.multinomial(torch.tensor([0.6, 0.3, 0.1]), n, replacement=True, generator=g)]
+    gcol = torch.tensor([WHITE, GRAY, BLACK])[
+        torch.multinomial(torch.tensor([0.6, 0.3, 0.1]), n, replacement=True, generator=g)
+    ]
     colour = torch.where(gray, gcol, colour)
     bw = ALLOWED_BG[colour].float()
     bw[:, BLACK] *= 2.0
     bg = _categorical(bw, g)
-    gbg = _categorical((ALLOWED_BG[colour] & torch.isin(torch.arange(len(COLOUR_NAMES)), torch.tensor(GRAYISH))).float() + 1e-6, g)
+    gbg = _categorical(
+        (ALLOWED_BG[colour] & torch.isin(torch.arange(len(COLOUR_NAMES)), torch.tensor(GRAYISH))).float() + 1e-6, g
+    )
     bg = torch.where(gray, gbg, bg)
     tw = torch.tensor([0.4, 0.15, 0.15, 0.15, 0.15])
     texture = torch.multinomial(tw, n, replacement=True, generator=g)
@@ -446,7 +456,16 @@ def _noun(o: int, k: int, syn: int) -> str:
         alts = GARMENT_SYNONYMS[name]
         return name if syn < 6 else alts[syn % len(alts)]
     w = DIGIT_WORDS[o - 10]
-    forms = [f"digit {w}", f"digit {w}", f"digit {w}", f"number {w}", f"handwritten {w}", f"handwritten digit {w}", f"number {o - 10}", f"digit {o - 10}"]
+    forms = [
+        f"digit {w}",
+        f"digit {w}",
+        f"digit {w}",
+        f"number {w}",
+        f"handwritten {w}",
+        f"handwritten digit {w}",
+        f"number {o - 10}",
+        f"digit {o - 10}",
+    ]
     return forms[syn % len(forms)]
 
 
@@ -514,7 +533,13 @@ def sample_captions(scene: Scene, g: torch.Generator) -> tuple[list[str], Captio
             x = _object_phrase(o, c, k[0], k[1], k[2])
         elif c != NONE:
             cname = COLOUR_NAMES[c]
-            x = [f"something {cname}", f"a {cname} object", f"a {cname} thing", f"a {cname} shape", f"an object in {cname}"][k[1] % 5]
+            x = [
+                f"something {cname}",
+                f"a {cname} object",
+                f"a {cname} thing",
+                f"a {cname} shape",
+                f"an object in {cname}",
+            ][k[1] % 5]
         else:
             x = None
         if b != NONE or t != NONE:
@@ -532,7 +557,7 @@ def _object_nouns() -> list[tuple[str, int]]:
     out = []
     for o, name in enumerate(GARMENTS):
         out += [(name, o)] + [(alt, o) for alt in GARMENT_SYNONYMS[name]]
-    for d, w in enumerate(DIGIT_WORDS):
+    for d in range(len(DIGIT_WORDS)):
         out += [(_noun(10 + d, 0, syn), 10 + d) for syn in range(8)]
     return sorted(set(out), key=lambda t: -len(t[0]))
 
