@@ -11,8 +11,9 @@ for tau in 1.0 0.25; do
   $NC --no-progress protocol --config configs/pocket_b2n.yaml --datasets $DATASETS \
       --methods zeroshot coop coop+npt kgcoop kgcoop+npt --seeds 1 2 3 --shots 16 --imbalance $tau --output "$OUT/tau$tau"
 done
+VARIANT_DATASETS=${VARIANT_DATASETS:-"pocket_garments pocket_digits pocket_textures"}
 for v in anchored_procrustes anchored_identity cross_similarity lambda_0.5 lambda_1.0; do
-  $NC --no-progress protocol --config "configs/npt_$v.yaml" --datasets $DATASETS \
+  $NC --no-progress protocol --config "configs/npt_$v.yaml" --datasets $VARIANT_DATASETS \
       --methods coop+npt --seeds 1 2 3 --shots 16 --imbalance 0.25 --output "$OUT/variants/$v"
 done
 $NC --no-progress report "$OUT"/tau*/*/coop* "$OUT"/tau*/*/kgcoop* "$OUT"/variants --output "$OUT/report"

@@ -84,8 +84,25 @@ def write_report(rows: list[dict[str, Any]], out_dir: str | Path) -> dict[str, A
     md += [f"| {e['metric']} | {e['accuracy']} | {e['n']} | {_f(e['pearson'], '+.3f')} | {_f(e['pearson_p'], '.3g')} "
            f"| {_f(e['spearman'], '+.3f')} | {_f(e['spearman_p'], '.3g')} |" for e in table]
     (out / "correlations.md").write_text("\n".join(md) + "\n")
+    (out / "nc_by_method.md").write_text(nc_by_method(rows))
     _scatter(rows, table, out / "correlations.png")
     return {"runs": len(rows), "table": table}
+
+
+def nc_by_method(rows: list[dict[str, Any]]) -> str:
+    """Mean of each training NC metric and accuracy per method (with/without NPT) and imbalance."""
+    keys = list(dict.fromkeys((r["method"], bool(r.get("npt")), r.get("imbalance")) for r in rows))
+    cols = [c for c in [f"train_{k}" for k in NC_KEYS] + ["acc_base", "acc_new", "acc_hm", "acc_all"]
+            if any(c in r for r in rows)]
+    lines = ["| method | tau | runs | " + " | ".join(c.replace("train_", "") for c in cols) + " |",
+             "|---|---|---|" + "---|" * len(cols)]
+    for m, npt, tau in keys:
+        cell = [r for r in rows if r["method"] == m and bool(r.get("npt")) == npt and r.get("imbalance") == tau]
+        vals = [np.mean([r[c] for r in cell if c in r]) if any(c in r for r in cell) else np.nan for c in cols]
+        lines.append(f"| {m}{'+npt' if npt else ''} | {tau} | {len(cell)} | "
+                     + " | ".join(f"{v:.4f}" if c.startswith("train_") else f"{v:.2f}" for c, v in zip(cols, vals))
+                     + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _f(v: float | None, spec: str) -> str:

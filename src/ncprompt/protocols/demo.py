@@ -24,7 +24,8 @@ DEMO_BASE: dict[str, Any] = {
     "protocol": "base2new",
     "shots": 16,
     "method_options": {},
-    "train": {"epochs": 25, "batch_size": 32, "lr": 0.002, "views": 4},
+    "max_test_per_class": 100,
+    "train": {"epochs": 100, "batch_size": 32, "lr": 0.01, "views": 4},  # see configs/pocket_b2n.yaml
 }
 DEMO_METHOD_OPTIONS = {"coop": {"n_ctx": 4, "ctx_init": "a photo of a"}}
 

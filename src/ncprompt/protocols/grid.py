@@ -166,7 +166,7 @@ def markdown_table(summary: list[dict[str, Any]]) -> str:
         for k in metrics:
             if k not in s:
                 cells.append("")
-            elif s.get(f"{k}_std") and not math.isclose(s[f"{k}_std"], 0.0):
+            elif s.get(f"{k}_std") and not math.isclose(s[f"{k}_std"], 0.0, abs_tol=1e-9):
                 cells.append(f"{s[k]:.2f} ± {s[f'{k}_std']:.2f}")
             else:
                 cells.append(f"{s[k]:.2f}")
