@@ -48,7 +48,12 @@ from _common import (  # noqa: E402
 
 from ncprompt.backbones.openclip import Backbone, load_backbone  # noqa: E402
 from ncprompt.data.cache import CachedFeatures  # noqa: E402
-from ncprompt.engine.trainer import TrainConfig, make_optimizer, train  # noqa: E402
+from ncprompt.engine.trainer import (  # noqa: E402
+    TrainConfig,
+    make_optimizer,
+    train,
+    train_step,  # noqa: E402
+)
 from ncprompt.methods.base import MethodOutput  # noqa: E402
 from ncprompt.methods.coop import CoOp, CoOpConfig  # noqa: E402
 
@@ -80,16 +85,7 @@ def cached_step_fn(b: dict[str, Any], regularizer: torch.nn.Module | None = None
         views = torch.randint(source.num_views, (BATCH,), generator=g)
         feats = source(idx, views)
         y = labels[idx]
-        out = method(feats)
-        parts = method.base_loss(out, y)
-        if regularizer is not None:
-            reg = regularizer(out.text_features, feats, y)
-            parts.update({f"npt_{k}": v for k, v in reg.items() if k != "loss"})
-            parts["npt"] = reg["loss"]
-        loss = sum(v for k, v in parts.items() if k == "npt" or not k.startswith("npt_"))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        out, parts, loss = train_step(method, feats, y, opt, regularizer)
         for v in parts.values():
             float(v.detach())
         float(loss.detach())

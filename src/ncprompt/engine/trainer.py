@@ -20,7 +20,7 @@ import torch
 
 from ncprompt.data.cache import FeatureSource
 from ncprompt.engine.checkpoint import load_checkpoint, restore_optimizer, save_checkpoint
-from ncprompt.methods.base import PromptMethod
+from ncprompt.methods.base import MethodOutput, PromptMethod
 from ncprompt.utils import append_jsonl, progress, read_jsonl, write_json
 
 
@@ -87,7 +87,26 @@ def epoch_order(n: int, views: int, batch_size: int, seed: int, epoch: int) -> t
     return order, view
 
 
-Regularizer = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
+def train_step(method: PromptMethod, inputs: torch.Tensor, labels: torch.Tensor, opt: torch.optim.Optimizer,
+               regularizer: torch.nn.Module | None = None, max_grad_norm: float = 0.0,
+               ) -> tuple[MethodOutput, dict[str, torch.Tensor], torch.Tensor]:
+    """One optimisation step: L = sum of the method's loss terms + the NPT hook's "loss"; returns
+    the method output, every loss part (NPT parts as ``npt_*``, logged only) and L."""
+    out = method(inputs)
+    parts = method.base_loss(out, labels)
+    if regularizer is not None:
+        img = out.image_features if out.image_features is not None else inputs
+        reg = regularizer(out.text_features, img, labels)
+        parts.update({f"npt_{k}": v for k, v in reg.items() if k != "loss"})
+        parts["npt"] = reg["loss"]
+    loss = sum(v for k, v in parts.items() if k == "npt" or not k.startswith("npt_"))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if max_grad_norm > 0:
+        params = [p for g in opt.param_groups for p in g["params"]]
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    opt.step()
+    return out, parts, loss
 
 
 def train(
@@ -148,19 +167,7 @@ def train(
             idx = order[s : s + cfg.batch_size]
             feats = source(idx, views[s : s + cfg.batch_size]).to(device)
             y = labels[idx].to(device)
-            out = method(feats)
-            parts = method.base_loss(out, y)
-            if regularizer is not None:
-                img = out.image_features if out.image_features is not None else feats
-                reg = regularizer(out.text_features, img, y)
-                parts.update({f"npt_{k}": v for k, v in reg.items() if k != "loss"})
-                parts["npt"] = reg["loss"]
-            loss = sum(v for k, v in parts.items() if k == "npt" or not k.startswith("npt_"))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            opt.step()
+            out, parts, loss = train_step(method, feats, y, opt, regularizer, cfg.max_grad_norm)
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())

@@ -22,8 +22,8 @@ from pathlib import Path
 import open_clip
 import torch
 import torch.nn.functional as F
-from open_clip.transformer import text_global_pool
 
+from ncprompt.backbones.text_encoder import PromptTextEncoder
 from ncprompt.pocket.model import POCKET_NAME, POCKET_PREPROCESS, POCKET_WEIGHTS, register_pocket, save_state_dict_fp16
 from ncprompt.pocket.world import PretrainWorld
 
@@ -40,20 +40,11 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
 
 
 def encode_text_trimmed(model, tokens: torch.Tensor) -> torch.Tensor:
-    """``model.encode_text(tokens)`` computed only up to the last end token of the batch.
-
-    With the causal mask, positions after the end token never influence it, so the pooled
-    features equal the full-length ones.
-    """
-    length = int(tokens.argmax(dim=-1).max()) + 1
-    t = tokens[:, :length]
-    cast_dtype = model.transformer.get_cast_dtype()
-    x = model.token_embedding(t).to(cast_dtype)
-    x = x + model.positional_embedding[:length].to(cast_dtype)
-    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
-    x = model.ln_final(x)
-    x = text_global_pool(x, t, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
-    return x @ model.text_projection
+    """``model.encode_text(tokens)`` computed only up to the last end token of the batch, through
+    the project's one text path (:class:`ncprompt.backbones.text_encoder.PromptTextEncoder`; with
+    the causal mask, positions after the end token never influence it)."""
+    enc = PromptTextEncoder(model)
+    return enc(enc.token_embeddings(tokens), enc.pool_index(tokens))
 
 
 def multi_positive_clip_loss(
