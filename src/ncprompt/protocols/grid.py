@@ -214,7 +214,8 @@ def plot_summary(summary: list[dict[str, Any]], path: Path) -> None:
         ax.set_title({"base": "base accuracy", "new": "new accuracy", "hm": "harmonic mean", "all": "accuracy"}[k],
                      fontsize=9)
         ax.set_ylim(0, 100)
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=len(methods), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
     fig.savefig(path, dpi=110)
     plt.close(fig)
