@@ -61,8 +61,12 @@ def analyze_run(run_dir: str | Path) -> dict[str, Any]:
     series = [r for r in log if r.get("nc_train")]
     if series:
         keys = [k for k in series[0]["nc_train"] if k != "n_samples"]
-        fig, axes = plt.subplots(1, len(keys), figsize=(2.6 * len(keys), 2.6), squeeze=False)
-        for ax, k in zip(axes[0], keys):
+        cols = min(4, len(keys))
+        rows = -(-len(keys) // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.5 * rows), squeeze=False)
+        for ax in axes.flat[len(keys):]:
+            ax.axis("off")
+        for ax, k in zip(axes.flat, keys):
             ax.plot([r["epoch"] + 1 for r in series], [r["nc_train"].get(k, np.nan) for r in series], marker=".")
             ax.set_title(k, fontsize=8)
             ax.set_xlabel("epoch", fontsize=7)
