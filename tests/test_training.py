@@ -96,3 +96,21 @@ def test_cache_is_reused_and_keyed_by_content(tiny_backbone, fmnist_small, tmp_p
     assert cache.hits == 1 and cache.misses == 1 and torch.equal(a, b)
     cache.features(tiny_backbone, fmnist_small.test.subset(np.arange(10)))
     assert cache.misses == 2
+
+
+def test_eval_of_an_interrupted_run_uses_its_last_checkpoint(tiny_backbone, fmnist_small, tmp_path):
+    from ncprompt.protocols.experiment import load_run
+
+    cfg = RunConfig.from_dict(dict(model="tiny-clip", method="coop", shots=2, cache_dir=str(tmp_path / "c"),
+                                   method_options={"n_ctx": 2}, diagnostics=False,
+                                   train={"epochs": 4, "views": 1, "batch_size": 4, "warmup_epochs": 0}))
+    exp = Experiment(cfg, backbone=tiny_backbone, dataset=fmnist_small)
+    assert exp.run(tmp_path / "run", stop_after=2) == {"interrupted_at_epoch": 2}
+    assert not (tmp_path / "run" / "prompt.safetensors").exists()
+    _, prompt = load_run(tmp_path / "run")
+    initial = exp.build().prompt_learner.ctx.detach()
+    assert prompt is not None and prompt["prompt_learner.ctx"].shape == initial.shape
+    assert not torch.allclose(prompt["prompt_learner.ctx"], initial)
+    # resuming finishes the run
+    res = Experiment(cfg, backbone=tiny_backbone, dataset=fmnist_small).run(tmp_path / "run")
+    assert res["epochs_run"] == 4 and (tmp_path / "run" / "prompt.safetensors").is_file()

@@ -295,5 +295,9 @@ def load_run(run_dir: str | Path) -> tuple[RunConfig, dict[str, torch.Tensor] | 
     if not (d / "config.yaml").is_file():
         raise DataError(f"{d} is not a run folder (no config.yaml); pass the --output folder of `ncprompt train`")
     cfg = RunConfig.from_dict(load_yaml(d / "config.yaml"))
-    prompt = load_file(str(d / "prompt.safetensors")) if (d / "prompt.safetensors").is_file() else None
-    return cfg, prompt
+    if (d / "prompt.safetensors").is_file():
+        return cfg, load_file(str(d / "prompt.safetensors"))
+    from ncprompt.engine.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(d)  # an unfinished run: its last complete epoch
+    return cfg, ck["prompt"] if ck is not None else None
