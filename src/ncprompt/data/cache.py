@@ -137,15 +137,12 @@ class LiveFeatures(FeatureSource):
     """Encodes each requested view on the fly, as the reference code bases do (for tests and benchmarks)."""
 
     def __init__(self, backbone: Backbone, images: LabeledImages, views: int, seed: int) -> None:
-        self.backbone, self.images, self.num_views, self.seed = backbone, images, views, seed
+        self.backbone, self.num_views = backbone, views
+        self.pixels = PixelViews(backbone, images, views, seed)
 
     @torch.no_grad()
     def __call__(self, indices: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
-        batch = torch.stack([
-            augmented_view(self.backbone.train_transform, self.images.load(int(i)), self.seed, int(i), int(v))
-            for i, v in zip(indices.tolist(), views.tolist())
-        ])
-        return self.backbone.encode_images(batch).cpu()
+        return self.backbone.encode_images(self.pixels(indices, views)).cpu()
 
 
 class PixelViews(FeatureSource):

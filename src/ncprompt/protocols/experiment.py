@@ -131,6 +131,8 @@ class Experiment:
             self.train_images, self.counts = self.train_ds.train, np.bincount(self.train_ds.train.labels, minlength=k)
         self.groups = class_groups(self.counts) if cfg.imbalance is not None and cfg.imbalance < 1 else None
         self._features: dict[str, Any] = {}
+        #: class means of the (normalised) training features, set by :meth:`results`
+        self.train_means: torch.Tensor | None = None
 
     # --- features -------------------------------------------------------------------------
     def train_view_features(self) -> torch.Tensor:
@@ -230,10 +232,8 @@ class Experiment:
                 atomic_write(run_dir / "prompt.safetensors", lambda p: save_file(state, str(p)))
             text = {"initial": initial_text.clone(), "final": method.text_features().detach().cpu().clone()}
             atomic_write(run_dir / "text_features.safetensors", lambda p: save_file(text, str(p)))
-            if self.uses_train and cfg.diagnostics:
-                acc = NCAccumulator(self.train_ds.num_classes, self.backbone.embed_dim)
-                acc.update(self.train_features_for(method), torch.as_tensor(self.train_images.labels))
-                means = {"train_means": acc.class_means().float().contiguous()}
+            if self.train_means is not None:  # computed once, by results()
+                means = {"train_means": self.train_means.float().contiguous()}
                 atomic_write(run_dir / "image_means.safetensors", lambda p: save_file(means, str(p)))
             write_json(run_dir / "results.json", results)
         return results
@@ -257,6 +257,7 @@ class Experiment:
             acc = NCAccumulator(self.train_ds.num_classes, train_feats.shape[1])
             acc.update(train_feats, labels)
             train_means = acc.class_means()
+        self.train_means = train_means
         res: dict[str, Any] = {
             "method": cfg.method, "npt": cfg.npt.enabled, "dataset": self.dataset.name, "model": cfg.model,
             "pretrained": self.backbone.weights_id, "protocol": cfg.protocol, "seed": cfg.seed, "shots": cfg.shots,
