@@ -16,7 +16,6 @@ in pretraining, neither in images nor in captions.
 
 from __future__ import annotations
 
-import gzip
 import os
 import re
 from dataclasses import dataclass
@@ -26,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ncprompt.data.sources import read_idx
 
 IMAGE_SIZE = 32
 FMNIST_DIR = Path(os.environ.get("POCKET_FMNIST_DIR", "/usr/share/datasets/fashion-mnist"))
@@ -132,14 +133,6 @@ def article(word: str) -> str:
 # image pools
 
 
-def _read_idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
-
-
 @lru_cache(maxsize=2)
 def fashion_mnist(split: str) -> tuple[np.ndarray, np.ndarray]:
     """Real Fashion-MNIST ``(images uint8 (N,28,28), labels)``; split ``train`` or ``test``."""
@@ -148,7 +141,7 @@ def fashion_mnist(split: str) -> tuple[np.ndarray, np.ndarray]:
     labs = FMNIST_DIR / f"{prefix}-labels-idx1-ubyte.gz"
     if not imgs.exists():
         raise FileNotFoundError(f"{imgs} not found; install Debian's dataset-fashion-mnist package")
-    return _read_idx(imgs), _read_idx(labs).astype(np.int64)
+    return read_idx(imgs), read_idx(labs).astype(np.int64)
 
 
 @lru_cache(maxsize=1)
