@@ -2,7 +2,11 @@
 
 Per step: image features f (B, E) of the sampled views -> method -> logits + text features ->
 L = L_base + [NPT: lambda_LC L_LC + lambda_MI L_MI] -> SGD step. Schedule (CoOp's): the first
-``warmup_epochs`` at the constant ``warmup_lr``, then lr(e) = lr * (1 + cos(pi e / E)) / 2.
+W = min(``warmup_epochs``, E - 1) epochs at the constant ``warmup_lr`` (a warm-up as long as the run
+is clipped, with a note), then lr(e) = lr * (1 + cos(pi e / E)) / 2. Batches: the last partial batch
+is dropped (as Dassl) only when at least ``MIN_FULL_BATCHES`` full batches remain, so a few-shot set
+never trains on a single step per epoch; runs of fewer than ``FEW_STEPS`` steps in all are warned
+about. Progress: one line per epoch in run_dir/train.log, on stderr too (a bar on a terminal).
 Every epoch's order and view choice come from a generator seeded with (seed, epoch), so a run
 resumed from its last checkpoint continues exactly as if it had never stopped.
 """
@@ -20,8 +24,14 @@ import torch
 
 from ncprompt.data.cache import FeatureSource
 from ncprompt.engine.checkpoint import load_checkpoint, restore_optimizer, save_checkpoint
+from ncprompt.engine.progress import ProgressLog, epoch_line
 from ncprompt.methods.base import MethodOutput, PromptMethod
-from ncprompt.utils import append_jsonl, progress, read_jsonl, write_json
+from ncprompt.utils import append_jsonl, read_jsonl, write_json
+
+#: keep the last partial batch unless this many full batches remain (few-shot sets: more steps)
+MIN_FULL_BATCHES = 4
+#: a run with fewer optimiser steps than this in all gets a warning
+FEW_STEPS = 50
 
 
 class TrainConfigError(ValueError):
@@ -52,9 +62,7 @@ class TrainConfig:
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.lr > 0, f"lr must be > 0, got {self.lr}"),
             (self.optimizer in ("sgd", "adamw"), f"optimizer must be sgd or adamw, got {self.optimizer!r}"),
-            (0 <= self.warmup_epochs < max(self.epochs, 1) or self.warmup_epochs == 0,
-             f"warmup_epochs ({self.warmup_epochs}) must be smaller than epochs ({self.epochs}): "
-             "train longer or set train.warmup_epochs to 0"),
+            (self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}"),
             (self.views >= 1, f"views must be >= 1, got {self.views}"),
             (self.checkpoint_every >= 1, "checkpoint_every must be >= 1"),
         ]
@@ -63,9 +71,14 @@ class TrainConfig:
                 raise TrainConfigError(msg)
 
 
+def effective_warmup(cfg: TrainConfig) -> int:
+    """Warm-up epochs actually used: at most E - 1, so at least one epoch runs at the real lr."""
+    return max(0, min(cfg.warmup_epochs, cfg.epochs - 1))
+
+
 def lr_at(cfg: TrainConfig, epoch: int) -> float:
     """Learning rate of 0-based ``epoch``: constant warm-up, then cosine over all epochs."""
-    if epoch < cfg.warmup_epochs:
+    if epoch < effective_warmup(cfg):
         return cfg.warmup_lr
     return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
 
@@ -77,14 +90,32 @@ def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.
 
 
 def epoch_order(n: int, views: int, batch_size: int, seed: int, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The sample order and view choice of one epoch (drop_last when n >= batch_size, as Dassl)."""
+    """The sample order and view choice of one epoch; the last partial batch is dropped (as Dassl)
+    only when at least ``MIN_FULL_BATCHES`` full batches remain."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     order = torch.randperm(n, generator=g)
     view = torch.randint(views, (n,), generator=g)
-    if n >= batch_size:
+    if n // batch_size >= MIN_FULL_BATCHES:
         keep = (n // batch_size) * batch_size
         order, view = order[:keep], view[:keep]
     return order, view
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Optimiser steps of one epoch over ``n`` samples (see :func:`epoch_order`)."""
+    full, rest = divmod(n, batch_size)
+    return full if full >= MIN_FULL_BATCHES else full + (rest > 0)
+
+
+def few_steps_warning(n: int, cfg: TrainConfig) -> str | None:
+    """A warning when the whole run takes fewer than ``FEW_STEPS`` optimiser steps, else None."""
+    per = steps_per_epoch(n, cfg.batch_size)
+    total = per * cfg.epochs
+    if total >= FEW_STEPS:
+        return None
+    return (f"warning: this run takes only {total} optimiser steps in all ({cfg.epochs} epochs x {per} steps of "
+            f"batch {cfg.batch_size} over {n} training images); prompts may barely move. Raise --epochs or "
+            f"lower --batch-size (>= {FEW_STEPS} steps recommended)")
 
 
 def train_step(method: PromptMethod, inputs: torch.Tensor, labels: torch.Tensor, opt: torch.optim.Optimizer,
@@ -154,44 +185,60 @@ def train(
     if regularizer is not None:
         regularizer.train()
     end = cfg.epochs if stop_after is None else min(cfg.epochs, start + stop_after)
-    bar = progress(total=end - start, desc=f"train {method.name}", unit="epoch")
-    for epoch in range(start, end):
-        t0 = time.perf_counter()
-        lr = lr_at(cfg, epoch)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        order, views = epoch_order(n, source.num_views, cfg.batch_size, cfg.seed, epoch)
-        sums: dict[str, float] = {}
-        correct = seen = steps = 0
-        for s in range(0, len(order), cfg.batch_size):
-            idx = order[s : s + cfg.batch_size]
-            feats = source(idx, views[s : s + cfg.batch_size]).to(device)
-            y = labels[idx].to(device)
-            out, parts, loss = train_step(method, feats, y, opt, regularizer, cfg.max_grad_norm)
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
-            correct += int((out.logits.argmax(-1) == y).sum())
-            seen += len(y)
-            steps += 1
-        record: dict[str, Any] = {"epoch": epoch, "lr": lr, "steps": steps,
-                                  "train_acc": 100.0 * correct / max(seen, 1),
-                                  **{k: v / max(steps, 1) for k, v in sums.items()},
-                                  "epoch_time_s": time.perf_counter() - t0}
-        if on_epoch_end is not None:
-            method.eval()
-            with torch.no_grad():
-                record.update(on_epoch_end(epoch))
-            method.train()
-        log.append(record)
-        if run_dir is not None:
-            append_jsonl(run_dir / "metrics.jsonl", record)
-            if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
-                extra = {k: v.detach().cpu() for k, v in regularizer.state_dict().items()} if regularizer else {}
-                save_checkpoint(run_dir, epoch, method.prompt_state(), opt, extra)
-        bar.update(1)
-        bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['train_acc']:.1f}")
-    bar.close()
+    plog = ProgressLog(f"train {method.name}", cfg.epochs, run_dir / "train.log" if run_dir else None, done=start)
+    if start:
+        plog.note(f"resuming from epoch {start + 1}/{cfg.epochs} ({start} epochs done, checkpoint in {run_dir})")
+    else:
+        warn = few_steps_warning(n, cfg)
+        if warn:
+            plog.note(warn)
+        if cfg.warmup_epochs > effective_warmup(cfg):
+            plog.note(f"note: warm-up clipped to {effective_warmup(cfg)} epoch(s): train.warmup_epochs "
+                      f"{cfg.warmup_epochs} >= epochs {cfg.epochs}")
+    try:
+        for epoch in range(start, end):
+            t0 = time.perf_counter()
+            lr = lr_at(cfg, epoch)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            order, views = epoch_order(n, source.num_views, cfg.batch_size, cfg.seed, epoch)
+            sums: dict[str, float] = {}
+            correct = seen = steps = 0
+            for s in range(0, len(order), cfg.batch_size):
+                idx = order[s : s + cfg.batch_size]
+                feats = source(idx, views[s : s + cfg.batch_size]).to(device)
+                y = labels[idx].to(device)
+                out, parts, loss = train_step(method, feats, y, opt, regularizer, cfg.max_grad_norm)
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+                sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+                correct += int((out.logits.argmax(-1) == y).sum())
+                seen += len(y)
+                steps += 1
+            record: dict[str, Any] = {"epoch": epoch, "lr": lr, "steps": steps,
+                                      "train_acc": 100.0 * correct / max(seen, 1),
+                                      **{k: v / max(steps, 1) for k, v in sums.items()},
+                                      "epoch_time_s": time.perf_counter() - t0}
+            if on_epoch_end is not None:
+                method.eval()
+                with torch.no_grad():
+                    record.update(on_epoch_end(epoch))
+                method.train()
+            log.append(record)
+            if run_dir is not None:
+                append_jsonl(run_dir / "metrics.jsonl", record)
+                if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
+                    extra = {k: v.detach().cpu() for k, v in regularizer.state_dict().items()} if regularizer else {}
+                    save_checkpoint(run_dir, epoch, method.prompt_state(), opt, extra)
+            plog.step(epoch_line(record, cfg.epochs), loss=f"{record['loss']:.3f}", acc=f"{record['train_acc']:.1f}")
+    except KeyboardInterrupt:
+        saved = load_checkpoint(run_dir) if run_dir is not None else None
+        kept = f"{saved['epoch'] + 1} epochs saved in {run_dir}; run the same command again to resume" if saved \
+            else "nothing saved"
+        plog.note(f"interrupted (Ctrl-C): {kept}")
+        plog.close()
+        raise
+    plog.close()
     method.eval()
     return log
 
