@@ -7,6 +7,7 @@ t_k <- t_k/||t_k||, f_i <- f_i/||f_i|| (CLIP's logits are cosines, so only direc
     c_k   = t_k - (1/K) sum_j t_j            (centred text features; c_k = t_k if not cfg.centered, LC only)
     LC pairwise:  mean_{k != j} ( cos(c_k, c_j) + 1/(K-1) )^2
     LC anchored:  mean_k ( 1 - cos(c_k, a_k) ),   anchors A from :func:`ncprompt.collapse.etf.aligned_anchors`
+    LC cluster:   within-cluster pairwise LC + lambda_conv L_conv + lambda_rot L_rot (:mod:`ncprompt.collapse.cluster`)
     MI self-duality:    || C_T/||C_T||_F - B_I/||B_I||_F ||_F^2,
                         C_T rows c_k (always centred), B_I rows bar-mu_k = mu_k - (1/K) sum_j mu_j
     MI cross-similarity: mean_i mean_{k != y_i} ( cos(f_i, c_k) + 1/(K-1) )^2
@@ -29,12 +30,19 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from ncprompt.collapse.cluster import (
+    auto_cluster_count,
+    class_convergence,
+    cluster_pairwise_lc,
+    kmeans,
+    rotation_stabilisation,
+)
 from ncprompt.collapse.etf import aligned_anchors
 from ncprompt.metrics.neural_collapse import centre_rows, etf_angle_deviation, self_duality
 
 __all__ = ["NPTConfig", "NPTRegularizer"]
 
-_LC_FORMS = ("pairwise", "anchored")
+_LC_FORMS = ("pairwise", "anchored", "cluster")
 _MI_FORMS = ("self_duality", "cross_similarity")
 _ALIGNS = ("procrustes", "identity")
 _EPS = 1e-12
@@ -44,7 +52,9 @@ _EPS = 1e-12
 class NPTConfig:
     """Configuration of the NPT regularisers (see the module docstring for the formulas).
 
-    enabled: add the regularisers at all; lambda_lc / lambda_mi: weights (>= 0); lc_form: "pairwise" | "anchored";
+    enabled: add the regularisers at all; lambda_lc / lambda_mi: weights (>= 0); lc_form: "pairwise" | "anchored" |
+    "cluster" (cluster-aware: ``clusters`` k-means clusters of the zero-shot text features, 0 = auto, seeded by
+    etf_seed; ``lambda_conv`` / ``lambda_rot`` weight its class-convergence / rotation-stabilisation terms);
     mi_form: "self_duality" | "cross_similarity"; centered: centre text features in LC; anchor_align:
     "procrustes" | "identity" (anchors for anchored LC and the image anchor); image_anchor: add the MaPLe image-anchor
     term (weighted by lambda_mi); ema_momentum in [0, 1) for the running image class means; etf_seed: seed of the ETF;
@@ -54,7 +64,7 @@ class NPTConfig:
     enabled: bool = False
     lambda_lc: float = 0.1
     lambda_mi: float = 0.1
-    lc_form: Literal["pairwise", "anchored"] = "pairwise"
+    lc_form: Literal["pairwise", "anchored", "cluster"] = "pairwise"
     mi_form: Literal["self_duality", "cross_similarity"] = "self_duality"
     centered: bool = True
     anchor_align: Literal["procrustes", "identity"] = "procrustes"
@@ -62,9 +72,14 @@ class NPTConfig:
     ema_momentum: float = 0.9
     etf_seed: int = 0
     normalize: bool = True
+    clusters: int = 0
+    lambda_conv: float = 0.1
+    lambda_rot: float = 0.1
 
     def __post_init__(self) -> None:
-        for name in ("lambda_lc", "lambda_mi"):
+        if not isinstance(self.clusters, int) or isinstance(self.clusters, bool) or self.clusters < 0:
+            raise ValueError(f"NPTConfig.clusters must be an integer >= 0 (0: automatic), got {self.clusters!r}")
+        for name in ("lambda_lc", "lambda_mi", "lambda_conv", "lambda_rot"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
                 raise ValueError(f"NPTConfig.{name} must be a number >= 0, got {value!r}")
@@ -105,6 +120,11 @@ class NPTRegularizer(nn.Module):
         self.register_buffer("image_means", torch.zeros(num_classes, dim))
         self.register_buffer("image_seen", torch.zeros(num_classes, dtype=torch.bool))
         self.register_buffer("image_fixed", torch.tensor(False))
+        if cfg.lc_form == "cluster":
+            if cfg.clusters > num_classes:
+                raise ValueError(f"NPTConfig.clusters ({cfg.clusters}) exceeds the {num_classes} classes")
+            self.register_buffer("cluster_assign", torch.zeros(num_classes, dtype=torch.long))
+            self.register_buffer("frozen_text", torch.zeros(num_classes, dim))
 
     def _check(self, x: Tensor, name: str) -> None:
         if x.shape != (self.num_classes, self.dim):
@@ -124,6 +144,13 @@ class NPTRegularizer(nn.Module):
             a = aligned_anchors(zero_shot_text, seed=cfg.etf_seed, align=cfg.anchor_align,
                                 num_classes=self.num_classes, dim=self.dim)
             self.anchors.copy_(a)
+            self.anchors_ready.fill_(True)
+        if cfg.lc_form == "cluster":
+            if zero_shot_text is None:
+                raise ValueError("NPTRegularizer.setup: lc_form='cluster' needs zero_shot_text (K, d)")
+            n_clusters = cfg.clusters or auto_cluster_count(self.num_classes)
+            self.cluster_assign.copy_(kmeans(zero_shot_text, n_clusters, seed=cfg.etf_seed))
+            self.frozen_text.copy_(zero_shot_text.float() / zero_shot_text.float().norm(dim=-1, keepdim=True))
             self.anchors_ready.fill_(True)
         if image_class_means is not None:
             self._check(image_class_means, "image_class_means")
@@ -180,7 +207,7 @@ class NPTRegularizer(nn.Module):
             raise ValueError(f"labels has {labels.numel()} entries for {image_features.shape[0]} image features")
         if text_features.ndim == 3 and text_features.shape[0] != image_features.shape[0]:
             raise ValueError("per-image text_features (B, K, d) need the same B as image_features")
-        if cfg.needs_anchors and not bool(self.anchors_ready):
+        if (cfg.needs_anchors or cfg.lc_form == "cluster") and not bool(self.anchors_ready):
             raise RuntimeError("NPTRegularizer.setup() must be called before forward() with anchored forms")
 
         t = text_features.to(dtype)
@@ -190,8 +217,13 @@ class NPTRegularizer(nn.Module):
         c_lc = c if cfg.centered else t
         anchors = self.anchors.to(dtype)
 
+        cluster_terms: dict[str, Tensor] = {}
         if cfg.lc_form == "pairwise":
             lc = etf_angle_deviation(c_lc, power=2)
+        elif cfg.lc_form == "cluster":
+            lc = cluster_pairwise_lc(t, self.cluster_assign, centered=cfg.centered)
+            cluster_terms = {"conv": class_convergence(t, image_features.to(dtype), labels),
+                             "rot": rotation_stabilisation(t, self.frozen_text.to(dtype))}
         else:
             lc = (1.0 - nn.functional.cosine_similarity(c_lc, anchors.expand_as(c_lc), dim=-1, eps=_EPS)).mean()
 
@@ -210,6 +242,9 @@ class NPTRegularizer(nn.Module):
 
         loss = cfg.lambda_lc * lc + cfg.lambda_mi * mi
         out = {"lc": lc, "mi": mi}
+        if cluster_terms:
+            out.update(cluster_terms)
+            loss = loss + cfg.lambda_conv * cluster_terms["conv"] + cfg.lambda_rot * cluster_terms["rot"]
         if cfg.image_anchor:
             bar_mu = centre_rows(means, seen)
             cos_a = nn.functional.cosine_similarity(bar_mu, anchors, dim=-1, eps=_EPS)
