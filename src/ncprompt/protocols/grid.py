@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ncprompt.config import RunConfig, merge
+from ncprompt.engine.progress import ProgressLog, quiet
 from ncprompt.methods.base import options_for
 
 
@@ -59,7 +60,8 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
 
         _DATASETS.clear()  # keep one dataset in memory: the grid runs dataset by dataset
         _DATASETS[key] = get_dataset(cfg.dataset, cfg.root, **{"seed": 0, **cfg.dataset_options})
-    return Experiment(cfg, dataset=_DATASETS[key], log=lambda *a: None).run(out)
+    with quiet():  # a run's epochs go to its train.log; the grid shows one line per run
+        return Experiment(cfg, dataset=_DATASETS[key], log=lambda *a: None).run(out)
 
 
 _DATASETS: dict[str, Any] = {}
@@ -91,6 +93,8 @@ def run_grid(base: dict[str, Any], datasets: list[str], methods: list[MethodSpec
     jobs = grid_jobs(base, datasets, methods, seeds, out, shots)
     rows: list[dict[str, Any]] = []
     threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
+    plog = ProgressLog("grid", len(jobs), out / "grid.log", unit="run")
+    reused = {job["run_dir"] for job in jobs if (Path(job["run_dir"]) / "results.json").is_file()}
 
     def record(job: dict[str, Any], res: dict[str, Any]) -> None:
         row = {"dataset": job["dataset"], "shots": job["shots"], "method": job["label"], "seed": job["seed"]}
@@ -106,7 +110,9 @@ def run_grid(base: dict[str, Any], datasets: list[str], methods: list[MethodSpec
         row["seconds"] = res.get("seconds")
         rows.append(row)
         shown = ", ".join(f"{k} {row[k]:.1f}" for k in ("all", "base", "new", "hm") if k in row)
-        log(f"  {job['dataset']:24s} {job['label']:14s} seed {job['seed']}: {shown}")
+        took = "reused" if job["run_dir"] in reused else f"{res.get('seconds', 0):.0f} s"
+        plog.step(f"run {len(rows)}/{len(jobs)} {job['dataset']} {job['label']} seed {job['seed']}: {shown} ({took})",
+                  ran=job["run_dir"] not in reused)
 
     if workers <= 1:
         for job in jobs:
@@ -117,6 +123,7 @@ def run_grid(base: dict[str, Any], datasets: list[str], methods: list[MethodSpec
         with cf.ProcessPoolExecutor(max_workers=workers) as pool:
             for job, res in zip(jobs, pool.map(run_one, jobs)):
                 record(job, res)
+    plog.close()
     write_tables(rows, out)
     return rows
 
