@@ -1,0 +1,194 @@
+"""Feature arrays stored as row shards with a manifest: memory-mapped on read, written shard by shard.
+
+A store of N rows of shape ``row_shape`` (e.g. ``(views, E)``) is a folder::
+
+    manifest.json         {"format", "describe", "n", "row_shape", "dtype", "shard_rows", "shards", "complete"}
+    shard-00000.npy       rows [0, shard_rows)
+    shard-00001.npy       rows [shard_rows, 2·shard_rows) ...
+
+Each shard is written to a temporary file and renamed into place, then the manifest (rewritten the same
+way) records its rows and the SHA-256 of its bytes. A build killed at any moment therefore leaves only
+complete shards that the manifest vouches for; a rebuild keeps them and computes the rest. On read every
+shard's checksum is verified; a shard that is missing, unreadable or does not match is recomputed.
+Opened shards are ``np.load(mmap_mode="r")`` memory maps: rows are paged in when gathered, so the whole
+``N × row_shape`` array never has to sit in RAM.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ncprompt.utils import atomic_write
+
+FORMAT = "ncprompt-features/2"
+MANIFEST = "manifest.json"
+
+
+class CacheWarning(UserWarning):
+    """The feature cache could not be used as asked (damaged entry, unwritable folder); work goes on without it."""
+
+
+def warn(message: str) -> None:
+    warnings.warn(message, CacheWarning, stacklevel=3)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def shard_ranges(n: int, shard_rows: int) -> list[tuple[int, int]]:
+    """Row ranges [start, stop) of the shards of n rows."""
+    return [(a, min(a + shard_rows, n)) for a in range(0, n, shard_rows)] or [(0, 0)]
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as f:  # a file object: np.save would append ".npy" to a path
+        np.save(f, array, allow_pickle=False)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+class FeatureStore:
+    """Rows ``[0, N)`` held as consecutive shards, each a numpy array (a read-only memory map or in RAM)."""
+
+    def __init__(self, shards: Sequence[np.ndarray]) -> None:
+        if not shards:
+            raise ValueError("a feature store needs at least one shard")
+        self.shards = list(shards)
+        sizes = [len(s) for s in self.shards]
+        self.stops = np.cumsum(sizes)
+        self.starts = self.stops - np.asarray(sizes)
+        self.shape = (int(self.stops[-1]), *self.shards[0].shape[1:])
+        self.dtype = self.shards[0].dtype
+
+    @classmethod
+    def from_tensor(cls, t: torch.Tensor) -> FeatureStore:
+        return cls([t.detach().cpu().numpy()])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def memory_mapped(self) -> bool:
+        return all(isinstance(s, np.memmap) for s in self.shards)
+
+    def gather(self, rows: torch.Tensor | np.ndarray, cols: torch.Tensor | np.ndarray | None = None) -> torch.Tensor:
+        """``X[rows]``, or ``X[rows, cols]`` row by row (e.g. one view per image), as a new tensor."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"row index out of range [0, {len(self)})")
+        c = None if cols is None else np.asarray(cols, dtype=np.int64).reshape(-1)
+        out = np.empty((len(rows), *self.shape[1 + (c is not None):]), dtype=self.dtype)
+        which = np.searchsorted(self.stops, rows, side="right")
+        for s in np.unique(which):
+            sel = which == s
+            local = rows[sel] - self.starts[s]
+            out[sel] = self.shards[s][local] if c is None else self.shards[s][local, c[sel]]
+        return torch.from_numpy(out)
+
+    def to_tensor(self) -> torch.Tensor:
+        """The whole array in RAM."""
+        return torch.from_numpy(np.concatenate([np.asarray(s) for s in self.shards]))
+
+
+class ShardedFile:
+    """The shard folder of one store: reads and verifies its manifest, writes shards and the manifest."""
+
+    def __init__(self, folder: Path, describe: dict[str, Any], n: int, shard_rows: int, dtype: str = "float32") -> None:
+        self.folder, self.describe, self.n, self.dtype = folder, describe, n, dtype
+        self.shard_rows = shard_rows
+        self.row_shape: list[int] | None = None
+        self.shards: dict[int, dict[str, Any]] = {}
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.folder / MANIFEST
+
+    def _read_manifest(self) -> dict[str, Any] | None:
+        p = self.manifest_path
+        if not p.is_file():
+            return None
+        try:
+            m = json.loads(p.read_text())
+            ok = (m.get("format") == FORMAT and m.get("describe") == self.describe and m.get("n") == self.n
+                  and m.get("dtype") == self.dtype and isinstance(m.get("shards"), dict))
+        except (OSError, ValueError) as e:
+            warn(f"feature cache manifest {p} is unreadable ({e}); recomputing its features")
+            return None
+        if not ok:
+            warn(f"feature cache manifest {p} does not match the features asked for; recomputing them")
+            return None
+        return m
+
+    def valid_shards(self, ranges: list[tuple[int, int]]) -> dict[int, np.memmap]:
+        """The shards on disk that the manifest lists and whose bytes match its checksums, memory-mapped.
+
+        Adopts the manifest's shard size and row shape (so a resumed build keeps the same shards)."""
+        m = self._read_manifest()
+        if m is None:
+            return {}
+        self.shard_rows, self.row_shape = int(m["shard_rows"]), m.get("row_shape")
+        ranges = shard_ranges(self.n, self.shard_rows)
+        out: dict[int, np.memmap] = {}
+        for k_str, info in m["shards"].items():
+            k = int(k_str)
+            path = self.folder / info["file"]
+            try:
+                if k >= len(ranges) or (info["start"], info["stop"]) != ranges[k]:
+                    raise ValueError("its rows do not match the manifest's shard size")
+                if file_sha256(path) != info["sha256"]:
+                    raise ValueError("checksum mismatch: its bytes were changed")
+                arr = np.load(path, mmap_mode="r")
+                if arr.shape != (ranges[k][1] - ranges[k][0], *self.row_shape) or str(arr.dtype) != self.dtype:
+                    raise ValueError(f"shape {arr.shape} {arr.dtype} differs from the manifest's")
+            except (OSError, ValueError, TypeError) as e:
+                warn(f"feature cache shard {path} is damaged ({e}); recomputing it")
+                continue
+            out[k] = arr
+            self.shards[k] = info
+        return out
+
+    def complete(self, valid: dict[int, np.memmap]) -> bool:
+        return len(valid) == len(shard_ranges(self.n, self.shard_rows))
+
+    def write_shard(self, k: int, start: int, array: np.ndarray) -> np.memmap:
+        """Write shard k (rows ``start ..``) atomically, record it in the manifest, return it memory-mapped."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        name = f"shard-{k:05d}.npy"
+        path = self.folder / name
+        array = np.ascontiguousarray(array, dtype=self.dtype)
+        atomic_write(path, lambda p: _save_npy(p, array))
+        self.row_shape = list(array.shape[1:])
+        self.shards[k] = {"file": name, "start": start, "stop": start + len(array), "sha256": file_sha256(path)}
+        self._write_manifest()
+        return np.load(path, mmap_mode="r")
+
+    def _write_manifest(self) -> None:
+        m = {"format": FORMAT, "describe": self.describe, "n": self.n, "row_shape": self.row_shape,
+             "dtype": self.dtype, "shard_rows": self.shard_rows,
+             "shards": {str(k): v for k, v in sorted(self.shards.items())},
+             "complete": len(self.shards) == len(shard_ranges(self.n, self.shard_rows))}
+        atomic_write(self.manifest_path, lambda p: p.write_text(json.dumps(m, indent=1) + "\n"))
+
+    def probe_writable(self) -> str | None:
+        """None when shards can be written into the folder, else why not."""
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.folder / ".write-test", lambda p: p.write_bytes(b""))
+            os.unlink(self.folder / ".write-test")
+        except OSError as e:
+            return f"{type(e).__name__}: {e.strerror or e}"
+        return None
