@@ -24,8 +24,7 @@ For text features of shape (B, K, d) (CoCoOp, one set per image), LC and MI are 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -38,61 +37,12 @@ from ncprompt.collapse.cluster import (
     rotation_stabilisation,
 )
 from ncprompt.collapse.etf import aligned_anchors
+from ncprompt.config.run import NPTConfig  # the typed config tree (pydantic, light)
 from ncprompt.metrics.neural_collapse import centre_rows, etf_angle_deviation, self_duality
 
 __all__ = ["NPTConfig", "NPTRegularizer"]
 
-_LC_FORMS = ("pairwise", "anchored", "cluster")
-_MI_FORMS = ("self_duality", "cross_similarity")
-_ALIGNS = ("procrustes", "identity")
 _EPS = 1e-12
-
-
-@dataclass
-class NPTConfig:
-    """Configuration of the NPT regularisers (see the module docstring for the formulas).
-
-    enabled: add the regularisers at all; lambda_lc / lambda_mi: weights (>= 0); lc_form: "pairwise" | "anchored" |
-    "cluster" (cluster-aware: ``clusters`` k-means clusters of the zero-shot text features, 0 = auto, seeded by
-    etf_seed; ``lambda_conv`` / ``lambda_rot`` weight its class-convergence / rotation-stabilisation terms);
-    mi_form: "self_duality" | "cross_similarity"; centered: centre text features in LC; anchor_align:
-    "procrustes" | "identity" (anchors for anchored LC and the image anchor); image_anchor: add the MaPLe image-anchor
-    term (weighted by lambda_mi); ema_momentum in [0, 1) for the running image class means; etf_seed: seed of the ETF;
-    normalize: L2-normalise text and image features before everything.
-    """
-
-    enabled: bool = False
-    lambda_lc: float = 0.1
-    lambda_mi: float = 0.1
-    lc_form: Literal["pairwise", "anchored", "cluster"] = "pairwise"
-    mi_form: Literal["self_duality", "cross_similarity"] = "self_duality"
-    centered: bool = True
-    anchor_align: Literal["procrustes", "identity"] = "procrustes"
-    image_anchor: bool = False
-    ema_momentum: float = 0.9
-    etf_seed: int = 0
-    normalize: bool = True
-    clusters: int = 0
-    lambda_conv: float = 0.1
-    lambda_rot: float = 0.1
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.clusters, int) or isinstance(self.clusters, bool) or self.clusters < 0:
-            raise ValueError(f"NPTConfig.clusters must be an integer >= 0 (0: automatic), got {self.clusters!r}")
-        for name in ("lambda_lc", "lambda_mi", "lambda_conv", "lambda_rot"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
-                raise ValueError(f"NPTConfig.{name} must be a number >= 0, got {value!r}")
-        for name, allowed in (("lc_form", _LC_FORMS), ("mi_form", _MI_FORMS), ("anchor_align", _ALIGNS)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"NPTConfig.{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
-        m = self.ema_momentum
-        if not isinstance(m, (int, float)) or isinstance(m, bool) or not 0.0 <= m < 1.0:
-            raise ValueError(f"NPTConfig.ema_momentum must be in [0, 1), got {m!r}")
-
-    @property
-    def needs_anchors(self) -> bool:
-        return self.lc_form == "anchored" or self.image_anchor
 
 
 class NPTRegularizer(nn.Module):
@@ -120,6 +70,8 @@ class NPTRegularizer(nn.Module):
         self.register_buffer("image_means", torch.zeros(num_classes, dim))
         self.register_buffer("image_seen", torch.zeros(num_classes, dtype=torch.bool))
         self.register_buffer("image_fixed", torch.tensor(False))
+        #: data-parallel training sets this to a differentiable sum over ranks, so the EMA sees the global batch
+        self.batch_sum: Callable[[Tensor], Tensor] | None = None
         if cfg.lc_form == "cluster":
             if cfg.clusters > num_classes:
                 raise ValueError(f"NPTConfig.clusters ({cfg.clusters}) exceeds the {num_classes} classes")
@@ -170,6 +122,8 @@ class NPTRegularizer(nn.Module):
             f = f / f.norm(dim=-1, keepdim=True).clamp_min(_EPS)
         counts = torch.bincount(labels, minlength=k)
         sums = torch.zeros(k, f.shape[-1], dtype=dtype, device=f.device).index_add(0, labels, f)
+        if self.batch_sum is not None:
+            counts, sums = self.batch_sum(counts), self.batch_sum(sums)
         present = counts > 0
         batch_means = sums / counts.clamp_min(1).to(dtype).unsqueeze(1)
         m = self.cfg.ema_momentum

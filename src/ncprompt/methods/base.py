@@ -4,40 +4,48 @@ A method turns class names into text features and image features into logits:
 
     logits_ik = s * cos(f_i, t_k),   s = exp(CLIP's logit_scale) (frozen)
 
-Methods whose image encoder stays frozen (zero-shot, CoOp, KgCoOp, CoCoOp) take cached image
-features; the trainer feeds them and hands text features, image features and labels to the NPT
-regularisers through one hook, so no method re-implements them.
+A method is built from a :class:`MethodContext` (backbone, class names, the dataset's templates)
+and its config model (:mod:`ncprompt.config.methods`), and owns its behaviour: how it sees images
+(:meth:`PromptMethod.image_features`: cached frozen-tower features, or its own live encoding), what
+it trains on (:meth:`PromptMethod.training_source`, None when it trains nothing) and how it predicts
+(:meth:`PromptMethod.predict`). The engine only calls these; it never asks which method it runs.
+The trainer hands text features, image features and labels to the NPT regularisers through one
+hook, so no method re-implements them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ncprompt.backbones.openclip import Backbone
+from ncprompt.config.base import ConfigError
+from ncprompt.config.methods import MethodConfig, parse_method
+from ncprompt.data.base import LabeledImages
+from ncprompt.data.cache import CachedFeatures, FeatureCache, FeatureSource, PixelViews, encode_with
 from ncprompt.registry import Registry
 
+DEFAULT_TEMPLATES = ["a photo of a {}."]
 
-class MethodConfigError(ValueError):
+
+class MethodConfigError(ConfigError):
     pass
 
 
-@dataclass
-class MethodConfig:
-    """Base of the per-method config dataclasses (validated in ``__post_init__``)."""
+@dataclass(frozen=True)
+class MethodContext:
+    """What a method is built on: the frozen backbone, the class names, the dataset's templates."""
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> MethodConfig:
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise MethodConfigError(f"unknown option(s) {unknown} for {cls.__name__}; known: {sorted(known)}")
-        return cls(**d)
+    backbone: Backbone
+    classnames: list[str]
+    templates: list[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
+
+    def with_classnames(self, classnames: list[str]) -> MethodContext:
+        return replace(self, classnames=list(classnames))
 
 
 @dataclass
@@ -54,40 +62,47 @@ class MethodOutput:
 
 
 class PromptMethod(nn.Module):
-    """A classifier over ``classnames`` built on a frozen :class:`Backbone`."""
+    """A classifier over ``context.classnames`` built on a frozen :class:`Backbone`.
+
+    Subclasses set ``config_class`` and declare what they need; only this class reads the
+    declarations: ``image_input`` "cached" (the frozen image tower's features, cached) or "live"
+    (pixels, encoded by :meth:`encode_images` at every step), ``trainable``.
+    """
 
     name: ClassVar[str] = "base"
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
-    #: True when image features do not depend on learned parameters (features can be cached).
-    frozen_image_encoder: ClassVar[bool] = True
+    image_input: ClassVar[Literal["cached", "live"]] = "cached"
     trainable: ClassVar[bool] = True
-    #: True when text features depend on the image (CoCoOp): prediction calls ``forward`` per batch.
-    image_conditional: ClassVar[bool] = False
-    #: True when the method reads the dataset's hand-written templates (``dataset_templates=`` kwarg).
-    uses_templates: ClassVar[bool] = False
 
-    def __init__(self, backbone: Backbone, classnames: list[str], cfg: MethodConfig | None = None) -> None:
+    def __init__(self, context: MethodContext, cfg: MethodConfig | None = None) -> None:
         super().__init__()
-        self.backbone = backbone
-        self.classnames = list(classnames)
+        if not isinstance(context, MethodContext):
+            raise TypeError(f"{type(self).__name__} takes a MethodContext (build it with build_method)")
+        self.context = context
+        self.backbone = context.backbone
+        self.classnames = list(context.classnames)
+        self.templates = list(context.templates)
         self.cfg = cfg if cfg is not None else self.config_class()
-        self.logit_scale = backbone.logit_scale
+        self.logit_scale = self.backbone.logit_scale
 
     @property
     def num_classes(self) -> int:
         return len(self.classnames)
 
+    # --- prompts and logits -----------------------------------------------------------------
     def text_features(self) -> torch.Tensor:
-        """Raw text features (K, E) of the current prompts."""
+        """Raw text features (K, E) of the current prompts (the classifier used by diagnostics)."""
         raise NotImplementedError
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Image features (B, E) of preprocessed pixels, as this method sees them (frozen tower by default)."""
         return self.backbone.encode_images(images)
 
-    def forward(self, image_features: torch.Tensor) -> MethodOutput:
+    def forward(self, inputs: torch.Tensor) -> MethodOutput:
+        """One training forward on what :meth:`training_source` yields (features, or pixels when live)."""
+        f = self.encode_images(inputs) if self.image_input == "live" else inputs
         t = self.text_features()
-        return MethodOutput(self.logits(image_features, t), t)
+        return MethodOutput(self.logits(f, t), t, image_features=f if self.image_input == "live" else None)
 
     def logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         """s * cos(f_i, t_k) for (B, E) x (K, E) or per-image (B, K, E)."""
@@ -103,10 +118,45 @@ class PromptMethod(nn.Module):
         losses.update(out.extra_losses)
         return losses
 
+    # --- behaviour the engine calls ---------------------------------------------------------
+    def image_features(self, images: LabeledImages, cache: FeatureCache | None = None,
+                       desc: str = "images") -> torch.Tensor:
+        """Centre-view image features (N, E) of ``images`` as this method sees them."""
+        cache = cache if cache is not None else FeatureCache(enabled=False)
+        if self.image_input == "cached":
+            return cache.features(self.backbone, images, desc=desc)
+        with torch.no_grad():
+            return encode_with(self.encode_images, self.backbone, images)
+
+    def fixed_image_features(self, images: LabeledImages, cache: FeatureCache | None = None) -> torch.Tensor | None:
+        """Training-image features that do not change while training (NPT's fixed class means), or None."""
+        return self.image_features(images, cache, desc="train") if self.image_input == "cached" else None
+
+    def training_source(self, images: LabeledImages, views: int, seed: int,
+                        cache: FeatureCache | None = None) -> FeatureSource | None:
+        """What :meth:`forward` trains on, by (index, view); None when the method trains nothing."""
+        if not self.trainable:
+            return None
+        if self.image_input == "live":
+            return PixelViews(self.backbone, images, views, seed)
+        cache = cache if cache is not None else FeatureCache(enabled=False)
+        return CachedFeatures(cache.features(self.backbone, images, views=views, seed=seed, train=True,
+                                             desc="train views"))
+
+    @torch.no_grad()
+    def predict(self, features: torch.Tensor, batch: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (N, K) of image features (from :meth:`image_features`) and the (K, E) text features
+        used as the classifier (computed once)."""
+        self.eval()
+        t = self.text_features()
+        out = [self.logits(features[i : i + batch].to(t.device), t).cpu() for i in range(0, len(features), batch)]
+        return torch.cat(out) if out else torch.zeros(0, self.num_classes), t
+
     def for_classnames(self, classnames: list[str]) -> PromptMethod:
         """The same learned prompts applied to other classes (e.g. the new classes of base-to-new)."""
-        raise NotImplementedError(f"{self.name} cannot be applied to other class names")
+        raise MethodConfigError(f"{self.name} cannot be applied to other class names")
 
+    # --- learned state ----------------------------------------------------------------------
     def prompt_state(self) -> dict[str, torch.Tensor]:
         """The learned parameters, for safetensors."""
         return {k: v.detach().cpu().contiguous() for k, v in self.named_parameters() if v.requires_grad}
@@ -132,19 +182,36 @@ class PromptMethod(nn.Module):
 METHODS: Registry[type[PromptMethod]] = Registry("method")
 
 
-def options_for(name: str, options: dict[str, Any]) -> dict[str, Any]:
-    """The subset of ``options`` that method ``name``'s config knows (shared option sets)."""
-    known = {f.name for f in fields(METHODS.get(name).config_class)}
-    return {k: v for k, v in options.items() if k in known}
+def register_method(cls: type[PromptMethod]) -> type[PromptMethod]:
+    """Class decorator: register ``cls`` under its config model's ``name`` (``ncprompt methods`` lists it)."""
+    name = cls.config_class.model_fields["name"].default
+    if not isinstance(name, str):
+        raise TypeError(f"{cls.__name__}.config_class needs a name: Literal[...] = ... default")
+    cls.name = name
+    METHODS.register(name, help=cls.config_class.summary or (cls.__doc__ or "").strip().split("\n")[0])(cls)
+    return cls
 
 
 def build_method(
-    name: str, backbone: Backbone, classnames: list[str], options: dict[str, Any] | MethodConfig | None = None,
+    spec: str | MethodConfig | dict[str, Any], context: MethodContext | Backbone, classnames: list[str] | None = None,
+    options: dict[str, Any] | MethodConfig | None = None, templates: list[str] | None = None,
     dataset_templates: list[str] | None = None,
 ) -> PromptMethod:
-    """Build a registered method; ``options`` fill its config dataclass."""
-    cls = METHODS.get(name)
-    cfg = options if isinstance(options, MethodConfig) else cls.config_class.from_dict(options)
-    if cls.uses_templates:
-        return cls(backbone, classnames, cfg, dataset_templates=dataset_templates)
-    return cls(backbone, classnames, cfg)
+    """Build a registered method: ``build_method(cfg, context)`` or, as a shortcut,
+    ``build_method("coop", backbone, classnames, {"n_ctx": 4}, templates)``."""
+    if isinstance(options, MethodConfig):
+        cfg = options
+    elif isinstance(spec, MethodConfig):
+        cfg = spec.model_copy(update=options) if options else spec
+        cfg = parse_method(cfg.model_dump())
+    else:
+        base = {"name": spec} if isinstance(spec, str) else dict(spec)
+        cfg = parse_method({**base, **(options or {})})
+    if not isinstance(context, MethodContext):
+        if classnames is None:
+            raise TypeError("build_method(spec, backbone, classnames, ...) needs the class names")
+        context = MethodContext(context, list(classnames), list(templates or dataset_templates or DEFAULT_TEMPLATES))
+    import ncprompt.methods  # noqa: F401  (registers the built-in methods)
+
+    cls = METHODS.get(cfg.name)
+    return cls(context, cfg)

@@ -10,43 +10,24 @@ the B per-image class sets; the diagnostics use the unshifted context (pi = 0) a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ncprompt.methods.base import METHODS, MethodConfigError, MethodOutput, PromptMethod
-from ncprompt.methods.coop import CoOpConfig, PromptLearner
+from ncprompt.config.methods import CoCoOpConfig
+from ncprompt.methods.base import MethodOutput, PromptMethod, register_method
+from ncprompt.methods.coop import PromptLearner
 
 
-@dataclass
-class CoCoOpConfig(CoOpConfig):
-    """CoOp's options (defaults: 4 tokens from "a photo of a") plus the meta-net reduction and
-    the number of images encoded together at evaluation (``eval_chunk``)."""
-
-    n_ctx: int = 4
-    ctx_init: str = "a photo of a"
-    meta_reduction: int = 16
-    eval_chunk: int = 16
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.class_specific:
-            raise MethodConfigError("CoCoOp has no class-specific context (set class_specific: false)")
-        if self.meta_reduction < 1 or self.eval_chunk < 1:
-            raise MethodConfigError("meta_reduction and eval_chunk must be >= 1")
-
-
-@METHODS.register("cocoop", help="CoCoOp: CoOp context shifted per image by a meta-net")
+@register_method
 class CoCoOp(PromptMethod):
-    name = "cocoop"
-    config_class = CoCoOpConfig
-    image_conditional = True
+    """CoCoOp; options in :class:`ncprompt.config.methods.CoCoOpConfig`. Predicts per image (forward)."""
 
-    def __init__(self, backbone, classnames, cfg=None, ctx: nn.Parameter | None = None,
-                 meta_net: nn.Module | None = None) -> None:
-        super().__init__(backbone, classnames, cfg)
+    config_class = CoCoOpConfig
+
+    def __init__(self, context, cfg=None, ctx: nn.Parameter | None = None, meta_net: nn.Module | None = None) -> None:
+        super().__init__(context, cfg)
+        backbone = self.backbone
         self.prompt_learner = PromptLearner(backbone, self.classnames, self.cfg, ctx=ctx)
         d_img, d_txt = backbone.embed_dim, backbone.text_width
         hidden = max(1, d_img // self.cfg.meta_reduction)
@@ -94,5 +75,14 @@ class CoCoOp(PromptMethod):
             texts.append(t)
         return MethodOutput(torch.cat(logits), torch.cat(texts))
 
+    @torch.no_grad()
+    def predict(self, features: torch.Tensor, batch: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-image logits (forward in chunks of ``eval_chunk``); the unshifted classifier for diagnostics."""
+        self.eval()
+        t = self.text_features()
+        out = [self(features[i : i + batch].to(t.device)).logits.cpu() for i in range(0, len(features), batch)]
+        return torch.cat(out) if out else torch.zeros(0, self.num_classes), t
+
     def for_classnames(self, classnames: list[str]) -> CoCoOp:
-        return CoCoOp(self.backbone, classnames, self.cfg, ctx=self.prompt_learner.ctx, meta_net=self.meta_net)
+        return CoCoOp(self.context.with_classnames(classnames), self.cfg, ctx=self.prompt_learner.ctx,
+                      meta_net=self.meta_net)

@@ -8,35 +8,13 @@ puts it before the context. Features: the frozen text tower at the end token.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from ncprompt.backbones.openclip import Backbone
 from ncprompt.backbones.text_encoder import PromptTextEncoder
-from ncprompt.methods.base import METHODS, MethodConfig, MethodConfigError, PromptMethod
-
-
-@dataclass
-class CoOpConfig(MethodConfig):
-    """n_ctx: context length (ignored when ctx_init is given: its token count is used);
-    ctx_init: words to initialise the context from (e.g. "a photo of a"), "" for random N(0, 0.02);
-    class_specific: one context per class (CSC); class_token_position: end | middle | front."""
-
-    n_ctx: int = 16
-    ctx_init: str = ""
-    class_specific: bool = False
-    class_token_position: str = "end"
-    init_seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.n_ctx < 1:
-            raise MethodConfigError(f"n_ctx must be >= 1, got {self.n_ctx}")
-        if self.class_token_position not in ("end", "middle", "front"):
-            raise MethodConfigError(
-                f"class_token_position must be end, middle or front, got {self.class_token_position!r}"
-            )
+from ncprompt.config.methods import CoOpConfig
+from ncprompt.methods.base import MethodConfigError, MethodContext, PromptMethod, register_method
 
 
 class PromptLearner(nn.Module):
@@ -116,15 +94,15 @@ class PromptLearner(nn.Module):
         return self.encoder(self.sequences(), self.pool_idx).float()
 
 
-@METHODS.register("coop", help="CoOp: learned context vectors shared by all classes (or class-specific)")
+@register_method
 class CoOp(PromptMethod):
-    name = "coop"
+    """CoOp; options in :class:`ncprompt.config.methods.CoOpConfig`."""
+
     config_class = CoOpConfig
 
-    def __init__(self, backbone: Backbone, classnames: list[str], cfg: CoOpConfig | None = None,
-                 ctx: nn.Parameter | None = None) -> None:
-        super().__init__(backbone, classnames, cfg)
-        self.prompt_learner = PromptLearner(backbone, self.classnames, self.cfg, ctx=ctx)
+    def __init__(self, context: MethodContext, cfg: CoOpConfig | None = None, ctx: nn.Parameter | None = None) -> None:
+        super().__init__(context, cfg)
+        self.prompt_learner = PromptLearner(self.backbone, self.classnames, self.cfg, ctx=ctx)
 
     def text_features(self) -> torch.Tensor:
         with self.backbone.autocast():
@@ -133,4 +111,4 @@ class CoOp(PromptMethod):
     def for_classnames(self, classnames: list[str]) -> CoOp:
         if self.cfg.class_specific:
             raise MethodConfigError("class-specific CoOp context cannot be applied to new classes; use a unified one")
-        return type(self)(self.backbone, classnames, self.cfg, ctx=self.prompt_learner.ctx)
+        return type(self)(self.context.with_classnames(classnames), self.cfg, ctx=self.prompt_learner.ctx)

@@ -7,38 +7,24 @@ with w = 8.0 as published. The zero-shot features are computed once per class li
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
-from ncprompt.methods.base import METHODS, MethodConfigError, MethodOutput
-from ncprompt.methods.coop import CoOp, CoOpConfig
+from ncprompt.config.methods import KgCoOpConfig
+from ncprompt.methods.base import MethodConfigError, MethodOutput, register_method
+from ncprompt.methods.coop import CoOp
 from ncprompt.methods.zeroshot import zero_shot_classifier
 
 
-@dataclass
-class KgCoOpConfig(CoOpConfig):
-    """CoOp's options plus ``kg_weight`` (w, default 8.0)."""
-
-    kg_weight: float = 8.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.kg_weight < 0:
-            raise MethodConfigError(f"kg_weight must be >= 0, got {self.kg_weight}")
-
-
-@METHODS.register("kgcoop", help="KgCoOp: CoOp + consistency with the hand-written prompt's features")
+@register_method
 class KgCoOp(CoOp):
-    name = "kgcoop"
-    config_class = KgCoOpConfig
-    uses_templates = True
+    """KgCoOp; options in :class:`ncprompt.config.methods.KgCoOpConfig`."""
 
-    def __init__(self, backbone, classnames, cfg=None, ctx=None, dataset_templates: list[str] | None = None) -> None:
-        super().__init__(backbone, classnames, cfg, ctx=ctx)
-        self.dataset_templates = dataset_templates
-        zs = zero_shot_classifier(backbone, self.classnames, (dataset_templates or ["a photo of a {}."])[:1])
+    config_class = KgCoOpConfig
+
+    def __init__(self, context, cfg=None, ctx=None) -> None:
+        super().__init__(context, cfg, ctx=ctx)
+        zs = zero_shot_classifier(self.backbone, self.classnames, self.templates[:1])
         self.register_buffer("zs_text", zs, persistent=False)
 
     def forward(self, image_features: torch.Tensor) -> MethodOutput:
@@ -49,5 +35,4 @@ class KgCoOp(CoOp):
     def for_classnames(self, classnames: list[str]) -> KgCoOp:
         if self.cfg.class_specific:
             raise MethodConfigError("class-specific context cannot be applied to new classes; use a unified one")
-        return KgCoOp(self.backbone, classnames, self.cfg, ctx=self.prompt_learner.ctx,
-                      dataset_templates=self.dataset_templates)
+        return KgCoOp(self.context.with_classnames(classnames), self.cfg, ctx=self.prompt_learner.ctx)

@@ -10,31 +10,13 @@ both branches through the frozen towers; image features are trainable, so they a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from ncprompt.backbones.image_encoder import check_vision_tower, encode_image_with_prompts
-from ncprompt.methods.base import METHODS, MethodConfigError, MethodOutput, PromptMethod
-from ncprompt.methods.coop import CoOpConfig, PromptLearner
-
-
-@dataclass
-class MaPLeConfig(CoOpConfig):
-    """n_ctx / ctx_init as CoOp (default 2 tokens, "a photo of"); ``depth`` J: prompted layers
-    (<= the number of blocks of both towers; 9 for ViT-B-16 as published)."""
-
-    n_ctx: int = 2
-    ctx_init: str = "a photo of"
-    depth: int = 9
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.class_specific or self.class_token_position != "end":
-            raise MethodConfigError("MaPLe uses one shared context with the class token at the end")
-        if self.depth < 1:
-            raise MethodConfigError(f"depth must be >= 1, got {self.depth}")
+from ncprompt.config.methods import MaPLeConfig
+from ncprompt.methods.base import MethodConfigError, MethodOutput, PromptMethod, register_method
+from ncprompt.methods.coop import PromptLearner
 
 
 class MaPLePrompts(nn.Module):
@@ -53,14 +35,16 @@ class MaPLePrompts(nn.Module):
                 lin.bias.copy_(torch.empty_like(lin.bias).uniform_(-bound, bound, generator=g))
 
 
-@METHODS.register("maple", help="MaPLe: coupled deep prompts in the text and image towers (live image encoding)")
+@register_method
 class MaPLe(PromptMethod):
-    name = "maple"
-    config_class = MaPLeConfig
-    frozen_image_encoder = False
+    """MaPLe; options in :class:`ncprompt.config.methods.MaPLeConfig`. Encodes images itself (live)."""
 
-    def __init__(self, backbone, classnames, cfg=None, shared: tuple[nn.Parameter, MaPLePrompts] | None = None) -> None:
-        super().__init__(backbone, classnames, cfg)
+    config_class = MaPLeConfig
+    image_input = "live"
+
+    def __init__(self, context, cfg=None, shared: tuple[nn.Parameter, MaPLePrompts] | None = None) -> None:
+        super().__init__(context, cfg)
+        backbone = self.backbone
         visual = backbone.model.visual
         check_vision_tower(visual)
         layers = min(len(backbone.model.transformer.resblocks), len(visual.transformer.resblocks))
@@ -93,4 +77,4 @@ class MaPLe(PromptMethod):
         return MethodOutput(self.logits(f, t), t, image_features=f)
 
     def for_classnames(self, classnames: list[str]) -> MaPLe:
-        return MaPLe(self.backbone, classnames, self.cfg, shared=(self.prompt_learner.ctx, self.prompts))
+        return MaPLe(self.context.with_classnames(classnames), self.cfg, shared=(self.prompt_learner.ctx, self.prompts))

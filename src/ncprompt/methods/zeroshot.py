@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
-from ncprompt.methods.base import METHODS, MethodConfig, PromptMethod
+from ncprompt.config.methods import ZeroShotConfig
+from ncprompt.methods.base import MethodContext, PromptMethod, register_method
 from ncprompt.methods.templates import resolve_templates
-
-
-@dataclass
-class ZeroShotConfig(MethodConfig):
-    """templates: "dataset" (the dataset's own), "ensemble" (CLIP's 80), "simple", one template or a list."""
-
-    templates: str | list[str] = "dataset"
 
 
 @torch.no_grad()
@@ -30,23 +22,21 @@ def zero_shot_classifier(backbone, classnames: list[str], templates: list[str], 
     return F.normalize(F.normalize(feats, dim=-1).mean(dim=1), dim=-1)
 
 
-@METHODS.register("zeroshot", help="zero-shot CLIP with hand-written templates (no training)")
+@register_method
 class ZeroShot(PromptMethod):
     """Zero-shot CLIP; the classifier is built once and cached."""
 
-    name = "zeroshot"
     config_class = ZeroShotConfig
     trainable = False
-    uses_templates = True
 
-    def __init__(self, backbone, classnames, cfg=None, dataset_templates: list[str] | None = None) -> None:
-        super().__init__(backbone, classnames, cfg)
-        self.dataset_templates = dataset_templates
-        self.templates = resolve_templates(self.cfg.templates, dataset_templates)
-        self.register_buffer("classifier", zero_shot_classifier(backbone, self.classnames, self.templates))
+    def __init__(self, context: MethodContext, cfg: ZeroShotConfig | None = None) -> None:
+        super().__init__(context, cfg)
+        self.templates = resolve_templates(self.cfg.templates, context.templates)  # the ones it uses
+        self.register_buffer("classifier", zero_shot_classifier(self.backbone, self.classnames,
+                                                                self.templates))
 
     def text_features(self) -> torch.Tensor:
         return self.classifier
 
     def for_classnames(self, classnames: list[str]) -> ZeroShot:
-        return ZeroShot(self.backbone, classnames, self.cfg, dataset_templates=self.dataset_templates)
+        return ZeroShot(self.context.with_classnames(classnames), self.cfg)

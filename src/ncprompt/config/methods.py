@@ -1,0 +1,141 @@
+"""One config model per prompt method, chosen by its ``name`` (a discriminated union over a registry).
+
+A method's config is a :class:`MethodConfig` subclass whose ``name`` is a ``Literal`` with a
+default; defining the class registers it (``METHOD_CONFIGS``), so a new method needs its config
+model and its implementation file, nothing else. The built-in methods' models live here, light, so
+``--help`` lists every option without importing torch.
+"""
+
+from __future__ import annotations
+
+import typing
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from ncprompt.config.base import ConfigError, ConfigModel, validate
+
+#: method name -> config model (filled by subclassing :class:`MethodConfig`)
+METHOD_CONFIGS: dict[str, type[MethodConfig]] = {}
+
+
+class MethodConfig(ConfigModel):
+    """Base of the per-method config models; ``name`` selects the method."""
+
+    name: str = Field(description="prompt method (see `ncprompt methods`)")
+    #: one-line description shown by `ncprompt methods` and --help
+    summary: ClassVar[str] = ""
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        field = cls.model_fields["name"]
+        args = typing.get_args(field.annotation)
+        if typing.get_origin(field.annotation) is Literal and len(args) == 1 and field.default == args[0]:
+            key = str(args[0]).lower()
+            old = METHOD_CONFIGS.get(key)
+            if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
+                raise ConfigError(f"method {key!r} has two config models: {old.__qualname__} and {cls.__qualname__}")
+            METHOD_CONFIGS[key] = cls
+
+    def conflicts(self, run: Any) -> list[str]:
+        """Settings of the whole run (``run``: the :class:`RunConfig`) this method cannot work with,
+        each as "key: problem and fix"; checked at load, before any model or data is touched."""
+        return []
+
+
+def method_names() -> list[str]:
+    return sorted(METHOD_CONFIGS)
+
+
+def method_config_class(name: str) -> type[MethodConfig]:
+    """The config model of method ``name``; methods whose models live outside this module are found by
+    importing ``ncprompt.methods`` (only when the name is not known yet)."""
+    key = str(name).lower()
+    if key not in METHOD_CONFIGS:
+        import importlib
+
+        importlib.import_module("ncprompt.methods")
+    if key not in METHOD_CONFIGS:
+        raise ConfigError(f"method: unknown method {name!r}; known methods: {', '.join(method_names())}")
+    return METHOD_CONFIGS[key]
+
+
+def parse_method(value: Any, prefix: str = "method") -> MethodConfig:
+    """A method config from a name (``"coop"``) or a mapping (``{name: coop, n_ctx: 4}``)."""
+    if isinstance(value, MethodConfig):
+        return value
+    if isinstance(value, str):
+        value = {"name": value}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{prefix}: must be a method name or a mapping with a 'name' key, got {value!r}")
+    if "name" not in value:
+        raise ConfigError(f"{prefix}.name: missing; name the method, e.g. name: coop")
+    return validate(method_config_class(value["name"]), value, prefix=prefix)
+
+
+# --- built-in methods --------------------------------------------------------------------------
+
+class ZeroShotConfig(MethodConfig):
+    summary: ClassVar[str] = "zero-shot CLIP with hand-written templates (no training)"
+    name: Literal["zeroshot"] = "zeroshot"
+    templates: str | list[str] = Field(
+        "dataset", description='"dataset" (its own), "ensemble" (CLIP\'s 80), "simple", one "... {} ..." or a list')
+
+    def conflicts(self, run: Any) -> list[str]:
+        if run.npt.enabled:
+            return ["npt.enabled: zeroshot trains nothing, so NPT has nothing to regularise; drop --npt "
+                    "or choose a trainable method"]
+        return []
+
+
+class CoOpConfig(MethodConfig):
+    summary: ClassVar[str] = "CoOp: learned context vectors shared by all classes (or class-specific)"
+    name: Literal["coop"] = "coop"
+    n_ctx: int = Field(16, ge=1, description="number of context vectors (ignored with ctx_init: its words set it)")
+    ctx_init: str = Field("", description='words to initialise the context from, e.g. "a photo of a"; "" random')
+    class_specific: bool = Field(False, description="one context per class (CSC; cannot transfer to new classes)")
+    class_token_position: Literal["end", "middle", "front"] = Field("end", description="where the class name goes")
+    init_seed: int = Field(0, ge=0, description="seed of the random context initialisation")
+
+    def conflicts(self, run: Any) -> list[str]:
+        if self.class_specific and (run.data.protocol == "base2new" or run.data.targets):
+            return ["method.class_specific: class-specific context cannot be applied to new classes "
+                    "(protocol base2new / targets); set it to false, or use protocol all without targets"]
+        return []
+
+
+class KgCoOpConfig(CoOpConfig):
+    summary: ClassVar[str] = "KgCoOp: CoOp + consistency with the hand-written prompt's features"
+    name: Literal["kgcoop"] = "kgcoop"  # type: ignore[assignment]
+    kg_weight: float = Field(8.0, ge=0, description="weight w of the knowledge-guided consistency term")
+
+
+class CoCoOpConfig(CoOpConfig):
+    summary: ClassVar[str] = "CoCoOp: CoOp context shifted per image by a meta-net"
+    name: Literal["cocoop"] = "cocoop"  # type: ignore[assignment]
+    n_ctx: int = Field(4, ge=1, description="number of context vectors (ignored with ctx_init)")
+    ctx_init: str = Field("a photo of a", description="words to initialise the context from; \"\" random")
+    meta_reduction: int = Field(16, ge=1, description="meta-net hidden width = image width / meta_reduction")
+    eval_chunk: int = Field(16, ge=1, description="images encoded together at evaluation (memory)")
+
+    @model_validator(mode="after")
+    def _shared_context(self) -> CoCoOpConfig:
+        if self.class_specific:
+            raise ValueError("class_specific: CoCoOp has no class-specific context (set it to false)")
+        return self
+
+
+class MaPLeConfig(CoOpConfig):
+    summary: ClassVar[str] = "MaPLe: coupled deep prompts in the text and image towers (live image encoding)"
+    name: Literal["maple"] = "maple"  # type: ignore[assignment]
+    n_ctx: int = Field(2, ge=1, description="number of context vectors (ignored with ctx_init)")
+    ctx_init: str = Field("a photo of", description="words to initialise the context from; \"\" random")
+    depth: int = Field(9, ge=1, description="prompted layers J (<= blocks of both towers; 9 for ViT-B-16)")
+
+    @model_validator(mode="after")
+    def _shared_end(self) -> MaPLeConfig:
+        if self.class_specific or self.class_token_position != "end":
+            raise ValueError("MaPLe uses one shared context with the class token at the end "
+                             "(class_specific: false, class_token_position: end)")
+        return self

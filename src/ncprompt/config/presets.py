@@ -1,0 +1,50 @@
+"""Published recipes and the project's own, as partial configs over :class:`RunConfig` (one place).
+
+``ncprompt train --preset cocoop_b2n ...`` starts from the preset; a --config file, --set and flags
+override it. Each entry: (summary, partial config in the sectioned format).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ncprompt.config.base import ConfigError
+
+_B2N_16 = {"protocol": "base2new", "shots": 16}
+
+PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
+    "zeroshot": ("zero-shot CLIP with the dataset's templates (no training images)",
+                 {"method": {"name": "zeroshot"}, "data": {"shots": 0}}),
+    "coop": ("CoOp few-shot (Zhou et al. 2022): 16 random context tokens, class token at the end, 16 shots, "
+             "SGD lr 0.002, batch 32, 200 epochs, 1 warm-up epoch at 1e-5",
+             {"method": {"name": "coop", "n_ctx": 16, "ctx_init": ""}, "data": {"protocol": "all", "shots": 16},
+              "train": {"epochs": 200, "batch_size": 32, "lr": 0.002, "warmup_epochs": 1, "warmup_lr": 1e-5}}),
+    "coop_b2n": ("CoOp on base-to-new, 16 shots, 4 context tokens from 'a photo of a', SGD lr 0.002, batch 32",
+                 {"method": {"name": "coop", "n_ctx": 4, "ctx_init": "a photo of a"}, "data": _B2N_16,
+                  "train": {"batch_size": 32, "lr": 0.002}}),
+    "cocoop_b2n": ("CoCoOp base-to-new as published (vit_b16_c4_ep10_batch1_ctxv1): 4 tokens from 'a photo of a', "
+                   "10 epochs, batch 1, lr 0.002",
+                   {"method": {"name": "cocoop", "n_ctx": 4, "ctx_init": "a photo of a"}, "data": _B2N_16,
+                    "train": {"epochs": 10, "batch_size": 1, "lr": 0.002}}),
+    "kgcoop_b2n": ("KgCoOp on base-to-new: 4 tokens from 'a photo of a', w = 8.0, 16 shots",
+                   {"method": {"name": "kgcoop", "n_ctx": 4, "ctx_init": "a photo of a", "kg_weight": 8.0},
+                    "data": _B2N_16}),
+    "maple_b2n": ("MaPLe base-to-new as published (vit_b16_c2_ep5_batch4_2ctx): 2 tokens, depth 9, 5 epochs, "
+                  "batch 4, lr 0.0035",
+                  {"method": {"name": "maple", "n_ctx": 2, "depth": 9}, "data": _B2N_16,
+                   "train": {"epochs": 5, "batch_size": 4, "lr": 0.0035}}),
+    "pocket_b2n": ("the pocket-suite recipe (docs/results.md): pocket model, base-to-new, 16 shots, CoOp with 4 "
+                   "tokens from 'a photo of a', 100 epochs at lr 0.01, 4 views, 100 test images per class",
+                   {"run": {"model": "pocket"}, "data": {**_B2N_16, "max_test_per_class": 100},
+                    "method": {"name": "coop", "n_ctx": 4, "ctx_init": "a photo of a"},
+                    "train": {"epochs": 100, "batch_size": 32, "lr": 0.01, "views": 4}}),
+}
+
+
+def preset(name: str) -> dict[str, Any]:
+    """A copy of preset ``name``'s partial config."""
+    import copy
+
+    if name not in PRESETS:
+        raise ConfigError(f"--preset: unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
+    return copy.deepcopy(PRESETS[name][1])

@@ -1,0 +1,225 @@
+"""The run configuration tree: ``run``, ``data``, ``method`` (one model per method), ``train``, ``npt``.
+
+YAML files, command-line flags, presets and the ``config.yaml`` of a run folder all go through
+:meth:`RunConfig.from_dict`, which names the offending key of every error before anything heavy
+is loaded. The flat keys of earlier versions (``model: ...``, ``method: coop`` with
+``method_options: {...}``, ``dataset_options``) are still read and moved into their sections.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SerializeAsAny, field_validator, model_validator
+
+from ncprompt.config.base import ConfigError, ConfigModel, validate
+from ncprompt.config.methods import CoOpConfig, MethodConfig, parse_method
+
+
+class RunSection(ConfigModel):
+    """Backbone, device and where the run writes."""
+
+    model: str = Field("pocket", description="open_clip architecture or project model (see `ncprompt models`)")
+    pretrained: str | None = Field(None, description="open_clip pretrained tag or a local checkpoint file")
+    device: str | None = Field(None, description="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    precision: Literal["fp32", "bf16", "fp16"] | None = Field(None, description="autocast precision (default fp32)")
+    output: str | None = Field(None, description="run folder (config, metrics.jsonl, checkpoints, results.json)")
+    cache_dir: str | None = Field(None, description="feature cache folder (default ~/.cache/ncprompt or "
+                                  "$NCPROMPT_CACHE)")
+    use_cache: bool = Field(True, description="read and write the feature cache")
+    diagnostics: bool = Field(True, description="neural-collapse metrics per epoch and at the end")
+
+    @field_validator("output", "cache_dir")
+    @classmethod
+    def _not_a_file(cls, v: str | None) -> str | None:
+        if v is not None and Path(v).expanduser().is_file():
+            raise ValueError(f"{v} is an existing file; give a folder path")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device_spelling(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        kind, _, index = v.partition(":")
+        if kind not in ("cpu", "cuda", "mps") or (index and not index.isdigit()):
+            raise ValueError(f"{v!r} is not a device; use cpu, cuda, cuda:N or mps")
+        return v
+
+
+class DataSection(ConfigModel):
+    """Dataset, class split, sampling and evaluation sets."""
+
+    dataset: str = Field("fashion_mnist", description="registered dataset (see `ncprompt datasets`)")
+    root: str | None = Field(None, description="dataset folder or file (folder/csv datasets, custom locations)")
+    options: dict[str, Any] = Field(default_factory=dict, description="dataset builder options, e.g. test_fraction")
+    protocol: Literal["all", "base2new"] = Field(
+        "all", description="all: train and test on all classes; base2new: train on base, test base and new")
+    shots: int | None = Field(16, ge=0, description="training images per class (0: all); n_max under imbalance")
+    imbalance: float | None = Field(None, gt=0, le=1, description="exponential class-imbalance ratio tau in (0, 1]")
+    max_test_per_class: int | None = Field(None, ge=1, description="cap test images per class (faster evaluation)")
+    targets: list[str] = Field(default_factory=list, description='datasets evaluated after training: "name" or '
+                               '"name=ROOT" (cross-dataset / domain shift)')
+
+    @field_validator("targets", mode="before")
+    @classmethod
+    def _one_target(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("targets")
+    @classmethod
+    def _target_roots(cls, v: list[str]) -> list[str]:
+        for spec in v:
+            name, sep, root = spec.partition("=")
+            if not name.strip():
+                raise ValueError(f"target {spec!r} has no dataset name; write name or name=ROOT")
+            if sep and not Path(root).expanduser().exists():
+                raise ValueError(f"target {spec!r}: root {root} does not exist; fix the path")
+        return v
+
+    @model_validator(mode="after")
+    def _imbalance_needs_shots(self) -> DataSection:
+        if self.imbalance is not None and not self.shots:
+            raise ValueError("imbalance needs shots > 0 (shots is n_max of the exponential profile)")
+        return self
+
+
+class TrainConfig(ConfigModel):
+    """Optimisation settings (CoOp's published defaults)."""
+
+    epochs: int = Field(50, ge=1, description="training epochs")
+    batch_size: int = Field(32, ge=1, description="images per step")
+    lr: float = Field(0.002, gt=0, allow_inf_nan=False, description="peak learning rate")
+    optimizer: Literal["sgd", "adamw"] = Field("sgd", description="optimiser")
+    momentum: float = Field(0.9, ge=0, allow_inf_nan=False, description="SGD momentum")
+    weight_decay: float = Field(5e-4, ge=0, allow_inf_nan=False, description="weight decay")
+    warmup_epochs: int = Field(1, ge=0, description="epochs at the constant warmup_lr before the cosine (clipped "
+                               "to epochs - 1)")
+    warmup_lr: float = Field(1e-5, gt=0, allow_inf_nan=False, description="learning rate during warm-up")
+    views: int = Field(8, ge=1, description="augmented views per training image (cached for frozen encoders)")
+    eval_every: int = Field(0, ge=0, description="evaluate on the test split every N epochs (0: at the end)")
+    seed: int = Field(1, ge=0, description="seed of sampling, initialisation and order")
+    checkpoint_every: int = Field(1, ge=1, description="write a resumable checkpoint every N epochs")
+    max_grad_norm: float = Field(0.0, ge=0, allow_inf_nan=False, description="clip gradients to this norm (0: off)")
+
+
+class NPTConfig(ConfigModel):
+    """The NPT regularisers (formulas in :mod:`ncprompt.collapse.regularizers`)."""
+
+    enabled: bool = Field(False, description="add the NPT regularisers")
+    lambda_lc: float = Field(0.1, ge=0, allow_inf_nan=False, description="weight of language-modality collapse")
+    lambda_mi: float = Field(0.1, ge=0, allow_inf_nan=False, description="weight of multi-modality isomorphism")
+    lc_form: Literal["pairwise", "anchored", "cluster"] = Field(
+        "pairwise", description="LC form (cluster: within-cluster ETF over k-means clusters of zero-shot text)")
+    mi_form: Literal["self_duality", "cross_similarity"] = Field("self_duality", description="MI form")
+    centered: bool = Field(True, description="centre text features in LC")
+    anchor_align: Literal["procrustes", "identity"] = Field("procrustes", description="ETF anchor alignment")
+    image_anchor: bool = Field(False, description="add the image-anchor term (weighted by lambda_mi)")
+    ema_momentum: float = Field(0.9, ge=0, lt=1, description="momentum of the running image class means")
+    etf_seed: int = Field(0, ge=0, description="seed of the simplex ETF")
+    normalize: bool = Field(True, description="L2-normalise text and image features first")
+    clusters: int = Field(0, ge=0, description="k-means clusters of lc_form cluster (0: automatic)")
+    lambda_conv: float = Field(0.1, ge=0, allow_inf_nan=False, description="weight of cluster class convergence")
+    lambda_rot: float = Field(0.1, ge=0, allow_inf_nan=False, description="weight of cluster rotation stabilisation")
+
+    @property
+    def needs_anchors(self) -> bool:
+        return self.lc_form == "anchored" or self.image_anchor
+
+
+_RUN_KEYS = tuple(RunSection.model_fields)
+_DATA_KEYS = ("dataset", "root", "protocol", "shots", "imbalance", "max_test_per_class", "targets")
+#: keys that do not change what a run computes (left out of its fingerprint)
+NOT_IN_FINGERPRINT = ("run.output", "run.cache_dir", "run.use_cache", "train.checkpoint_every")
+
+
+def upgrade_legacy(d: dict[str, Any]) -> dict[str, Any]:
+    """Move the flat keys of earlier configs into their sections (section keys win)."""
+    d = dict(d)
+    run = {k: d.pop(k) for k in _RUN_KEYS if k in d}
+    data = {k: d.pop(k) for k in _DATA_KEYS if k in d}
+    if "dataset_options" in d:
+        data["options"] = d.pop("dataset_options")
+    if run:
+        d["run"] = {**run, **(d.get("run") or {})} if isinstance(d.get("run", {}), dict) else d["run"]
+    if data:
+        d["data"] = {**data, **(d.get("data") or {})} if isinstance(d.get("data", {}), dict) else d["data"]
+    if "method_options" in d:
+        opts = d.pop("method_options")
+        if not isinstance(opts, dict):
+            raise ConfigError(f"method_options: must be a mapping, got {opts!r}")
+        method = d.get("method", "coop")
+        method = {"name": method} if isinstance(method, str) else dict(method or {})
+        d["method"] = {**opts, **method}
+    return d
+
+
+class RunConfig(ConfigModel):
+    """Everything one run needs; ``from_dict`` is the one way in (YAML, flags, presets, run folders)."""
+
+    run: RunSection = Field(default_factory=RunSection)
+    data: DataSection = Field(default_factory=DataSection)
+    method: SerializeAsAny[MethodConfig] = Field(default_factory=CoOpConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    npt: NPTConfig = Field(default_factory=NPTConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy(cls, d: Any) -> Any:
+        return upgrade_legacy(d) if isinstance(d, dict) else d
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method(cls, v: Any) -> MethodConfig:
+        return parse_method(v)
+
+    @model_validator(mode="after")
+    def _compatible(self) -> RunConfig:
+        problems = self.method.conflicts(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "") -> RunConfig:
+        """Validate ``d``; a :class:`ConfigError` names every offending key (``where``: the file)."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"{where + ': ' if where else ''}the config must be a mapping, got {type(d).__name__}")
+        try:
+            d = upgrade_legacy(d)
+            if "method" in d:
+                d = {**d, "method": parse_method(d["method"])}
+        except ConfigError as e:
+            raise ConfigError(f"{where + ': ' if where else ''}{e}") from None
+        return validate(cls, d, where)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    @property
+    def seed(self) -> int:
+        return self.train.seed
+
+    def fingerprint_items(self) -> dict[str, Any]:
+        """Every key that determines what the run computes, flattened (``train.lr``: 0.002, ...)."""
+        flat = flatten(self.to_dict())
+        return {k: v for k, v in flat.items() if k not in NOT_IN_FINGERPRINT}
+
+    def fingerprint(self) -> str:
+        blob = json.dumps(self.fingerprint_items(), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"train": {"lr": 1}} -> {"train.lr": 1} (method options included)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and k != "options":
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
