@@ -22,7 +22,7 @@ from ncprompt.backbones.openclip import Backbone, load_backbone
 from ncprompt.collapse.regularizers import NPTRegularizer
 from ncprompt.config import RunConfig, save_yaml
 from ncprompt.data import DataError, DatasetSplits, LabeledImages, get_dataset
-from ncprompt.data.cache import CachedFeatures, FeatureCache, FeatureSource, PixelViews, encode_with
+from ncprompt.data.cache import CachedFeatures, FeatureCache, FeatureSource, FeatureStore, PixelViews, encode_with
 from ncprompt.data.sampling import base_new_split, class_groups, restrict_classes, sample_train
 from ncprompt.engine.trainer import train
 from ncprompt.methods import build_method
@@ -135,9 +135,10 @@ class Experiment:
         self.train_means: torch.Tensor | None = None
 
     # --- features -------------------------------------------------------------------------
-    def train_view_features(self) -> torch.Tensor:
+    def train_view_features(self) -> FeatureStore:
+        """(N, views, E) training-view features, memory-mapped from the cache (batches are read from disk)."""
         if "train_views" not in self._features:
-            self._features["train_views"] = self.cache.features(
+            self._features["train_views"] = self.cache.store(
                 self.backbone, self.train_images, views=self.cfg.train.views, seed=self.cfg.seed, train=True,
                 desc="train views")
         return self._features["train_views"]
