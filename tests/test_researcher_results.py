@@ -1,0 +1,85 @@
+"""Results with names: base/new classes chosen by name or split file, class names, groups, sizes and
+the model and weights that really ran."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ncprompt.data.base import DataError
+from ncprompt.data.class_split import choose_base_classes
+from ncprompt.engine.run_info import run_info
+
+NAMES = ["eight", "five", "four", "nine", "one", "seven", "six", "three", "two", "zero"]
+
+
+def test_default_split_is_coops_first_half():
+    b, n = choose_base_classes(NAMES)
+    assert b.tolist() == [0, 1, 2, 3, 4] and n.tolist() == [5, 6, 7, 8, 9]
+    b, n = choose_base_classes(NAMES[:5])
+    assert len(b) == 3 and len(n) == 2
+
+
+def test_base_classes_by_name_index_and_file(tmp_path):
+    b, n = choose_base_classes(NAMES, ["zero", "One", "2"])
+    assert [NAMES[i] for i in b] == ["zero", "one", "four"]
+    assert [NAMES[i] for i in n] == ["eight", "five", "nine", "seven", "six", "three", "two"]
+    f = tmp_path / "split.txt"
+    f.write_text("# digits with round strokes\nzero\nsix\neight\nnine\n")
+    b, _ = choose_base_classes(NAMES, str(f))
+    assert [NAMES[i] for i in b] == ["zero", "six", "eight", "nine"]
+    j = tmp_path / "split.json"
+    j.write_text(json.dumps({"base": ["one", "seven"], "new": ["four"]}))
+    b, n = choose_base_classes(NAMES, j)
+    assert [NAMES[i] for i in b] == ["one", "seven"] and [NAMES[i] for i in n] == ["four"]
+
+
+@pytest.mark.parametrize("spec, msg", [
+    (["eleven"], "unknown class(es) ['eleven']"),
+    (["one", "one"], "named twice"),
+    (NAMES, "at least one base and one new"),
+])
+def test_bad_base_classes_name_the_problem(spec, msg):
+    with pytest.raises(DataError, match=msg.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        choose_base_classes(NAMES, spec)
+
+
+def test_split_file_errors(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        choose_base_classes(NAMES, str(tmp_path / "nope.json"))
+    j = tmp_path / "s.json"
+    j.write_text(json.dumps({"base": ["one"], "new": ["one", "two"]}))
+    with pytest.raises(DataError, match="both base and new"):
+        choose_base_classes(NAMES, j)
+
+
+def test_run_info_names_classes_groups_sizes_and_weights(tiny_backbone):
+    b, n = choose_base_classes(NAMES, ["zero", "one", "two"])
+    counts = np.array([16, 8, 4])
+    groups = {"head": np.array([0]), "middle": np.array([1]), "tail": np.array([2])}
+    info = run_info(tiny_backbone, NAMES, requested_model="ViT-B-16", base=b, new=n, counts=counts, groups=groups,
+                    train_n=28, test_sizes={"base": 30, "new": 70}, dataset_name="digits", dataset_kind="folder",
+                    root="/data/digits")
+    assert info["classes"]["base"] == ["zero", "one", "two"] and "eight" in info["classes"]["new"]
+    assert info["classes"]["train_counts"] == {"zero": 16, "one": 8, "two": 4}
+    assert info["classes"]["groups"] == {"head": ["zero"], "middle": ["one"], "tail": ["two"]}
+    assert info["sizes"] == {"train": 28, "test": {"base": 30, "new": 70}}
+    m = info["model"]
+    assert m["name"] == "tiny-clip" and m["requested"] == "ViT-B-16" and m["random_weights"] is True
+    assert info["dataset"] == {"name": "digits", "kind": "folder", "root": "/data/digits"}
+    json.dumps(info)  # JSON-able
+
+
+def test_model_info_of_a_weights_file(tmp_path):
+    from safetensors.torch import save_file
+
+    from ncprompt.backbones import load_backbone
+    from ncprompt.engine.run_info import model_info
+
+    bb = load_backbone("tiny-clip", device="cpu")
+    f = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in bb.model.state_dict().items()}, str(f))
+    m = model_info(load_backbone("tiny-clip", pretrained=str(f), device="cpu"))
+    assert m["weights_file"] == "w.safetensors" and len(m["weights_sha256_16"]) == 16 and not m["random_weights"]
