@@ -126,7 +126,7 @@ def test_transfer_and_long_tail_layouts():
 
 
 def test_run_row_from_results_and_writing(tmp_path):
-    res = {"method": "coop", "npt": True, "dataset": "digits", "model": "ViT-B-16", "model_resolved": "pocket",
+    res = {"method": "coop", "npt": True, "dataset": "digits", "model": "ViT-B-16", "info": {"model": {"name": "pocket"}},
            "protocol": "base2new", "seed": 1, "shots": 16, "imbalance": 0.25, "epochs_run": 10,
            "base": {"top1": 80.0, "groups": {"head": 90.0, "middle": 80.0, "tail": 70.0}}, "new": {"top1": 60.0},
            "hm": 68.57}

@@ -43,7 +43,8 @@ def run_row(res: dict[str, Any], config: dict[str, Any] | None = None) -> dict[s
     Keys: dataset, model, method (with "+npt"), shots, tau, epochs, options, protocol, seed, then
     the metrics base / new / hm / all, ``{split}_{head,middle,tail}`` and ``target:{name}``."""
     config = config or res.get("config") or {}
-    model = res.get("model_resolved") or (res.get("backbone") or {}).get("name") or res.get("model")
+    info = res.get("info") or {}
+    model = (info.get("model") or {}).get("name") or res.get("model")
     epochs = res.get("epochs_run") or None
     trained = bool(epochs)
     opts = dict(config.get("method_options") or {})
@@ -51,7 +52,7 @@ def run_row(res: dict[str, Any], config: dict[str, Any] | None = None) -> dict[s
     if res.get("npt") and isinstance(npt, dict):
         opts.update({f"npt.{k}": v for k, v in npt.items() if k in ("lambda_lc", "lambda_mi", "lc_form", "mi_form")})
     row: dict[str, Any] = {
-        "dataset": res.get("dataset_name") or res.get("dataset"),
+        "dataset": (info.get("dataset") or {}).get("name") or res.get("dataset"),
         "model": model,
         "method": f"{res.get('method')}{'+npt' if res.get('npt') else ''}",
         "shots": res.get("shots") if trained else None,
