@@ -85,6 +85,11 @@ class FeatureCache:
         self.misses = 0
         #: called with the shard number after each shard is stored (tests inject kills here)
         self.on_shard: Callable[[int], None] | None = None
+        #: distributed builds (ncprompt.engine.distributed.attach_cache): ``spread(todo, compute)`` computes each
+        #: shard on one rank and yields all of them on every rank; only the rank with ``writes`` stores them
+        self.spread: Callable[[list[int], Callable[[list[int]], Iterator[tuple[int, np.ndarray]]]],
+                              Iterator[tuple[int, np.ndarray]]] | None = None
+        self.writes = True
         self._unwritable_warned = False
 
     def describe(self, backbone: ImageEncoder, images: LabeledImages, views: int, seed: int,
@@ -116,12 +121,15 @@ class FeatureCache:
             self.hits += 1
             return FeatureStore([done[k] for k in sorted(done)])
         self.misses += 1
-        writable = self.enabled and self._writable(entry)
+        writable = self.enabled and self.writes and self._writable(entry)
         ranges = shard_ranges(len(images), entry.shard_rows)
         todo = [k for k in range(len(ranges)) if k not in done]
         shards: dict[int, np.ndarray] = dict(done)
-        for k, feats in encode_shards(backbone, images, views, seed, train, ranges, todo, batch_size,
-                                      self.workers, desc):
+
+        def encode(ks: list[int]) -> Iterator[tuple[int, np.ndarray]]:
+            return encode_shards(backbone, images, views, seed, train, ranges, ks, batch_size, self.workers, desc)
+
+        for k, feats in (self.spread(todo, encode) if self.spread is not None else encode(todo)):
             if writable:
                 try:
                     feats = entry.write_shard(k, ranges[k][0], feats)

@@ -114,6 +114,9 @@ class NCAccumulator:
     NC4 needs the class means first, so it is a second pass: :meth:`update_nc4` counts samples whose nearest class
     mean (Euclidean, over this accumulator's means or ``reference_means``, e.g. the train means on test features)
     differs from the given prediction.
+
+    Statistics of disjoint sample sets combine exactly: :meth:`merge` (two accumulators) and :meth:`reduce_`
+    (all-reduce over torch.distributed ranks, each holding a shard of the samples).
     """
 
     def __init__(self, num_classes: int, dim: int, normalize: bool = True) -> None:
@@ -162,6 +165,63 @@ class NCAccumulator:
     @property
     def n_samples(self) -> int:
         return int(self.counts.sum().item())
+
+    def _scatter_about(self, c: Tensor) -> Tensor:
+        """sum_i (x_i - c)(x_i - c)^T = M_s + d T^T + T d^T + n d d^T, with d = s - c and T = sum_i (x_i - s)."""
+        if self.shift is None:
+            return torch.zeros_like(self.scatter)
+        n = self.counts.sum()
+        d = self.shift - c
+        t = self.sums.sum(dim=0) - n * self.shift
+        return self.scatter + torch.outer(d, t) + torch.outer(t, d) + n * torch.outer(d, d)
+
+    def _check_compatible(self, other: NCAccumulator) -> None:
+        if (other.num_classes, other.dim, other.normalize) != (self.num_classes, self.dim, self.normalize):
+            raise ValueError(f"cannot merge NCAccumulator(K={other.num_classes}, d={other.dim}, normalize="
+                             f"{other.normalize}) into (K={self.num_classes}, d={self.dim}, "
+                             f"normalize={self.normalize})")
+
+    @torch.no_grad()
+    def merge(self, other: NCAccumulator) -> NCAccumulator:
+        """Add ``other``'s statistics (features of other samples), as if its batches had been passed to
+        :meth:`update` here; the scatter is moved to this accumulator's shift. Returns self."""
+        self._check_compatible(other)
+        if other.shift is not None:
+            if self.shift is None:
+                self.shift = other.shift.clone()
+            self.scatter += other._scatter_about(self.shift)
+        self.counts += other.counts
+        self.sums += other.sums
+        self.nc4_mismatch += other.nc4_mismatch
+        self.nc4_total += other.nc4_total
+        return self
+
+    @torch.no_grad()
+    def reduce_(self, group: object | None = None) -> NCAccumulator:
+        """All-reduce over the ranks of ``group`` (default: the whole torch.distributed group): afterwards
+        every rank holds the statistics of all ranks' samples, as one process fed everything would.
+        Counts, class sums and NC4 tallies are summed; each rank's scatter is first moved to the common shift
+        c = (sum of all features) / N, then summed. Returns self; a no-op without a process group."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
+            return self
+        dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" else None
+
+        def summed(t: Tensor) -> Tensor:
+            buf = t.to(dev or t.device, copy=True)
+            dist.all_reduce(buf, group=group)
+            return buf.to(t.device)
+
+        counts, sums = summed(self.counts), summed(self.sums)
+        n = counts.sum()
+        c = sums.sum(dim=0) / n if n > 0 else torch.zeros(self.dim, dtype=torch.float64)
+        scatter = summed(self._scatter_about(c))  # this rank's samples, about the common shift
+        self.counts, self.sums = counts, sums
+        nc4 = summed(torch.tensor([self.nc4_mismatch, self.nc4_total], dtype=torch.float64))
+        self.nc4_mismatch, self.nc4_total = int(nc4[0]), int(nc4[1])
+        self.scatter, self.shift = scatter, (c if n > 0 else None)
+        return self
 
     def _check_present(self) -> None:
         missing = torch.nonzero(self.counts == 0).flatten().tolist()
