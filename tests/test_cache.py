@@ -206,10 +206,15 @@ def test_kill_and_resume_of_a_sharded_build_is_bitwise_equal(tiny_backbone, tmp_
     with pytest.raises(Killed):
         cache.store(tiny_backbone, images, views=3, seed=7, train=True)
     assert sorted(p.name for p in _entry(cache).glob("shard-*")) == ["shard-00000.npy", "shard-00001.npy"]
+    stale, fresh = _entry(cache) / ".shard-00002.npy.x1.tmp", _entry(cache) / ".shard-00002.npy.x2.tmp"
+    stale.write_bytes(b"half a shard")  # left by a write killed long ago
+    fresh.write_bytes(b"half a shard")  # another process may be writing it now
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
     done.clear()
     cache.on_shard = done.append
     store = cache.store(tiny_backbone, images, views=3, seed=7, train=True)
     assert done == [2, 3]  # resumed at the next shard
+    assert not stale.exists() and fresh.exists()
     assert store.memory_mapped and store.shape == (11, 3, 32)
     assert torch.equal(store.to_tensor(), full)
 

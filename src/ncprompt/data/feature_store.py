@@ -16,9 +16,11 @@ Opened shards are ``np.load(mmap_mode="r")`` memory maps: rows are paged in when
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +33,7 @@ from ncprompt.utils import atomic_write
 
 FORMAT = "ncprompt-features/2"
 MANIFEST = "manifest.json"
+STALE_TMP_S = 600.0
 
 
 class CacheWarning(UserWarning):
@@ -170,9 +173,15 @@ class ShardedFile:
         name = f"shard-{k:05d}.npy"
         path = self.folder / name
         array = np.ascontiguousarray(array, dtype=self.dtype)
-        atomic_write(path, lambda p: _save_npy(p, array))
+        digest: list[str] = []
+
+        def write(tmp: Path) -> None:  # the checksum of the bytes written, taken before they are renamed into place
+            _save_npy(tmp, array)
+            digest.append(file_sha256(tmp))
+
+        atomic_write(path, write)
         self.row_shape = list(array.shape[1:])
-        self.shards[k] = {"file": name, "start": start, "stop": start + len(array), "sha256": file_sha256(path)}
+        self.shards[k] = {"file": name, "start": start, "stop": start + len(array), "sha256": digest[0]}
         self._write_manifest()
         return np.load(path, mmap_mode="r")
 
@@ -184,11 +193,17 @@ class ShardedFile:
         atomic_write(self.manifest_path, lambda p: p.write_text(json.dumps(m, indent=1) + "\n"))
 
     def probe_writable(self) -> str | None:
-        """None when shards can be written into the folder, else why not."""
+        """None when shards can be written into the folder, else why not. Sweeps the temporary files that
+        killed writes left behind (untouched for ``STALE_TMP_S``; a live writer keeps its file fresh)."""
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             atomic_write(self.folder / ".write-test", lambda p: p.write_bytes(b""))
             os.unlink(self.folder / ".write-test")
         except OSError as e:
             return f"{type(e).__name__}: {e.strerror or e}"
+        now = time.time()
+        for tmp in self.folder.glob(".*.tmp"):
+            with contextlib.suppress(OSError):
+                if now - tmp.stat().st_mtime > STALE_TMP_S:
+                    tmp.unlink()
         return None
