@@ -199,30 +199,7 @@ def write_tables(rows: list[dict[str, Any]], out: Path) -> None:
 
 
 def plot_summary(summary: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
+    """Grouped bars per dataset and metric, zoomed y-axis with values (see analysis.plots.summary_plot)."""
+    from ncprompt.analysis.plots import summary_plot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    metrics = [k for k in ("base", "new", "hm") if any(k in s for s in summary)] or ["all"]
-    datasets = list(dict.fromkeys(s["dataset"] for s in summary))
-    methods = list(dict.fromkeys(s["method"] for s in summary))
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
-    width = 0.8 / max(len(methods), 1)
-    for ax, k in zip(axes[0], metrics):
-        for j, m in enumerate(methods):
-            vals = [next((s.get(k, np.nan) for s in summary if s["dataset"] == d and s["method"] == m), np.nan)
-                    for d in datasets]
-            errs = [next((s.get(f"{k}_std", 0.0) for s in summary if s["dataset"] == d and s["method"] == m), 0.0)
-                    for d in datasets]
-            ax.bar(np.arange(len(datasets)) + j * width, vals, width, yerr=errs, label=m)
-        ax.set_xticks(np.arange(len(datasets)) + 0.4 - width / 2)
-        ax.set_xticklabels([d.replace("pocket_", "") for d in datasets], rotation=40, ha="right", fontsize=7)
-        ax.set_title({"base": "base accuracy", "new": "new accuracy", "hm": "harmonic mean", "all": "accuracy"}[k],
-                     fontsize=9)
-        ax.set_ylim(0, 100)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=len(methods), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0, 1, 0.92))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    summary_plot(summary, path)
