@@ -139,3 +139,76 @@ class MaPLeConfig(CoOpConfig):
             raise ValueError("MaPLe uses one shared context with the class token at the end "
                              "(class_specific: false, class_token_position: end)")
         return self
+
+
+# --- issue 11: further baselines (implementations in ncprompt/methods/<name>.py) -------------------
+
+class LinearProbeConfig(MethodConfig):
+    summary: ClassVar[str] = "linear probe (lpclip): logistic regression on image features, C chosen on validation"
+    name: Literal["linear_probe"] = "linear_probe"
+    c_grid: list[float] = Field([1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6], min_length=1,
+                                description="initial values of C (inverse L2 strength), lpclip's")
+    search_steps: int = Field(8, ge=0, description="bisection steps in log10 C after the grid (lpclip: 8)")
+    max_iter: int = Field(1000, ge=1, description="L-BFGS iterations per fit")
+    tol: float = Field(1e-8, gt=0, description="L-BFGS gradient tolerance")
+    normalize: bool = Field(False, description="L2-normalise the image features first (lpclip: raw features)")
+    val_shots: int = Field(4, ge=1, description="held-out images per class used to choose C (lpclip: min(shots, 4))")
+
+    @model_validator(mode="after")
+    def _positive_grid(self) -> LinearProbeConfig:
+        if any(not c > 0 for c in self.c_grid):
+            raise ValueError(f"c_grid: every C must be > 0, got {self.c_grid}")
+        return self
+
+    def conflicts(self, run: Any) -> list[str]:
+        problems = []
+        if run.npt.enabled:
+            problems.append("npt.enabled: a linear probe has no text features for NPT to regularise; drop --npt")
+        if run.data.protocol == "base2new" or run.data.targets:
+            problems.append("data.protocol: a linear probe has one weight row per training class and cannot score "
+                            "new classes; use protocol all without targets")
+        return problems
+
+
+class IVLPConfig(MethodConfig):
+    summary: ClassVar[str] = "IVLP: independent deep prompts in the text and image towers (no coupling)"
+    name: Literal["ivlp"] = "ivlp"
+    n_ctx_text: int = Field(4, ge=1, description="text prompt tokens per layer")
+    n_ctx_vision: int = Field(4, ge=1, description="vision prompt tokens per layer")
+    ctx_init: str = Field("a photo of a", description="words of the input text context (token count = n_ctx_text); "
+                                                      "\"\" random")
+    depth_text: int = Field(9, ge=0, description="prompted text layers (0: hand-written prompt, frozen)")
+    depth_vision: int = Field(9, ge=0, description="prompted vision layers (0: frozen image tower, cached)")
+    init_seed: int = Field(0, ge=0, description="seed of the prompt initialisation")
+
+
+class PromptSRCConfig(IVLPConfig):
+    summary: ClassVar[str] = "PromptSRC: IVLP regulated by the frozen model (L1, KL), Gaussian prompt aggregation"
+    name: Literal["promptsrc"] = "promptsrc"  # type: ignore[assignment]
+    text_loss_weight: float = Field(25.0, ge=0, description="weight of the L1 text-feature consistency")
+    image_loss_weight: float = Field(10.0, ge=0, description="weight of the L1 image-feature consistency")
+    logit_loss_weight: float = Field(1.0, ge=0, description="weight of the KL to the zero-shot logits")
+    gpa: bool = Field(True, description="Gaussian-weighted aggregation of the prompts over epochs")
+    gpa_mean: float = Field(15.0, description="GPA Gaussian mean (epoch, 1-based)")
+    gpa_std: float = Field(1.0, gt=0, description="GPA Gaussian standard deviation (epochs)")
+    templates: str | list[str] = Field("ensemble", description='templates of the frozen text features: "ensemble" '
+                                                               '(CLIP\'s 80), "dataset" or a list')
+
+
+class ProGradConfig(CoOpConfig):
+    summary: ClassVar[str] = "ProGrad: CoOp whose CE gradient is projected off the zero-shot KL gradient on conflict"
+    name: Literal["prograd"] = "prograd"  # type: ignore[assignment]
+    prograd_lambda: float = Field(1.0, ge=0, description="lambda: share of the conflicting component removed")
+    temperature: float = Field(1.0, gt=0, description="KL temperature T")
+    template_init: bool = Field(True, description="initialise the last context vectors from the dataset template's "
+                                                  "words (zero-padded in front), as published")
+
+
+class TCPConfig(CoOpConfig):
+    summary: ClassVar[str] = "TCP: class-aware tokens from the frozen class text embeddings at a middle text layer"
+    name: Literal["tcp"] = "tcp"  # type: ignore[assignment]
+    n_ctx: int = Field(4, ge=1, description="context tokens (and class-aware tokens)")
+    kg_weight: float = Field(8.0, ge=0, description="weight of the KgCoOp-style consistency term")
+    class_layer: int = Field(8, ge=0, description="text block before which the class-aware tokens replace the context")
+    class_weight: float = Field(1.0, ge=0, le=1, description="mix w: w * class tokens + (1 - w) * hidden state")
+    reduction: int = Field(4, ge=1, description="projection hidden width = embed_dim / reduction")

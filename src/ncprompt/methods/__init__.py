@@ -1,6 +1,17 @@
 """Prompt methods, registered by name: ``build_method("coop", backbone, classnames, options)``."""
 
-from ncprompt.methods import cocoop, coop, kgcoop, maple, zeroshot  # noqa: F401  (registration)
+from ncprompt.methods import (  # noqa: F401  (registration)
+    cocoop,
+    coop,
+    ivlp,
+    kgcoop,
+    linear_probe,
+    maple,
+    prograd,
+    promptsrc,
+    tcp,
+    zeroshot,
+)
 from ncprompt.methods.base import (
     METHODS,
     MethodContext,
