@@ -117,7 +117,7 @@ def test_cluster_terms_and_total():
 
 
 def test_cluster_form_input_errors():
-    with pytest.raises(ValueError, match="clusters must be an integer"):
+    with pytest.raises(ValueError, match="clusters"):
         NPTConfig(lc_form="cluster", clusters=-1)
     with pytest.raises(ValueError, match="exceeds the 4 classes"):
         NPTRegularizer(NPTConfig(enabled=True, lc_form="cluster", clusters=5), 4, 8)
