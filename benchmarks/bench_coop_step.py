@@ -54,8 +54,8 @@ from ncprompt.engine.trainer import (  # noqa: E402
     train,
     train_step,  # noqa: E402
 )
+from ncprompt.methods import build_method  # noqa: E402
 from ncprompt.methods.base import MethodOutput  # noqa: E402
-from ncprompt.methods.coop import CoOp, CoOpConfig  # noqa: E402
 
 SHOTS = 16
 BATCH = 32
@@ -65,7 +65,7 @@ VIEWS = 8  # cached training views per image (TrainConfig.views default)
 
 def build(backbone: Backbone, k: int, seed: int = 0) -> dict[str, Any]:
     """A CoOp method for K classes, its optimiser, 16-shot labels and a cache of random image features."""
-    method = CoOp(backbone, classnames(k), CoOpConfig(n_ctx=N_CTX, ctx_init=""))
+    method = build_method("coop", backbone, classnames(k), {"n_ctx": N_CTX, "ctx_init": ""})
     cfg = TrainConfig(epochs=1, warmup_epochs=0, batch_size=BATCH, views=VIEWS, seed=1)
     opt = make_optimizer([p for p in method.parameters() if p.requires_grad], cfg)
     g = torch.Generator().manual_seed(seed)
