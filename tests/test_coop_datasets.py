@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from ncprompt.data import DataError, get_dataset
+from ncprompt.data.sampling import restrict_classes, sample_train
 
 
 def _img(path, value):
@@ -74,6 +75,13 @@ def test_imagenet_and_variants(tmp_path):
     _img(r / "n01" / "y.png", 2)
     dr = get_dataset("imagenet_r", root=str(tmp_path))
     assert dr.classnames == ["tench", "great white shark"] and dr.test.labels.tolist() == [0, 1]
+    # evaluation only: its test images are never a training set (issue 8's trap)
+    assert dr.eval_only and len(dr.train) == 0 and not ds.eval_only
+    for shots in (None, 16):
+        with pytest.raises(DataError, match="imagenet_r is an evaluation-only dataset.*train on imagenet"):
+            sample_train(dr.train, dr.num_classes, shots, None, seed=1)
+    b2n = restrict_classes(dr, np.array([1]), "new")
+    assert b2n.eval_only and b2n.test.labels.tolist() == [0]
     _img(base / "images" / "val" / "n99" / "z.JPEG", 3)
     with pytest.raises(DataError, match="n99.*not in classnames.txt"):
         get_dataset("imagenet", root=str(tmp_path))

@@ -103,3 +103,51 @@ def test_split_folders_with_mismatched_classes(image_folder, tmp_path):
         (root / d / "a.png").write_bytes((image_folder / "bag" / "1.png").read_bytes())
     with pytest.raises(DataError, match="class folders must match"):
         get_dataset("folder", root=str(root))
+
+
+# --- hostile inputs (issue 7): one-line DataError naming the file/line and the fix -----------------
+
+def _csv(tmp_path, labels, name="list.csv", header=True):
+    rows = (["path,label"] if header else []) + [f"imgs/bag/{i % 6}.png,{lab}" for i, lab in enumerate(labels)]
+    f = tmp_path / name
+    f.write_text("\n".join(rows) + "\n")
+    return str(f)
+
+
+@pytest.mark.parametrize("labels, match", [
+    (["0", "1", "1.5"], r"line 4: label '1.5' is not an integer"),
+    (["0.0", "1.0"], r"line 2: label '0.0' is not an integer"),
+    (["0", "2", "3"], r"without gaps.*reach 3 \(no rows for labels \[1\]\).*renumber them 0..2"),
+    (["0", str(10**30)], r"reach 1000000000000000000000000000000 \(no rows for labels \[1, 2, 3, 4, 5\]\.\.\.\)"),
+    (["0", "-1", "1"], r"line 3: label -1 is negative"),
+])
+def test_csv_bad_integer_labels(image_folder, tmp_path, labels, match):
+    with pytest.raises(DataError, match=match) as e:
+        get_dataset("csv", root=_csv(tmp_path, labels))
+    assert "\n" not in str(e.value) and "list.csv" in str(e.value)
+
+
+def test_csv_integer_labels_with_class_names(image_folder, tmp_path):
+    ds = get_dataset("csv", root=_csv(tmp_path, ["0", "1"] * 4), classnames=["bag", "shoe"])
+    assert ds.classnames == ["bag", "shoe"] and sorted(set(ds.train.labels) | set(ds.test.labels)) == [0, 1]
+    with pytest.raises(DataError, match="labels are 0..1 but 3 class names"):
+        get_dataset("csv", root=_csv(tmp_path, ["0", "1"] * 4), classnames=["a", "b", "c"])
+
+
+def test_csv_not_utf8(image_folder, tmp_path):
+    f = tmp_path / "latin1.csv"
+    f.write_bytes("path,label\nimgs/bag/0.png,caf\u00e9\nimgs/bag/1.png,tea\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin1.csv is not UTF-8 text \(byte 0xe9.*re-save it with UTF-8"):
+        get_dataset("csv", root=str(f))
+    f.write_bytes("\ufeffpath,label\nimgs/bag/0.png,caf\u00e9\nimgs/bag/1.png,tea\n".encode())  # UTF-8 with BOM
+    assert get_dataset("csv", root=str(f)).classnames == ["caf\u00e9", "tea"]
+
+
+def test_root_that_is_a_file_or_a_folder(image_folder, tmp_path):
+    a_file = tmp_path / "a_file.txt"
+    a_file.write_text("x")
+    for name in ("folder", "fashion_mnist", "oxford_pets"):
+        with pytest.raises(DataError, match=r"a_file.txt is a file, not a folder; .*(--root|apt-get|pass the folder)"):
+            get_dataset(name, root=str(a_file))
+    with pytest.raises(DataError, match=r"is a folder, not a file; pass --root to a CSV"):
+        get_dataset("csv", root=str(tmp_path))

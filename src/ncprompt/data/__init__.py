@@ -1,32 +1,28 @@
-"""Datasets: the interface, the registry, built-in sources, sampling and the feature cache."""
+"""Datasets: the interface, the registry, built-in sources, sampling and the feature cache.
+
+The built-in datasets register when this package is imported. Datasets defined above the data
+layer (the pocket suite) register themselves when their module is imported (the protocols and the
+CLI import it): this package never imports upward.
+"""
 
 from __future__ import annotations
 
-import importlib
-
+from ncprompt.data import coop_datasets, sources  # noqa: F401  (registration of the built-in datasets)
 from ncprompt.data.base import ArrayImages, DataError, DatasetSplits, FileImages, LabeledImages
 from ncprompt.data.registry import DATASETS
 
-_BUILTIN_MODULES = ("ncprompt.data.sources", "ncprompt.data.coop_datasets", "ncprompt.pocket.suite")
-
 
 def register_builtin_datasets() -> None:
-    """Import the modules that register datasets (idempotent)."""
-    for mod in _BUILTIN_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:
-                raise
+    """Kept for callers: the built-in datasets register when :mod:`ncprompt.data` is imported."""
 
 
 def get_dataset(name: str, root: str | None = None, **options: object) -> DatasetSplits:
     """Build a registered dataset by name (``ncprompt datasets`` lists them)."""
-    register_builtin_datasets()
     try:
         builder = DATASETS.get(name)
     except KeyError as e:
-        raise DataError(str(e.args[0])) from e
+        raise DataError(f"{e.args[0]} (the pocket suite's datasets register when ncprompt.pocket.suite is "
+                        "imported, as the ncprompt commands do)") from None
     return builder(root=root, **options)
 
 

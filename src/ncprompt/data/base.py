@@ -21,6 +21,24 @@ class DataError(ValueError):
     """Bad or missing data; the message names the problem and the fix."""
 
 
+def require_dir(path: str | Path, what: str, fix: str) -> Path:
+    """``path`` as a folder, or a :class:`DataError` saying it is missing or is a file, and ``fix``."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        return p
+    state = "is a file, not a folder" if p.exists() else "does not exist"
+    raise DataError(f"{what} {p} {state}; {fix}")
+
+
+def require_file(path: str | Path, what: str, fix: str) -> Path:
+    """``path`` as a file, or a :class:`DataError` saying it is missing or is a folder, and ``fix``."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        return p
+    state = "is a folder, not a file" if p.exists() else "does not exist"
+    raise DataError(f"{what} {p} {state}; {fix}")
+
+
 def fingerprint_of(*parts: object) -> str:
     """A short stable hash of the given parts (strings, numbers, numpy arrays)."""
     h = hashlib.sha256()
@@ -97,6 +115,22 @@ class FileImages(LabeledImages):
             ) from e
 
 
+class NoImages(LabeledImages):
+    """The training split of an evaluation-only dataset (e.g. the ImageNet variants, whose only
+    images are their test set): empty, and sampling it raises :class:`DataError` with ``reason``."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        self.labels = np.zeros(0, dtype=np.int64)
+        self.fingerprint = fingerprint_of("no-images", reason)
+
+    def load(self, index: int) -> Image.Image:
+        raise DataError(self.reason)
+
+    def subset(self, indices: Sequence[int], labels: np.ndarray | None = None) -> NoImages:  # type: ignore[override]
+        return self
+
+
 class SubsetImages(LabeledImages):
     """A view on some images of another :class:`LabeledImages`, optionally relabelled."""
 
@@ -126,6 +160,11 @@ class DatasetSplits:
     @property
     def num_classes(self) -> int:
         return len(self.classnames)
+
+    @property
+    def eval_only(self) -> bool:
+        """True when the dataset has no training images of its own (evaluate on it, never train)."""
+        return isinstance(self.train, NoImages)
 
     def split(self, which: str) -> LabeledImages:
         if which not in ("train", "val", "test"):

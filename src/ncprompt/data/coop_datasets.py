@@ -12,10 +12,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ncprompt.data.base import DataError, DatasetSplits, FileImages
+from ncprompt.data.base import DataError, DatasetSplits, FileImages, NoImages, require_dir
 from ncprompt.data.registry import DATASETS
 from ncprompt.data.sources import IMAGE_SUFFIXES
-from ncprompt.methods.templates import COOP_TEMPLATES
+from ncprompt.data.templates import COOP_TEMPLATES, template_for
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def _root(root: str | None, folder: str, name: str) -> Path:
     if not root:
         raise DataError(f"dataset {name!r} needs --root: the folder holding {folder}/ (laid out as in CoOp's "
                         "DATASETS.md; nothing is downloaded)")
-    d = Path(root).expanduser()
+    d = require_dir(root, "--root", f"pass the folder that contains {folder}/ (CoOp's DATASETS.md layout)")
     if (d / folder).is_dir():
         return d / folder
     if d.name == folder and d.is_dir():
@@ -106,7 +106,7 @@ def _make_split_builder(spec: SplitFileDataset):
         rename = EUROSAT_NAMES if spec.name == "eurosat" else None
         names, s = read_split_file(base / spec.split_file, base / spec.image_dir, rename)
         return DatasetSplits(spec.name, names, s["train"], s["test"], s.get("val"),
-                             templates=[COOP_TEMPLATES.get(spec.name, "a photo of a {}.")])
+                             templates=[template_for(spec.name)])
 
     build.__doc__ = f"{spec.name} from ROOT/{spec.folder}/ and {spec.split_file} (CoOp's splits)"
     return build
@@ -176,7 +176,11 @@ def _variant(name: str, folder: str, sub: str, numbered: bool = False):
             keep = [(w, n) for w, n in pairs if w in present]
             test = _wnid_folder_split(images_dir, [w for w, _ in keep], "classnames.txt")
             names = [n for _, n in keep]
-        return DatasetSplits(name, names, test, test, templates=[COOP_TEMPLATES["imagenet"]])
+        # evaluation only: its images are a test set, so there is nothing to train on
+        no_train = NoImages(f"{name} is an evaluation-only dataset (its only images are its test set): train on "
+                            f"imagenet and evaluate on {name} with --targets {name}=ROOT, or run zero-shot on it "
+                            "(shots 0)")
+        return DatasetSplits(name, names, no_train, test, templates=[COOP_TEMPLATES["imagenet"]])
 
     build.__doc__ = f"{name} (evaluation only) from ROOT/{folder}/{sub}; classnames.txt from ROOT/imagenet/"
     return build

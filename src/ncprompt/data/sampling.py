@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from ncprompt.data.base import DataError, DatasetSplits, LabeledImages
+from ncprompt.data.base import DataError, DatasetSplits, LabeledImages, NoImages
 
 
 def imbalanced_shots(num_classes: int, n_max: int, tau: float, seed: int) -> np.ndarray:
@@ -38,7 +38,10 @@ def few_shot_indices(labels: np.ndarray, shots: int | np.ndarray, seed: int, num
 
 def sample_train(split: LabeledImages, num_classes: int, shots: int | None, imbalance: float | None,
                  seed: int) -> tuple[LabeledImages, np.ndarray]:
-    """The training subset and the number of images per class it holds."""
+    """The training subset and the number of images per class it holds (a :class:`DataError` for
+    the training split of an evaluation-only dataset)."""
+    if isinstance(split, NoImages):
+        raise DataError(split.reason)
     if shots is None or shots <= 0:
         if imbalance is not None and imbalance < 1:
             raise DataError("--imbalance needs --shots (n_max of the exponential profile)")

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import csv
 import gzip
+import re
 import struct
 from pathlib import Path
 
 import numpy as np
 
-from ncprompt.data.base import ArrayImages, DataError, DatasetSplits, FileImages, fingerprint_of
+from ncprompt.data.base import (
+    ArrayImages,
+    DataError,
+    DatasetSplits,
+    FileImages,
+    fingerprint_of,
+    require_dir,
+    require_file,
+)
 from ncprompt.data.registry import DATASETS
 
 FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
@@ -49,12 +58,9 @@ def _find(root: Path, stem: str) -> Path:
 
 def load_fashion_mnist_arrays(root: str | Path | None = None) -> dict[str, np.ndarray]:
     """The raw arrays: train/test images (N, 28, 28) uint8 and labels."""
-    r = Path(root) if root else FASHION_MNIST_ROOT
-    if not r.is_dir():
-        raise DataError(
-            f"dataset folder {r} does not exist; install Fashion-MNIST with `apt-get install dataset-fashion-mnist` "
-            "or pass --root to a folder holding its IDX files"
-        )
+    r = require_dir(root or FASHION_MNIST_ROOT, "Fashion-MNIST folder",
+                    "install it with `apt-get install dataset-fashion-mnist` or pass --root to a folder holding "
+                    "its IDX files")
     return {
         "train_x": read_idx(_find(r, "train-images-idx3-ubyte")),
         "train_y": read_idx(_find(r, "train-labels-idx1-ubyte")).astype(np.int64),
@@ -118,9 +124,7 @@ def image_folder(root: str | None = None, test_fraction: float = 0.3, seed: int 
     those are the splits (their class lists must match); otherwise a seeded per-class split."""
     if not root:
         raise DataError("the folder dataset needs --root DIR (one sub-folder per class)")
-    r = Path(root).expanduser()
-    if not r.is_dir():
-        raise DataError(f"dataset folder {r} does not exist; pass --root to a folder with one sub-folder per class")
+    r = require_dir(root, "dataset folder", "pass --root to a folder with one sub-folder per class")
     if (r / "train").is_dir() and (r / "test").is_dir():
         splits = {}
         classes = None
@@ -144,6 +148,61 @@ def image_folder(root: str | None = None, test_fraction: float = 0.3, seed: int 
     return DatasetSplits(r.name, [_classname(c) for c in classes], all_images.subset(tr), all_images.subset(te))
 
 
+_INT = re.compile(r"^[+-]?\d+$")
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$|^[+-]?(nan|inf)$", re.IGNORECASE)
+
+
+def _read_csv_rows(f: Path) -> list[tuple[int, list[str]]]:
+    """Non-empty rows with their line numbers; a header row (path,label...) is skipped."""
+    try:
+        with open(f, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            rows = [(reader.line_num, r) for r in reader if r and any(x.strip() for x in r)]
+    except UnicodeDecodeError as e:
+        raise DataError(f"CSV file {f} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+                        "re-save it with UTF-8 encoding") from None
+    except csv.Error as e:
+        raise DataError(f"CSV file {f} cannot be parsed ({e}); fix the file") from None
+    if rows and rows[0][1][0].strip().lower() in ("path", "file", "filename", "image"):
+        rows = rows[1:]
+    return rows
+
+
+def _csv_labels(f: Path, rows: list[tuple[int, list[str]]], classnames: list[str] | None
+                ) -> tuple[list[int], list[str]]:
+    """Integer labels 0..K-1 (names from ``classnames`` or "class i"), or class names (sorted to
+    indices). Float, negative, gapped or huge integer labels are errors naming the row."""
+    raw = [r[1].strip() for _, r in rows]
+    if all(_INT.match(x) for x in raw):
+        values = [int(x) for x in raw]
+        for (line, _), v in zip(rows, values):
+            if v < 0:
+                raise DataError(f"CSV file {f}, line {line}: label {v} is negative; labels are integers 0..K-1 "
+                                "or class names")
+        present = set(values)
+        k, top = len(present), max(present)
+        if top != k - 1:
+            missing = []
+            i = 0
+            while len(missing) < 5 and i < top:
+                if i not in present:
+                    missing.append(i)
+                i += 1
+            raise DataError(f"CSV file {f}: integer labels must be 0..K-1 without gaps, but the {k} distinct labels "
+                            f"reach {top} (no rows for labels {missing}{'...' if len(missing) == 5 else ''}); "
+                            f"renumber them 0..{k - 1} or use class names as labels")
+        if classnames is not None and len(classnames) != k:
+            raise DataError(f"CSV file {f}: labels are 0..{k - 1} but {len(classnames)} class names were given")
+        return values, list(classnames) if classnames is not None else [f"class {i}" for i in range(k)]
+    if all(_NUMBER.match(x) for x in raw):
+        line, x = next((line, r[1].strip()) for line, r in rows if not _INT.match(r[1].strip()))
+        raise DataError(f"CSV file {f}, line {line}: label {x!r} is not an integer; labels are integers 0..K-1 "
+                        "or class names")
+    names = sorted(set(raw))
+    index = {n: i for i, n in enumerate(names)}
+    return [index[x] for x in raw], names
+
+
 @DATASETS.register("csv", help="a CSV file of path,label (label: class name or index); --root FILE.csv")
 def csv_dataset(root: str | None = None, test_fraction: float = 0.3, seed: int = 0,
                 classnames: list[str] | None = None, **_: object) -> DatasetSplits:
@@ -151,28 +210,15 @@ def csv_dataset(root: str | None = None, test_fraction: float = 0.3, seed: int =
     Labels are class names (sorted to indices) or integers (with ``classnames`` giving the names)."""
     if not root:
         raise DataError("the csv dataset needs --root FILE.csv (rows: path,label[,split])")
-    f = Path(root).expanduser()
-    if not f.is_file():
-        raise DataError(f"CSV file {f} does not exist; pass --root to a CSV of path,label rows")
-    with open(f, newline="") as fh:
-        rows = [r for r in csv.reader(fh) if r and any(x.strip() for x in r)]
-    if rows and rows[0][0].strip().lower() in ("path", "file", "filename", "image"):
-        rows = rows[1:]
-    if not rows:
+    f = require_file(root, "CSV file", "pass --root to a CSV of path,label rows")
+    numbered = _read_csv_rows(f)
+    if not numbered:
         raise DataError(f"CSV file {f} has no rows")
-    bad = [i + 1 for i, r in enumerate(rows) if len(r) < 2]
+    bad = [line for line, r in numbered if len(r) < 2]
     if bad:
-        raise DataError(f"CSV file {f}: rows {bad[:5]} have fewer than 2 columns (path,label)")
-    raw_labels = [r[1].strip() for r in rows]
-    if all(x.lstrip("-").isdigit() for x in raw_labels):
-        labels = [int(x) for x in raw_labels]
-        k = max(labels) + 1
-        names = list(classnames) if classnames else [f"class {i}" for i in range(k)]
-        if len(names) < k or min(labels) < 0:
-            raise DataError(f"CSV file {f}: labels span 0..{k - 1} but {len(names)} class names were given")
-    else:
-        names = sorted(set(raw_labels))
-        labels = [names.index(x) for x in raw_labels]
+        raise DataError(f"CSV file {f}: lines {bad[:5]} have fewer than 2 columns (path,label)")
+    labels, names = _csv_labels(f, numbered, classnames)
+    rows = [r for _, r in numbered]
     paths = [(f.parent / r[0].strip()) for r in rows]
     has_split = all(len(r) >= 3 and r[2].strip() in ("train", "val", "test") for r in rows)
     if has_split:

@@ -1,25 +1,11 @@
-"""Prompt templates: the single CoOp template per dataset and CLIP's ImageNet ensemble."""
+"""Prompt templates: CLIP's ImageNet ensembles and resolving a template spec (the datasets' own
+hand-written templates live in :mod:`ncprompt.data.templates`)."""
 
 from __future__ import annotations
 
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
 
-DEFAULT_TEMPLATE = "a photo of a {}."
-
-#: CoOp's hand-written template per dataset (as in its ``CUSTOM_TEMPLATES``).
-COOP_TEMPLATES: dict[str, str] = {
-    "oxford_pets": "a photo of a {}, a type of pet.",
-    "oxford_flowers": "a photo of a {}, a type of flower.",
-    "fgvc_aircraft": "a photo of a {}, a type of aircraft.",
-    "dtd": "{} texture.",
-    "eurosat": "a centered satellite photo of {}.",
-    "stanford_cars": "a photo of a {}.",
-    "food101": "a photo of {}, a type of food.",
-    "sun397": "a photo of a {}.",
-    "caltech101": "a photo of a {}.",
-    "ucf101": "a photo of a person doing {}.",
-    "imagenet": "a photo of a {}.",
-}
+from ncprompt.data.templates import DEFAULT_TEMPLATE
 
 
 def openai_imagenet_templates() -> list[str]:

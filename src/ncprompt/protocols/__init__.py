@@ -1,1 +1,3 @@
 """Experiment protocols: single runs, base-to-new, few-shot sweeps and reports."""
+
+from ncprompt.pocket import suite as _pocket_suite  # noqa: F401  (registers the pocket suite's datasets)
