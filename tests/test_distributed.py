@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from ncprompt.backbones import load_backbone
 from ncprompt.collapse.regularizers import NPTConfig, NPTRegularizer
 from ncprompt.data.base import ArrayImages
-from ncprompt.data.cache import CachedFeatures, PixelViews
+from ncprompt.data.cache import CachedFeatures, FeatureCache, PixelViews, encode_images, encode_with
 from ncprompt.engine import distributed
 from ncprompt.engine.trainer import TrainConfig, train
 from ncprompt.methods import build_method
@@ -68,6 +68,11 @@ def maple_case(backbone):
     source = PixelViews(backbone, ArrayImages(pixels, labels), 2, 3)
     cfg = TrainConfig(epochs=2, batch_size=5, views=2, lr=0.01, seed=7, warmup_epochs=0)
     return method, source, torch.as_tensor(labels), cfg, _npt(backbone, fixed_means=False)
+
+
+def images13() -> ArrayImages:
+    pixels = np.random.default_rng(5).integers(0, 256, (13, 32, 32, 3), dtype=np.uint8)
+    return ArrayImages(pixels, np.arange(13) % 3)
 
 
 def nc_data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -119,6 +124,10 @@ def worker(out: Path) -> None:
     res.update(_prompts("maple_ddp", m, reg))
     m, src, y, cfg, reg = coop_case(backbone)
     train(m, src, y, cfg, run_dir=out / "run", regularizer=reg, stop_after=1, ddp="ddp")
+    m, *_ = maple_case(backbone)  # live encoding of evaluation images: row shards 7/6, gathered
+    res["encode_with"] = encode_with(m.encode_images, backbone, images13(), batch_size=4)
+    cache = distributed.attach_cache(FeatureCache(out / "cache", shard_rows=4))  # 4 shards dealt 2/2
+    res["cache"] = cache.features(backbone, images13(), views=2, seed=1, train=True)
     save_file({k: v.contiguous() for k, v in res.items()}, str(out / f"rank{r}.safetensors"))
     feats, labels, preds = nc_data()
     lo, hi = distributed.shard_bounds(len(labels))
@@ -187,6 +196,18 @@ def test_two_rank_checkpoint_resumes_on_one_rank(two_ranks, backbone, tmp_path):
     train(full, fsrc, fy, fcfg, regularizer=freg)
     torch.testing.assert_close(m.prompt_learner.ctx, full.prompt_learner.ctx, atol=ATOL, rtol=0)
     assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]
+
+
+def test_sharded_encoding_and_cache_build_equal_one_process(two_ranks, backbone):
+    m, *_ = maple_case(backbone)
+    ref = encode_with(m.encode_images, backbone, images13(), batch_size=4)
+    feats = encode_images(backbone, images13(), views=2, seed=1, train=True)
+    cache = FeatureCache(two_ranks / "cache", shard_rows=4)
+    again = cache.features(backbone, images13(), views=2, seed=1, train=True)  # written by rank 0: a hit
+    assert cache.hits == 1 and torch.equal(again, feats)
+    for got in _ranks(two_ranks):
+        torch.testing.assert_close(got["encode_with"], ref, atol=1e-6, rtol=0)
+        assert torch.equal(got["cache"], feats)
 
 
 def test_nc_metrics_reduced_over_two_ranks_equal_one_process(two_ranks):

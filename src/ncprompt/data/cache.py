@@ -244,10 +244,21 @@ class PixelViews(FeatureSource):
                             for i, v in zip(indices.tolist(), views.tolist())])
 
 
+#: ``rows(n, compute)`` returning compute(0, n); set by ncprompt.engine.distributed under torchrun to compute
+#: row shards on the ranks and gather them (live encoding of evaluation images)
+ROW_SHARDING: list[Callable[[int, Callable[[int, int], torch.Tensor]], torch.Tensor] | None] = [None]
+
+
 @torch.no_grad()
 def encode_with(encode: Callable[[torch.Tensor], torch.Tensor], backbone: ImageEncoder, images: LabeledImages,
                 batch_size: int = 128, workers: int = 0) -> torch.Tensor:
     """Centre-view features of every image through ``encode`` (e.g. a method's prompted encoder)."""
-    batches = [list(range(a, min(a + batch_size, len(images)))) for a in range(0, len(images), batch_size)]
     dataset = ImageViews(images, backbone.eval_transform)
-    return torch.cat([encode(x.to(backbone.device)).float().cpu() for x in image_batches(dataset, batches, workers)])
+
+    def rows(lo: int, hi: int) -> torch.Tensor:
+        batches = [list(range(a, min(a + batch_size, hi))) for a in range(lo, hi, batch_size)]
+        return torch.cat([encode(x.to(backbone.device)).float().cpu()
+                          for x in image_batches(dataset, batches, workers)])
+
+    shard = ROW_SHARDING[0]
+    return shard(len(images), rows) if shard is not None else rows(0, len(images))

@@ -118,6 +118,9 @@ def init_from_env(device: str | torch.device | None = None) -> bool:
         torch.cuda.set_device(local_rank())
     timeout = timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)))
     dist.init_process_group(backend, timeout=timeout)
+    from ncprompt.data import cache
+
+    cache.ROW_SHARDING[0] = sharded_rows  # live encoding of evaluation images: row shards on the ranks
     # a second group for collectives issued inside autograd (kept apart from DDP's bucket all-reduces)
     _STATE["aux_group"] = dist.new_group(backend=backend)
     _STATE["owned"] = True
@@ -127,6 +130,9 @@ def init_from_env(device: str | torch.device | None = None) -> bool:
 def teardown() -> None:
     """Leave the process group this module created (others' groups are left alone)."""
     if _STATE["owned"] and is_initialized():
+        from ncprompt.data import cache
+
+        cache.ROW_SHARDING[0] = None
         dist.destroy_process_group()
     _STATE.update(aux_group=None, owned=False)
 
@@ -245,7 +251,7 @@ def gather_rows(local: torch.Tensor) -> torch.Tensor:
 def sharded_rows(n: int, compute: Callable[[int, int], torch.Tensor]) -> torch.Tensor:
     """``compute(0, n)``, with the rows split over ranks: each rank computes rows [lo, hi) of its
     shard, then every rank receives all n rows (e.g. image features encoded in parallel)."""
-    if world_size() == 1:
+    if world_size() == 1 or n < world_size():  # every shard non-empty, or no sharding
         return compute(0, n)
     lo, hi = shard_bounds(n)
     out = gather_rows(compute(lo, hi))
