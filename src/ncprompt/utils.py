@@ -149,6 +149,12 @@ def write_json(path: str | Path, obj: Any) -> None:
     atomic_write(path, lambda p: p.write_text(text))
 
 
+def write_jsonl(path: str | Path, records: list[Any]) -> None:
+    """Write a whole JSONL file atomically (one strict-JSON record per line)."""
+    text = "".join(to_json(r, path) + "\n" for r in records)
+    atomic_write(path, lambda p: p.write_text(text))
+
+
 def append_jsonl(path: str | Path, obj: Any) -> None:
     """Append one record as one line with a single ``write()`` (then fsync): a crash leaves at most
     a torn last line, which :func:`read_jsonl` drops; a failed write is truncated away."""

@@ -3,7 +3,11 @@
 Per step: image features f (B, E) of the sampled views -> method -> logits + text features ->
 L = L_base + [NPT: lambda_LC L_LC + lambda_MI L_MI] -> SGD step. Schedule (CoOp's): the first
 W = min(``warmup_epochs``, E - 1) epochs at the constant ``warmup_lr`` (a warm-up as long as the run
-is clipped, with a note), then lr(e) = lr * (1 + cos(pi e / E)) / 2. Batches: the last partial batch
+is clipped, with a note), then lr(e) = lr * (1 + cos(pi (e - W) / E)) / 2 for e >= W: Dassl's
+ConstantWarmupScheduler around CosineAnnealingLR(T_max=E) with WARMUP_RECOUNT, which restarts the
+cosine after the warm-up, so epoch W trains at the full lr. A non-finite loss (or parameters) stops
+training at once with a :class:`NonFiniteError` naming the epoch and step; nothing of that epoch is
+written and the last good checkpoint stays. Batches: the last partial batch
 is dropped (as Dassl) only when at least ``MIN_FULL_BATCHES`` full batches remain, so a few-shot set
 never trains on a single step per epoch; runs of fewer than ``FEW_STEPS`` steps in all are warned
 about. Progress: one line per epoch in run_dir/train.log, on stderr too (a bar on a terminal).
@@ -16,17 +20,18 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ncprompt.config.run import TrainConfig  # the typed config tree
 from ncprompt.data.cache import FeatureSource
+from ncprompt.engine import distributed
 from ncprompt.engine.checkpoint import load_checkpoint, restore_optimizer, save_checkpoint
 from ncprompt.engine.progress import ProgressLog, epoch_line
 from ncprompt.methods.base import MethodOutput, PromptMethod
-from ncprompt.utils import append_jsonl, read_jsonl, write_json
+from ncprompt.utils import append_jsonl, read_jsonl, sweep_tmp, write_json, write_jsonl
 
 #: keep the last partial batch unless this many full batches remain (few-shot sets: more steps)
 MIN_FULL_BATCHES = 4
@@ -38,37 +43,8 @@ class TrainConfigError(ValueError):
     pass
 
 
-@dataclass
-class TrainConfig:
-    """Optimisation settings (CoOp's published defaults)."""
-
-    epochs: int = 50
-    batch_size: int = 32
-    lr: float = 0.002
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: int = 1
-    warmup_lr: float = 1e-5
-    views: int = 8
-    eval_every: int = 0
-    seed: int = 1
-    checkpoint_every: int = 1
-    max_grad_norm: float = 0.0
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
-            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
-            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
-            (self.optimizer in ("sgd", "adamw"), f"optimizer must be sgd or adamw, got {self.optimizer!r}"),
-            (self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}"),
-            (self.views >= 1, f"views must be >= 1, got {self.views}"),
-            (self.checkpoint_every >= 1, "checkpoint_every must be >= 1"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise TrainConfigError(msg)
+class NonFiniteError(TrainConfigError):
+    """Training diverged: a non-finite loss, or non-finite parameters after a step."""
 
 
 def effective_warmup(cfg: TrainConfig) -> int:
@@ -77,10 +53,12 @@ def effective_warmup(cfg: TrainConfig) -> int:
 
 
 def lr_at(cfg: TrainConfig, epoch: int) -> float:
-    """Learning rate of 0-based ``epoch``: constant warm-up, then cosine over all epochs."""
-    if epoch < effective_warmup(cfg):
+    """Learning rate of 0-based ``epoch``: ``warmup_lr`` for e < W, then lr (1 + cos(pi (e - W) / E)) / 2
+    (CoOp/Dassl: the cosine over E epochs restarts after the W warm-up epochs)."""
+    w = effective_warmup(cfg)
+    if epoch < w:
         return cfg.warmup_lr
-    return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
+    return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * (epoch - w) / cfg.epochs))
 
 
 def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -119,11 +97,17 @@ def few_steps_warning(n: int, cfg: TrainConfig) -> str | None:
 
 
 def train_step(method: PromptMethod, inputs: torch.Tensor, labels: torch.Tensor, opt: torch.optim.Optimizer,
-               regularizer: torch.nn.Module | None = None, max_grad_norm: float = 0.0,
+               regularizer: torch.nn.Module | None = None, max_grad_norm: float = 0.0, check_finite: bool = True,
+               forward: Callable[[torch.Tensor], MethodOutput] | None = None, loss_scale: float = 1.0,
                ) -> tuple[MethodOutput, dict[str, torch.Tensor], torch.Tensor]:
     """One optimisation step: L = sum of the method's loss terms + the NPT hook's "loss"; returns
-    the method output, every loss part (NPT parts as ``npt_*``, logged only) and L."""
-    out = method(inputs)
+    the method output, every loss part (NPT parts as ``npt_*``, logged only) and L.
+
+    With ``check_finite`` a non-finite L raises :class:`NonFiniteError` before the step (the
+    parameters stay as they were), and so do non-finite parameters after it. ``forward`` replaces
+    ``method`` for the forward pass (its DistributedDataParallel wrapper); the gradient is that of
+    ``loss_scale`` * L (a rank's share of the global batch, :mod:`ncprompt.engine.distributed`)."""
+    out = (forward or method)(inputs)
     parts = method.base_loss(out, labels)
     if regularizer is not None:
         img = out.image_features if out.image_features is not None else inputs
@@ -131,12 +115,20 @@ def train_step(method: PromptMethod, inputs: torch.Tensor, labels: torch.Tensor,
         parts.update({f"npt_{k}": v for k, v in reg.items() if k != "loss"})
         parts["npt"] = reg["loss"]
     loss = sum(v for k, v in parts.items() if k == "npt" or not k.startswith("npt_"))
+    if check_finite and not bool(torch.isfinite(loss.detach())):
+        bad = sorted(k for k, v in parts.items() if not bool(torch.isfinite(v.detach()).all()))
+        raise NonFiniteError(f"the loss is {float(loss.detach())} (non-finite terms: {', '.join(bad)})")
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss * loss_scale if loss_scale != 1.0 else loss).backward()
     if max_grad_norm > 0:
         params = [p for g in opt.param_groups for p in g["params"]]
         torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     opt.step()
+    if check_finite:
+        params = [p for g in opt.param_groups for p in g["params"]]
+        if not bool(torch.stack([torch.isfinite(p.detach()).all() for p in params]).all()):
+            raise NonFiniteError(
+                f"the parameters hold NaN/inf after the optimiser step (loss {float(loss.detach()):.4g})")
     return out, parts, loss
 
 
@@ -150,6 +142,7 @@ def train(
     on_epoch_end: Callable[[int], dict[str, Any]] | None = None,
     resume: bool = True,
     stop_after: int | None = None,
+    ddp: str | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``method``'s prompts; returns the per-epoch log (also written to run_dir/metrics.jsonl).
 
@@ -159,7 +152,13 @@ def train(
             and returning a dict with a "loss" entry (and its parts, logged).
         on_epoch_end: extra metrics (e.g. validation accuracy, NC diagnostics) for epoch e.
         stop_after: stop after this many epochs of this call (to simulate an interruption).
+        ddp: under torchrun, "ddp" | "main" | "auto" (default; see :func:`distributed.train_mode`).
     """
+    mode = distributed.train_mode(method.image_input == "cached", ddp)
+    if mode == "main":  # rank 0 trains alone; every rank gets its prompts, buffers and log
+        return distributed.run_on_main(lambda: train(method, source, labels, cfg, run_dir, regularizer, on_epoch_end,
+                                                     resume, stop_after), [method, regularizer])
+    main = distributed.is_main()
     params = [p for p in method.parameters() if p.requires_grad]
     if not params:
         raise TrainConfigError(f"method {method.name!r} has nothing to train")
@@ -171,21 +170,28 @@ def train(
     log: list[dict[str, Any]] = []
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
-        ck = load_checkpoint(run_dir) if resume else None
+        if main:
+            sweep_tmp(run_dir)  # left by atomic writes of a killed run (the folder is this run's alone)
+        ck = load_checkpoint(run_dir) if resume else None  # every rank reads it: it holds no per-rank state
         if ck is not None:
             method.load_prompt_state(ck["prompt"])
-            restore_optimizer(opt, ck["optim"], ck["optim_scalars"])
+            restore_optimizer(opt, ck["optim"], ck["optim_scalars"], where=run_dir / "checkpoint")
             if regularizer is not None and ck["extra"]:
                 regularizer.load_state_dict({**regularizer.state_dict(), **ck["extra"]})
             start = ck["epoch"] + 1
             log = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("epoch", -1) < start]
-        write_json(run_dir / "train_config.json", asdict(cfg))
-        _rewrite_log(run_dir / "metrics.jsonl", log)
+        if main:
+            write_json(run_dir / "train_config.json", cfg.model_dump())
+            write_jsonl(run_dir / "metrics.jsonl", log)
+    model = distributed.wrap_ddp(method) if mode == "ddp" else method
+    if mode == "ddp" and regularizer is not None:
+        regularizer.batch_sum = distributed.sum_over_ranks  # EMA image means of the global batch
     method.train()
     if regularizer is not None:
         regularizer.train()
     end = cfg.epochs if stop_after is None else min(cfg.epochs, start + stop_after)
-    plog = ProgressLog(f"train {method.name}", cfg.epochs, run_dir / "train.log" if run_dir else None, done=start)
+    plog = ProgressLog(f"train {method.name}", cfg.epochs, run_dir / "train.log" if run_dir and main else None,
+                       done=start)
     if start:
         plog.note(f"resuming from epoch {start + 1}/{cfg.epochs} ({start} epochs done, checkpoint in {run_dir})")
     else:
@@ -205,16 +211,27 @@ def train(
             sums: dict[str, float] = {}
             correct = seen = steps = 0
             for s in range(0, len(order), cfg.batch_size):
-                idx = order[s : s + cfg.batch_size]
-                feats = source(idx, views[s : s + cfg.batch_size]).to(device)
+                idx, vw = order[s : s + cfg.batch_size], views[s : s + cfg.batch_size]
+                share, w = distributed.batch_share(len(idx))  # this rank's slice; weight n_r / n
+                count = w * len(idx)  # samples this rank stands for (a batch smaller than the world: n / W)
+                idx, vw = idx[share], vw[share]
+                feats = source(idx, vw).to(device)
                 y = labels[idx].to(device)
-                out, parts, loss = train_step(method, feats, y, opt, regularizer, cfg.max_grad_norm)
+                try:
+                    out, parts, loss = train_step(method, feats, y, opt, regularizer, cfg.max_grad_norm,
+                                                  forward=model, loss_scale=w * distributed.world_size())
+                except NonFiniteError as e:
+                    raise NonFiniteError(_diverged(e, cfg, epoch, steps, run_dir)) from None
                 for k, v in parts.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach())
-                sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
-                correct += int((out.logits.argmax(-1) == y).sum())
-                seen += len(y)
+                    sums[k] = sums.get(k, 0.0) + w * float(v.detach())
+                sums["loss"] = sums.get("loss", 0.0) + w * float(loss.detach())
+                correct += int((out.logits.argmax(-1) == y).sum()) * count / len(y)
+                seen += count
                 steps += 1
+            if mode == "ddp":  # the global batch's means: sum_r w_r * (rank r's mean)
+                sums = distributed.all_reduce_floats(sums)
+                tally = distributed.all_reduce_floats({"correct": correct, "seen": seen})
+                correct, seen = tally["correct"], tally["seen"]
             record: dict[str, Any] = {"epoch": epoch, "lr": lr, "steps": steps,
                                       "train_acc": 100.0 * correct / max(seen, 1),
                                       **{k: v / max(steps, 1) for k, v in sums.items()},
@@ -225,7 +242,7 @@ def train(
                     record.update(on_epoch_end(epoch))
                 method.train()
             log.append(record)
-            if run_dir is not None:
+            if run_dir is not None and main:
                 append_jsonl(run_dir / "metrics.jsonl", record)
                 if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
                     extra = {k: v.detach().cpu() for k, v in regularizer.state_dict().items()} if regularizer else {}
@@ -239,13 +256,17 @@ def train(
         plog.close()
         raise
     plog.close()
+    if mode == "ddp" and regularizer is not None:
+        regularizer.batch_sum = None
     method.eval()
     return log
 
 
-def _rewrite_log(path: Path, records: list[dict[str, Any]]) -> None:
-    import json
-
-    from ncprompt.utils import atomic_write
-
-    atomic_write(path, lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in records)))
+def _diverged(e: NonFiniteError, cfg: TrainConfig, epoch: int, step: int, run_dir: Path | None) -> str:
+    """The one-line message of a diverged run: where, what is kept, and the fix."""
+    kept = "nothing of this epoch was written"
+    if run_dir is not None:
+        ck = load_checkpoint(run_dir)
+        kept += f"; the last good checkpoint (epoch {ck['epoch'] + 1}) is kept" if ck else "; no checkpoint yet"
+    return (f"training diverged at epoch {epoch + 1}/{cfg.epochs}, step {step + 1}: {e}; {kept}. "
+            f"Lower the learning rate (--lr {cfg.lr:g} now, try {cfg.lr / 10:g}) or set train.max_grad_norm")
