@@ -112,10 +112,9 @@ def main(argv: list[str] | None = None) -> None:
         cmd = [sys.executable, __file__, "--child", "--k", str(args.k), "--reps", str(args.reps), "--warmup",
                str(args.warmup), "--busy", str(args.busy), "--busy-timeout", str(args.busy_timeout), "--model",
                args.model, "--interop", str(interop or 0)]
-        r = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-        sys.stderr.write(r.stderr)
+        r = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, check=False)  # progress on stderr
         if r.returncode != 0:
-            raise SystemExit(f"child {policy}/{interop} failed: {r.stderr[-2000:]}")
+            raise SystemExit(f"child {policy}/{interop} failed (exit status {r.returncode})")
         result["runs"].append(json.loads(r.stdout.strip().splitlines()[-1]))
         write_json(args.out.with_suffix(".partial.json"), result)
     result["uptime_at_end"] = uptime()

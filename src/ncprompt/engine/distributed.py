@@ -289,6 +289,14 @@ def attach_cache(cache: Any) -> Any:
     return cache
 
 
+def reduce_nc(acc: T) -> T:
+    """``acc.reduce_()`` (an :class:`~ncprompt.metrics.neural_collapse.NCAccumulator` fed a row shard on each
+    rank) when collectives are on; returns ``acc``."""
+    if world_size() > 1:
+        acc.reduce_()  # type: ignore[attr-defined]
+    return acc
+
+
 # --- training ---------------------------------------------------------------------------------
 def train_mode(frozen_image_encoder: bool, requested: str | None = None) -> str:
     """How a method trains now: "single" (one process), "ddp" (every rank takes a slice of each
