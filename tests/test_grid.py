@@ -6,7 +6,7 @@ import csv
 
 import pytest
 
-from ncprompt.protocols.grid import MethodSpec, run_grid, summarise
+from ncprompt.protocols.grid import MethodSpec, grid_jobs, run_grid, summarise
 
 
 @pytest.fixture()
@@ -56,10 +56,34 @@ def test_few_shot_sweep_and_targets(grid_base, image_folder, tmp_path):
     assert "folder (1 shots)" in names and "folder (2 shots)" in names
 
 
-def test_example_config_is_valid():
+def test_example_configs_are_valid():
     from pathlib import Path
 
     from ncprompt.config import RunConfig, load_yaml
 
-    cfg = RunConfig.from_dict(load_yaml(Path(__file__).parents[1] / "configs" / "coop_npt.yaml"))
-    assert cfg.npt.enabled and cfg.imbalance == 0.25 and cfg.method_options["ctx_init"] == "a photo of a"
+    root = Path(__file__).parents[1] / "configs"
+    cfg = RunConfig.from_dict(load_yaml(root / "coop_npt.yaml"))
+    assert cfg.npt.enabled and cfg.data.imbalance == 0.25 and cfg.method.ctx_init == "a photo of a"
+    for f in root.glob("*.yaml"):  # grid bases: per_method options are validated per cell
+        jobs = grid_jobs(load_yaml(f), ["pocket_garments"], [MethodSpec.parse("coop+npt", load_yaml(f).get(
+            "per_method"))], [1], Path("/nonexistent-grid"))
+        assert jobs[0]["config"]["method"]["name"] == "coop"
+
+
+def test_grid_cells_are_deduplicated(grid_base, tmp_path):
+    methods = [MethodSpec.parse(m) for m in ("coop", "coop+npt", "coop")]
+    jobs = grid_jobs(grid_base, ["folder", "folder"], methods, [1, 2, 1], tmp_path / "g")
+    assert len(jobs) == 4 and len({j["run_dir"] for j in jobs}) == 4
+
+
+def test_grid_rerun_with_other_settings_is_refused_before_running(grid_base, tmp_path):
+    from ncprompt.config import ConfigError, RunConfig
+    from ncprompt.engine.run_folder import RunFolder
+
+    job = grid_jobs(grid_base, ["folder"], [MethodSpec.parse("coop")], [1], tmp_path / "g")[0]
+    RunFolder(job["run_dir"]).prepare(RunConfig.from_dict(job["config"]))  # a cell started with 2 epochs
+    other = {**grid_base, "train": {**grid_base["train"], "epochs": 3}}
+    with pytest.raises(ConfigError, match=r"train\.epochs 2 -> 3.*--no-resume"):
+        run_grid(other, ["folder"], [MethodSpec.parse("coop")], [1], tmp_path / "g")
+    assert not (tmp_path / "g" / "grid.log").exists()  # refused before anything ran
+    assert len(grid_jobs(other, ["folder"], [MethodSpec.parse("coop")], [1], tmp_path / "g", resume=False)) == 1

@@ -1,108 +1,218 @@
-"""The ``ncprompt`` command line: models, datasets, methods, zeroshot, train, eval, demo, analyze, report."""
+"""The ``ncprompt`` command line.
+
+Every run option comes from the typed config tree (:mod:`ncprompt.config`): each field is a flag
+(``--epochs``, ``--n-ctx``, ``--lambda-lc`` ...; ``--help`` shows its meaning and default), and any
+key can be set as ``--set train.warmup_epochs=0``. Layers, later wins: defaults < ``--preset`` <
+``--config`` YAML < ``--set`` < flags. Building the parser imports nothing heavy; a command loads
+torch, open_clip and data only when it runs. Every failure ends as one line on stderr (``--debug``
+shows the traceback).
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
+import os
 import sys
-from pathlib import Path
-from typing import Any
+import typing
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from ncprompt.config import ConfigError, RunConfig, load_yaml, merge
+from ncprompt.config import (
+    METHOD_CONFIGS,
+    PRESETS,
+    ConfigError,
+    DataSection,
+    NPTConfig,
+    RunConfig,
+    RunSection,
+    TrainConfig,
+    dump_yaml,
+    load_yaml,
+    merge_layers,
+    method_config_class,
+    preset,
+)
+from ncprompt.config.base import parse_assignment, set_dotted
 
-
-def _common(p: argparse.ArgumentParser, training: bool = True) -> None:
-    g = p.add_argument_group("model and data")
-    g.add_argument("--config", help="YAML file with any run option (flags override it)")
-    g.add_argument("--model", help="open_clip architecture (see `ncprompt models`); default: pocket")
-    g.add_argument("--pretrained", help="open_clip pretrained tag, or a local checkpoint file (.pt/.bin/.safetensors)")
-    g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="autocast precision (default fp32 on CPU)")
-    g.add_argument("--dataset", help="registered dataset (see `ncprompt datasets`)")
-    g.add_argument("--root", help="dataset folder or file (for folder/csv datasets and custom locations)")
-    g.add_argument("--protocol", choices=["all", "base2new"], help="all classes, or train on base and test base+new")
-    g.add_argument("--shots", type=int, help="training images per class (0: all); n_max under --imbalance")
-    g.add_argument("--imbalance", type=float, metavar="TAU", help="exponential class imbalance ratio tau in (0, 1]")
-    g.add_argument("--seed", type=int, help="seed (sampling, init, order)")
-    g.add_argument("--max-test-per-class", type=int, help="cap test images per class (faster evaluation)")
-    g.add_argument("--cache-dir", help="feature cache folder (default ~/.cache/ncprompt or $NCPROMPT_CACHE)")
-    g.add_argument("--no-cache", action="store_true", default=None, help="do not read or write the feature cache")
-    g.add_argument("--templates", help='zero-shot templates: "dataset", "ensemble", "simple" or one "... {} ..."')
-    g.add_argument("--output", help="run folder (config, metrics.jsonl, checkpoints, prompts, results.json)")
-    if not training:
-        return
-    t = p.add_argument_group("training")
-    t.add_argument("--method", help="prompt method (see `ncprompt methods`); default coop")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--lr", type=float)
-    t.add_argument("--optimizer", choices=["sgd", "adamw"])
-    t.add_argument("--views", type=int, help="cached augmented views per training image")
-    t.add_argument("--eval-every", type=int, help="evaluate on the test split every N epochs (0: at the end)")
-    t.add_argument("--no-resume", action="store_true", help="start over even if the run folder has a checkpoint")
-    c = p.add_argument_group("CoOp context")
-    c.add_argument("--n-ctx", type=int, help="number of context vectors")
-    c.add_argument("--ctx-init", help='initialise the context from words, e.g. "a photo of a"')
-    c.add_argument("--csc", action="store_true", default=None, help="class-specific context")
-    c.add_argument("--class-token-position", choices=["end", "middle", "front"])
-    n = p.add_argument_group("NPT regularisers")
-    n.add_argument("--npt", action="store_true", default=None, help="add the NPT regularisers")
-    n.add_argument("--lambda-lc", type=float, help="weight of language-modality collapse (default 0.1)")
-    n.add_argument("--lambda-mi", type=float, help="weight of multi-modality isomorphism (default 0.1)")
-    n.add_argument("--lc-form", choices=["pairwise", "anchored"])
-    n.add_argument("--mi-form", choices=["self_duality", "cross_similarity"])
-    n.add_argument("--uncentered", action="store_true", default=None, help="LC on uncentred text features")
-    n.add_argument("--anchor-align", choices=["procrustes", "identity"])
-    n.add_argument("--no-diagnostics", action="store_true", default=None, help="skip per-epoch NC metrics")
+SECTIONS: dict[str, type] = {"run": RunSection, "data": DataSection, "train": TrainConfig, "npt": NPTConfig}
+#: flag names that differ from the field name (field -> flag); aliases kept from earlier versions
+RENAMES = {("npt", "enabled"): "npt", ("run", "use_cache"): "no-cache"}
+ALIASES = {("method", "class_specific"): ["--csc"], ("npt", "centered"): ["--uncentered"]}
+#: keys only reachable with --set (mappings)
+SET_ONLY = {("data", "options")}
 
 
-def config_from_args(a: argparse.Namespace, method: str | None = None) -> RunConfig:
-    """Defaults < --config YAML < flags."""
-    d: dict[str, Any] = load_yaml(a.config) if getattr(a, "config", None) else {}
-    g = lambda name: getattr(a, name, None)  # noqa: E731
-    flat = {"model": g("model"), "pretrained": g("pretrained"), "device": g("device"), "precision": g("precision"),
-            "dataset": g("dataset"), "root": g("root"), "protocol": g("protocol"), "shots": g("shots"),
-            "imbalance": g("imbalance"), "max_test_per_class": g("max_test_per_class"), "cache_dir": g("cache_dir"),
-            "output": g("output"), "method": method or g("method")}
-    over: dict[str, Any] = {k: v for k, v in flat.items() if v is not None}
-    if g("no_cache"):
-        over["use_cache"] = False
-    if g("no_diagnostics"):
-        over["diagnostics"] = False
-    train = {"epochs": g("epochs"), "batch_size": g("batch_size"), "lr": g("lr"), "optimizer": g("optimizer"),
-             "views": g("views"), "eval_every": g("eval_every"), "seed": g("seed")}
-    over["train"] = {k: v for k, v in train.items() if v is not None}
-    mo = {"n_ctx": g("n_ctx"), "ctx_init": g("ctx_init"), "class_specific": g("csc"),
-          "class_token_position": g("class_token_position"), "templates": g("templates")}
-    over["method_options"] = {k: v for k, v in mo.items() if v is not None}
-    npt = {"enabled": g("npt"), "lambda_lc": g("lambda_lc"), "lambda_mi": g("lambda_mi"), "lc_form": g("lc_form"),
-           "mi_form": g("mi_form"), "anchor_align": g("anchor_align")}
-    if g("uncentered"):
-        npt["centered"] = False
-    over["npt"] = {k: v for k, v in npt.items() if v is not None}
-    merged = merge(d, over)
-    if merged.get("method") == "zeroshot":
-        merged.setdefault("shots", 0)  # zero-shot needs no training images
-    from ncprompt.methods.base import options_for
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line."""
 
-    # CLI flags shared by several methods apply where the method knows them; YAML options stay strict
-    opts = merged.get("method_options", {})
-    known = options_for(merged.get("method", "coop"), opts)
-    merged["method_options"] = {k: v for k, v in opts.items() if k in known or k not in mo}
-    return RunConfig.from_dict(merged)
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
-def _print_result(res: dict[str, Any]) -> None:
-    keys = [k for k in ("all", "base", "new") if k in res]
-    parts = [f"{k}: top1 {res[k]['top1']:.2f}  macro-F1 {res[k]['macro_f1']:.2f}" for k in keys]
-    if "hm" in res:
-        parts.append(f"HM {res['hm']:.2f}")
-    for k in keys:
-        if "groups" in res[k]:
-            parts.append(f"{k} head/middle/tail " + " / ".join(f"{v:.1f}" for v in res[k]["groups"].values()))
-    print(f"[{res['method']}{'+npt' if res.get('npt') else ''}] " + " | ".join(parts))
+@dataclass
+class Flag:
+    section: str
+    key: str
+    names: list[str]
+    kind: Literal["value", "list", "true", "false"]
+    help: str
+    choices: list[str] | None = None
 
+
+def _describe(field: Any) -> str:
+    return (field.description or "").rstrip(".")
+
+
+def _kind_and_choices(annotation: Any) -> tuple[str, list[str] | None]:
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if annotation is bool:
+        return "bool", None
+    if typing.get_origin(annotation) is Literal:
+        return "value", [str(v) for v in typing.get_args(annotation)]
+    lits = [a for a in args if typing.get_origin(a) is Literal]
+    if lits:
+        return "value", [str(v) for a in lits for v in typing.get_args(a)]
+    if typing.get_origin(annotation) is list or any(typing.get_origin(a) is list for a in args):
+        return "list", None
+    return "value", None
+
+
+def _flag(section: str, key: str, field: Any, default: Any, taken: set[str], help_default: str) -> Flag | None:
+    if (section, key) in SET_ONLY:
+        return None
+    kind, choices = _kind_and_choices(field.annotation)
+    name = RENAMES.get((section, key), key.replace("_", "-"))
+    desc = _describe(field)
+    if kind == "bool" and (section, key) not in RENAMES:
+        kind = "false" if default else "true"
+        name = f"no-{name}" if default else name
+        desc = f"{'turn off: ' if default else ''}{desc}"
+    elif kind == "bool":
+        kind = "false" if default else "true"
+    if name in taken:
+        name = f"{section}-{name}"
+    taken.add(name)
+    flag_kind: Any = kind
+    return Flag(section, key, [f"--{name}", *ALIASES.get((section, key), [])], flag_kind,
+                f"{desc} [{section}.{key}; {help_default}]", choices)
+
+
+def run_flags(skip: set[tuple[str, str]] = frozenset()) -> list[Flag]:  # type: ignore[assignment]
+    """One flag per field of the run/data/train/npt sections."""
+    taken: set[str] = set()
+    out = []
+    for section, model in SECTIONS.items():
+        for key, field in model.model_fields.items():
+            if (section, key) in skip:
+                continue
+            default = field.get_default(call_default_factory=True)
+            f = _flag(section, key, field, default, taken, f"default {default!r}")
+            if f is not None:
+                out.append(f)
+    return out
+
+
+def method_flags(methods: list[str] | None = None, taken: set[str] | None = None) -> list[Flag]:
+    """One flag per method option (the union over methods); help lists each method's default."""
+    names = methods if methods is not None else sorted(METHOD_CONFIGS)
+    taken = set(taken or ())
+    fields: dict[str, dict[str, Any]] = {}
+    for m in names:
+        for key, field in method_config_class(m).model_fields.items():
+            if key != "name":
+                fields.setdefault(key, {})[m] = field
+    out = []
+    for key, per in fields.items():
+        field = next(iter(per.values()))
+        defaults = {m: f.get_default(call_default_factory=True) for m, f in per.items()}
+        if len(set(map(repr, defaults.values()))) == 1:
+            shown = f"{', '.join(per)}; default {next(iter(defaults.values()))!r}"
+        else:
+            shown = "defaults: " + ", ".join(f"{m} {v!r}" for m, v in defaults.items())
+        if field.annotation is bool:  # --X where some method defaults to False, --no-X where some to True
+            for value in sorted({bool(v) for v in defaults.values()}):
+                f = _flag("method", key, field, value, taken, shown)
+                if f is not None:
+                    out.append(f)
+            continue
+        f = _flag("method", key, field, None, taken, shown)
+        if f is not None:
+            out.append(f)
+    return out
+
+
+def add_config_flags(p: argparse.ArgumentParser, flags: list[Flag], title: str) -> None:
+    g = p.add_argument_group(title)
+    for f in flags:
+        dest = f"cfg:{f.section}.{f.key}"
+        if f.kind == "true":
+            g.add_argument(*f.names, dest=dest, action="store_const", const=True, default=argparse.SUPPRESS,
+                           help=f.help)
+        elif f.kind == "false":
+            g.add_argument(*f.names, dest=dest, action="store_const", const=False, default=argparse.SUPPRESS,
+                           help=f.help)
+        elif f.kind == "list":
+            g.add_argument(*f.names, dest=dest, nargs="+", default=argparse.SUPPRESS, help=f.help, metavar="V")
+        else:
+            g.add_argument(*f.names, dest=dest, default=argparse.SUPPRESS, choices=f.choices, help=f.help,
+                           metavar="{" + ",".join(f.choices) + "}" if f.choices else "V")
+
+
+def add_layer_flags(p: argparse.ArgumentParser, presets: bool = True) -> None:
+    g = p.add_argument_group("configuration")
+    g.add_argument("--config", help="YAML file with any run option (sectioned: run/data/method/train/npt)")
+    if presets:
+        g.add_argument("--preset", action="append", choices=sorted(PRESETS), metavar="NAME",
+                       help="start from a published recipe (see `ncprompt presets`): " + ", ".join(sorted(PRESETS)))
+    g.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
+                   help="set any config key, e.g. --set train.warmup_epochs=0 --set data.options.test_fraction=0.5")
+    g.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+
+
+def _flag_layer(a: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
+    layer: dict[str, Any] = {}
+    method_keys = []
+    for dest, value in vars(a).items():
+        if not dest.startswith("cfg:"):
+            continue
+        section, key = dest[4:].split(".", 1)
+        if section == "method" and key == "templates" and isinstance(value, list) and len(value) == 1:
+            value = value[0]
+        if section == "method" and key != "name":
+            method_keys.append(key)
+        layer = set_dotted(layer, [section, key], value)
+    return layer, method_keys
+
+
+def layers_from_args(a: argparse.Namespace, base: list[dict[str, Any]] | None = None) -> tuple[dict[str, Any],
+                                                                                                list[str]]:
+    """The merged (unvalidated) config of parsed arguments and the method options given as flags."""
+    layers: list[dict[str, Any]] = list(base or [])
+    layers += [preset(name) for name in getattr(a, "preset", None) or []]
+    if getattr(a, "config", None):
+        layers.append(load_yaml(a.config))
+    sets: dict[str, Any] = {}
+    for text in getattr(a, "set", None) or []:
+        path, value = parse_assignment(text)
+        sets = set_dotted(sets, path, value)
+    flags, method_keys = _flag_layer(a)
+    return merge_layers(*layers, sets, flags), method_keys
+
+
+def config_from_args(a: argparse.Namespace, base: list[dict[str, Any]] | None = None) -> RunConfig:
+    """The run config of parsed arguments: defaults < ``base`` < presets < --config < --set < flags.
+    Validation names the offending key; nothing heavy is loaded."""
+    merged, method_keys = layers_from_args(a, base)
+    method = merged.get("method", {}).get("name", "coop") if isinstance(merged.get("method"), dict) else "coop"
+    fields = method_config_class(method).model_fields
+    for key in method_keys:
+        if key not in fields:
+            own = ", ".join(k for k in fields if k != "name") or "none"
+            raise ConfigError(f"--{key.replace('_', '-')}: method {method} has no option {key} (its options: {own})")
+    return RunConfig.from_dict(merged, where=getattr(a, "config", None) or "")
+
+
+# --- commands ------------------------------------------------------------------------------
 
 def cmd_models(a: argparse.Namespace) -> int:
     import open_clip
@@ -117,9 +227,9 @@ def cmd_models(a: argparse.Namespace) -> int:
 
 
 def cmd_datasets(a: argparse.Namespace) -> int:
-    from ncprompt.data import DATASETS, register_builtin_datasets
+    import ncprompt.protocols  # noqa: F401  (registers the datasets defined above the data layer)
+    from ncprompt.data import DATASETS
 
-    register_builtin_datasets()
     for name in DATASETS:
         print(f"{name:28s} {DATASETS.describe(name)}")
     return 0
@@ -129,109 +239,237 @@ def cmd_methods(a: argparse.Namespace) -> int:
     from ncprompt.methods import METHODS
 
     for name in METHODS:
-        print(f"{name:12s} {METHODS.describe(name)}")
+        opts = ", ".join(k for k in method_config_class(name).model_fields if k != "name")
+        print(f"{name:12s} {METHODS.describe(name)}" + (f"  (options: {opts})" if a.options else ""))
     return 0
 
 
-def cmd_train(a: argparse.Namespace, method: str | None = None) -> int:
-    from ncprompt.protocols.experiment import Experiment
+def cmd_presets(a: argparse.Namespace) -> int:
+    for name in sorted(PRESETS):
+        print(f"{name:12s} {PRESETS[name][0]}")
+        if a.show:
+            print("  " + dump_yaml(preset(name)).replace("\n", "\n  ").rstrip())
+    return 0
 
-    cfg = config_from_args(a, method)
-    exp = Experiment(cfg)
-    if exp.backbone.random_weights:
-        print(f"note: {cfg.model} runs with RANDOM weights (no --pretrained given): accuracies are not meaningful")
-    out = Path(cfg.output) if cfg.output else None
-    res = exp.run(out, resume=not getattr(a, "no_resume", False))
-    _print_result(res)
-    if out:
-        print(f"results: {out / 'results.json'}")
+
+def cmd_train(a: argparse.Namespace, base: list[dict[str, Any]] | None = None) -> int:
+    cfg = config_from_args(a, base)
+    if a.print_config:
+        print(dump_yaml(cfg.to_dict()), end="")
+        return 0
+    resume = not getattr(a, "no_resume", False)
+    folder = None
+    if cfg.run.output:
+        from ncprompt.engine.run_folder import RunFolder
+
+        folder = RunFolder(cfg.run.output)
+        folder.check(cfg, resume)  # other settings / not a run folder: refused before anything loads
+        folder.acquire()  # a second process on the same folder: refused now
+    try:
+        from ncprompt.protocols.experiment import Experiment
+
+        exp = Experiment(cfg)
+        if exp.backbone.random_weights:
+            print(f"note: {cfg.run.model} runs with RANDOM weights (no --pretrained given): accuracies are not "
+                  "meaningful")
+        res = exp.run(folder.path if folder else None, resume=resume, folder=folder)
+    finally:
+        if folder is not None:
+            folder.release()
+    print(res.summary_line())
+    if folder is not None:
+        print(f"results: {folder.path / 'results.json'}")
     return 0
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    from ncprompt.protocols.experiment import Experiment, load_run
+    from ncprompt.engine.results import write_results
+    from ncprompt.protocols.experiment import Experiment, load_run, load_train_means
 
     cfg, prompt = load_run(a.run_dir)
-    over = {k: v for k, v in {"dataset": a.dataset, "root": a.root, "protocol": a.protocol,
-                              "max_test_per_class": a.max_test_per_class}.items() if v is not None}
-    d = merge(cfg.to_dict(), over)
-    d["output"] = None
-    cfg = RunConfig.from_dict(d)
-    exp = Experiment(cfg)
+    over: dict[str, Any] = {"run": {"output": None}}
+    for key, section in (("dataset", "data"), ("root", "data"), ("protocol", "data"), ("max_test_per_class", "data"),
+                         ("targets", "data"), ("device", "run")):
+        if getattr(a, key, None) is not None:
+            over = set_dotted(over, [section, key], getattr(a, key))
+    for text in a.set:
+        path, value = parse_assignment(text)
+        over = set_dotted(over, path, value)
+    new = RunConfig.from_dict(merge_layers(cfg.to_dict(), over))
+    exp = Experiment(new)
     method = exp.build()
     if prompt is not None:
         method.load_prompt_state(prompt)
-    from ncprompt.protocols.experiment import evaluate
-
-    res = {"method": cfg.method, "npt": cfg.npt.enabled}
-    for name, ev in exp.eval_sets().items():
-        res[name] = evaluate(method, ev, exp.groups if name in ("all", "base") else None, cfg.diagnostics)
-    if "base" in res and "new" in res:
-        from ncprompt.metrics.classification import harmonic_mean
-
-        res["hm"] = harmonic_mean(res["base"]["top1"], res["new"]["top1"])
-    _print_result(res)
+    same_training = all(getattr(new.data, k) == getattr(cfg.data, k)
+                        for k in ("dataset", "root", "protocol", "shots", "imbalance"))
+    means = load_train_means(a.run_dir) if same_training else None  # NC4 as training computed it
+    res = exp.evaluate_all(method, trained=False, train_means=means)
+    print(res.summary_line())
     if a.json:
-        Path(a.json).write_text(json.dumps(res, indent=2))
+        write_results(a.json, res)
     return 0
 
 
+def cmd_demo(a: argparse.Namespace) -> int:
+    from ncprompt.protocols.demo import cmd_demo as run
+
+    return run(a)
+
+
+def cmd_protocol(a: argparse.Namespace) -> int:
+    base, _ = layers_from_args(a, [a.protocol_defaults])
+    if a.print_config:
+        print(dump_yaml(base), end="")
+        return 0
+    from ncprompt.protocols.demo import run_protocol
+
+    return run_protocol(base, a.datasets, a.methods, a.seeds, a.output, a.shots, a.workers, not a.no_resume)
+
+
+# --- parser --------------------------------------------------------------------------------
+
+EPILOG = ("Any config key can also be set with --set KEY=VALUE (e.g. --set train.warmup_epochs=0). "
+          "Order: defaults < --preset < --config < --set < flags.")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ncprompt", description=__doc__)
+    p = OneLineParser(prog="ncprompt", description=__doc__.split("\n\n")[0],
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("-v", "--verbose", action="store_true")
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("-v", "--verbose", "--debug", dest="debug", action="store_true",
+                   help="log details and show the traceback of an error")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     s = sub.add_parser("models", help="list model architectures")
     s.add_argument("--tags", action="store_true", help="also list open_clip pretrained tags")
     s.set_defaults(func=cmd_models)
     sub.add_parser("datasets", help="list registered datasets").set_defaults(func=cmd_datasets)
-    sub.add_parser("methods", help="list prompt methods").set_defaults(func=cmd_methods)
-    s = sub.add_parser("zeroshot", help="evaluate zero-shot CLIP")
-    _common(s, training=False)
-    s.set_defaults(func=lambda a: cmd_train(a, "zeroshot"))
-    s = sub.add_parser("train", help="train prompts (and evaluate)")
-    _common(s)
+    s = sub.add_parser("methods", help="list prompt methods")
+    s.add_argument("--options", action="store_true", help="also list each method's options")
+    s.set_defaults(func=cmd_methods)
+    s = sub.add_parser("presets", help="list the published recipes (--preset NAME)")
+    s.add_argument("--show", action="store_true", help="also print each preset's settings")
+    s.set_defaults(func=cmd_presets)
+
+    rflags = run_flags()
+    taken = {n.removeprefix("--") for f in rflags for n in f.names}
+    s = sub.add_parser("zeroshot", help="evaluate zero-shot CLIP", epilog=EPILOG)
+    add_layer_flags(s, presets=False)
+    add_config_flags(s, [f for f in rflags if f.section in ("run", "data")], "run and data")
+    add_config_flags(s, method_flags(["zeroshot"], taken), "zero-shot")
+    s.set_defaults(func=lambda a: cmd_train(a, [preset("zeroshot")]))
+
+    s = sub.add_parser("train", help="train prompts (and evaluate)", epilog=EPILOG)
+    add_layer_flags(s)
+    s.add_argument("--method", dest="cfg:method.name", default=argparse.SUPPRESS, metavar="NAME",
+                   help=f"prompt method: {', '.join(sorted(METHOD_CONFIGS))} [method.name; default 'coop']")
+    s.add_argument("--no-resume", action="store_true",
+                   help="start over: clear the run folder's earlier run (even one with other settings)")
+    for title, section in (("run", "run"), ("data", "data"), ("training", "train"), ("NPT regularisers", "npt")):
+        add_config_flags(s, [f for f in rflags if f.section == section], title)
+    add_config_flags(s, method_flags(None, taken), "method options (each applies to the methods named)")
     s.set_defaults(func=cmd_train)
-    s = sub.add_parser("eval", help="evaluate a finished run folder (optionally on another dataset)")
-    s.add_argument("run_dir")
-    s.add_argument("--dataset")
-    s.add_argument("--root")
-    s.add_argument("--protocol", choices=["all", "base2new"])
-    s.add_argument("--max-test-per-class", type=int)
+
+    s = sub.add_parser("eval", help="evaluate a run folder (optionally on another dataset)", epilog=EPILOG)
+    s.add_argument("run_dir", help="the --output folder of `ncprompt train`")
+    s.add_argument("--dataset", help="evaluate on this dataset instead [data.dataset]")
+    s.add_argument("--root", help="its folder or file [data.root]")
+    s.add_argument("--protocol", choices=["all", "base2new"], help="[data.protocol]")
+    s.add_argument("--max-test-per-class", help="[data.max_test_per_class]")
+    s.add_argument("--targets", nargs="+", help="also evaluate these datasets [data.targets]")
+    s.add_argument("--device", help="[run.device]")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", default=[], help="override any config key")
     s.add_argument("--json", help="also write the results to this JSON file")
     s.set_defaults(func=cmd_eval)
-    _register_extra(sub)
+
+    s = sub.add_parser("demo", help="the main job: zero-shot, CoOp, CoOp+NPT on the pocket suite (base-to-new)")
+    s.add_argument("--output", default="outputs/demo", help="grid folder [default outputs/demo]")
+    s.add_argument("--datasets", nargs="+", help="pocket datasets (default: the demo suite)")
+    s.add_argument("--methods", nargs="+", help="e.g. zeroshot coop coop+npt")
+    s.add_argument("--seeds", nargs="+", type=int, default=[1], help="[default 1]")
+    s.add_argument("--epochs", type=int, help="[default: the pocket recipe's]")
+    s.add_argument("--workers", type=int, default=1, help="parallel runs (processes) [default 1]")
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("protocol", help="a grid of runs (datasets x shots x methods x seeds) with summary tables",
+                       epilog=EPILOG + " Per-method options: --set per_method.coop.n_ctx=4 or per_method: in YAML.")
+    s.add_argument("--datasets", nargs="+", required=True)
+    s.add_argument("--methods", nargs="+", required=True, help="method specs, e.g. zeroshot coop coop+npt")
+    s.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="[default 1 2 3]")
+    s.add_argument("--shots", type=int, nargs="+", help="shots per class; several values: a few-shot sweep")
+    s.add_argument("--output", required=True, help="grid folder (one run folder per cell)")
+    s.add_argument("--workers", type=int, default=1, help="parallel runs (processes) [default 1]")
+    s.add_argument("--no-resume", action="store_true", help="start every cell over (even with other settings)")
+    add_layer_flags(s)
+    skip = {("run", "output"), ("data", "dataset"), ("data", "shots"), ("train", "seed"), ("npt", "enabled")}
+    add_config_flags(s, [f for f in run_flags(skip)], "base run options (every cell)")
+    s.set_defaults(func=cmd_protocol, protocol_defaults={"data": {"protocol": "base2new"}})
+
+    s = sub.add_parser("analyze", help="NC report (JSON + markdown) and plots of run folders")
+    s.add_argument("run_dirs", nargs="+")
+    s.set_defaults(func=lambda a: _call("ncprompt.analysis.cli", "cmd_analyze", a))
+    s = sub.add_parser("report", help="correlation of NC metrics with base/new/HM accuracy across runs")
+    s.add_argument("dirs", nargs="+", help="run folders or folders holding them")
+    s.add_argument("--output", default="report", help="folder for runs.csv, correlations.{csv,md,png}")
+    s.set_defaults(func=lambda a: _call("ncprompt.analysis.cli", "cmd_report", a))
     return p
 
 
-def _register_extra(sub: Any) -> None:
-    """Sub-commands that live in their own modules (demo, analyze, report, pocket)."""
-    for mod in ("ncprompt.protocols.demo", "ncprompt.analysis.cli", "ncprompt.pocket.cli"):
-        try:
-            module = __import__(mod, fromlist=["add_commands"])
-        except ModuleNotFoundError as e:
-            if e.name and mod.startswith(e.name):
-                continue
-            raise
-        module.add_commands(sub)
+def _call(module: str, name: str, a: argparse.Namespace) -> int:
+    import importlib
+
+    return getattr(importlib.import_module(module), name)(a)
+
+
+def _one_line(e: BaseException) -> str:
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    msg = " ".join(str(msg).split())
+    if isinstance(e, OSError) and e.filename and str(e.filename) not in msg:
+        msg = f"{e.filename}: {msg}"
+    return msg or type(e).__name__
+
+
+def _in_trainer(tb: Any) -> bool:
+    """True when an interrupt arrived inside the training loop (which reports it itself)."""
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_name == "train" and code.co_filename.endswith(os.path.join("engine", "trainer.py")):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if a.verbose else logging.ERROR, format="%(message)s")
-    from ncprompt.utils import set_progress
+    import logging
 
-    if a.no_progress:
+    logging.basicConfig(level=logging.INFO if a.debug else logging.ERROR, format="%(message)s")
+    if a.no_progress:  # (bars are on only on a terminal by default; utils loads torch, so only when asked)
+        from ncprompt.utils import set_progress
+
         set_progress(False)
-    else:
-        set_progress(sys.stderr.isatty())
     try:
-        return int(a.func(a) or 0)
-    except (ConfigError, ValueError, KeyError, FileNotFoundError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"ncprompt: error: {msg}", file=sys.stderr)
-        return 2
+        code = int(a.func(a) or 0)
+        sys.stdout.flush()
+        return code
+    except KeyboardInterrupt as e:
+        if not _in_trainer(e.__traceback__):
+            print("ncprompt: interrupted (Ctrl-C); finished work is kept: run the same command again to resume",
+                  file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `ncprompt models | head -1`: the reader left; say nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    except Exception as e:  # noqa: BLE001  (every failure ends as one line; --debug shows the traceback)
+        if a.debug:
+            import traceback
+
+            traceback.print_exc()
+        known = isinstance(e, (ValueError, KeyError, OSError))
+        hint = "" if known else f" ({type(e).__name__}; rerun with --debug for the traceback)"
+        print(f"ncprompt: error: {_one_line(e)}{hint}", file=sys.stderr)
+        return 2 if known else 1
 
 
 if __name__ == "__main__":

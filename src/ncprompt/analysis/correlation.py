@@ -8,11 +8,12 @@ Pearson r and Spearman rho between m and a over the runs, with the number of run
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ncprompt.engine.results import read_results
 
 NC_KEYS = ("nc1", "nc2_equinorm_img", "nc2_equiangle_etf_img", "nc2_equinorm_text", "nc2_equiangle_etf_text",
            "nc3_self_duality", "nc4")
@@ -25,15 +26,12 @@ def collect_runs(dirs: list[str | Path]) -> list[dict[str, Any]]:
         p = Path(d)
         files = [p] if p.is_file() else sorted(p.rglob("results.json"))
         for f in files:
-            r = json.loads(f.read_text())
-            row: dict[str, Any] = {"run": str(f.parent), "method": r.get("method"), "npt": r.get("npt"),
-                                   "dataset": r.get("dataset"), "seed": r.get("seed"), "imbalance": r.get("imbalance")}
-            for split in ("all", "base", "new"):
-                if split in r:
-                    row[f"acc_{split}"] = r[split]["top1"]
-            if "hm" in r:
-                row["acc_hm"] = r["hm"]
-            nc = (r.get("train") or {}).get("nc") or (r.get("base") or r.get("all") or {}).get("nc") or {}
+            r = read_results(f)
+            row: dict[str, Any] = {"run": str(f.parent), "method": r.method, "npt": r.npt, "dataset": r.dataset,
+                                   "seed": r.seed, "imbalance": r.imbalance}
+            row.update({f"acc_{k}": v for k, v in r.accuracies().items()})
+            first = r.splits.get("base") or r.splits.get("all")
+            nc = (r.train.nc if r.train is not None else {}) or (first.nc if first is not None else {}) or {}
             for k in NC_KEYS:
                 if k in nc:
                     row[f"train_{k}"] = nc[k]

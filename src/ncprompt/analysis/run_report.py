@@ -8,7 +8,6 @@ the centred image means).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from ncprompt.engine.results import read_results
 from ncprompt.utils import read_jsonl, write_json
 
 
@@ -37,25 +37,17 @@ def _cos(x: torch.Tensor) -> np.ndarray:
 def analyze_run(run_dir: str | Path) -> dict[str, Any]:
     """Write analysis.json, analysis.md and plots/*.png into ``run_dir``; return the report."""
     d = Path(run_dir)
-    res_file = d / "results.json"
-    if not res_file.is_file():
-        raise FileNotFoundError(f"{d} has no results.json: is it a finished `ncprompt train` run folder?")
-    res = json.loads(res_file.read_text())
+    res = read_results(d)
     log = read_jsonl(d / "metrics.jsonl")
     plots = d / "plots"
     plots.mkdir(exist_ok=True)
     plt = _plt()
-    report: dict[str, Any] = {"run": str(d), "method": res.get("method"), "npt": res.get("npt"),
-                              "dataset": res.get("dataset"), "accuracy": {}, "nc": {}, "plots": []}
-    for split in ("all", "base", "new"):
-        if split in res:
-            report["accuracy"][split] = res[split]["top1"]
-            report["nc"][split] = res[split].get("nc", {})
-    if "hm" in res:
-        report["accuracy"]["hm"] = res["hm"]
-    if "train" in res:
-        report["nc"]["train"] = res["train"].get("nc", {})
-        report["nc"]["train_initial_text"] = res["train"].get("nc_initial_text", {})
+    report: dict[str, Any] = {"run": str(d), "method": res.method, "npt": res.npt, "dataset": res.dataset,
+                              "accuracy": res.accuracies(), "nc": {k: s.nc for k, s in res.splits.items()},
+                              "plots": []}
+    if res.train is not None:
+        report["nc"]["train"] = res.train.nc
+        report["nc"]["train_initial_text"] = res.train.nc_initial_text or {}
 
     # 1. NC metrics over epochs
     series = [r for r in log if r.get("nc_train")]

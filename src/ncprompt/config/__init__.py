@@ -18,7 +18,15 @@ from ncprompt.config.methods import (
     parse_method,
 )
 from ncprompt.config.presets import PRESETS, preset
-from ncprompt.config.run import DataSection, NPTConfig, RunConfig, RunSection, TrainConfig, flatten
+from ncprompt.config.run import (
+    DataSection,
+    NPTConfig,
+    RunConfig,
+    RunSection,
+    TrainConfig,
+    flatten,
+    merge_layers,
+)
 
 
 def save_yaml(path, cfg: RunConfig) -> None:
@@ -30,5 +38,5 @@ def save_yaml(path, cfg: RunConfig) -> None:
 
 __all__ = ["METHOD_CONFIGS", "PRESETS", "CoCoOpConfig", "CoOpConfig", "ConfigError", "ConfigModel", "DataSection",
            "KgCoOpConfig", "MaPLeConfig", "MethodConfig", "NPTConfig", "RunConfig", "RunSection", "TrainConfig",
-           "ZeroShotConfig", "describe_errors", "dump_yaml", "flatten", "load_yaml", "merge", "method_config_class",
-           "parse_method", "preset", "save_yaml"]
+           "ZeroShotConfig", "describe_errors", "dump_yaml", "flatten", "load_yaml", "merge", "merge_layers",
+           "method_config_class", "parse_method", "preset", "save_yaml"]

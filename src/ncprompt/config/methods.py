@@ -69,8 +69,8 @@ def parse_method(value: Any, prefix: str = "method") -> MethodConfig:
         value = {"name": value}
     if not isinstance(value, dict):
         raise ConfigError(f"{prefix}: must be a method name or a mapping with a 'name' key, got {value!r}")
-    if "name" not in value:
-        raise ConfigError(f"{prefix}.name: missing; name the method, e.g. name: coop")
+    if "name" not in value:  # options without a name: the default method's
+        value = {"name": "coop", **value}
     return validate(method_config_class(value["name"]), value, prefix=prefix)
 
 

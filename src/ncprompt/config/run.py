@@ -223,3 +223,25 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
+
+
+def merge_layers(*layers: dict[str, Any]) -> dict[str, Any]:
+    """Merge partial configs (defaults < preset < YAML < --set < flags): later layers win, and a layer
+    that names another method starts the ``method`` section over (options of the earlier method do
+    not leak into the new one)."""
+    from ncprompt.config.base import merge
+
+    out: dict[str, Any] = {}
+    for layer in layers:
+        layer = upgrade_legacy(layer)
+        m = layer.get("method")
+        if isinstance(m, str):
+            layer = {**layer, "method": {"name": m}}
+            m = layer["method"]
+        if isinstance(m, dict) and "name" in m:
+            cur = out.get("method")
+            cur_name = cur.get("name") if isinstance(cur, dict) else cur
+            if cur_name is not None and str(m["name"]).lower() != str(cur_name).lower():
+                out.pop("method")
+        out = merge(out, layer)
+    return out

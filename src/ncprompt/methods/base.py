@@ -140,8 +140,8 @@ class PromptMethod(nn.Module):
         if self.image_input == "live":
             return PixelViews(self.backbone, images, views, seed)
         cache = cache if cache is not None else FeatureCache(enabled=False)
-        return CachedFeatures(cache.features(self.backbone, images, views=views, seed=seed, train=True,
-                                             desc="train views"))
+        return CachedFeatures(cache.store(self.backbone, images, views=views, seed=seed, train=True,
+                                          desc="train views"))  # memory-mapped: batches read from disk
 
     @torch.no_grad()
     def predict(self, features: torch.Tensor, batch: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,18 +1,23 @@
 """Protocol grids: datasets x methods x seeds, one run folder each, summarised as tables and a plot.
 
 A method spec is a registered method name, optionally with "+npt" (NPT on), e.g. ``coop+npt``.
-Finished runs (a results.json in their folder) are skipped, so a killed grid resumes where it
-stopped; ``workers > 1`` runs that many runs in parallel processes, each with cores / workers
-torch threads.
+Cells are deduplicated (a dataset, method or seed given twice runs once). Before anything runs,
+every cell's config is validated and checked against its run folder: a finished cell with the same
+fingerprint is reused, one with other settings stops the grid with a one-line error naming the
+keys (``--no-resume`` starts the cells over), so a killed grid resumes where it stopped and a
+rerun with other settings never reports old results. ``workers > 1`` runs cells in parallel
+processes (cores / workers torch threads each) that die with the grid's process.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import csv
-import json
 import math
 import os
+import signal
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from ncprompt.config import RunConfig, merge
+from ncprompt.config import ConfigError, RunConfig, merge_layers
 from ncprompt.engine.progress import ProgressLog, quiet
-from ncprompt.methods.base import options_for
+from ncprompt.engine.results import RunResult, read_results
+from ncprompt.engine.run_folder import RunFolder
 
 
 @dataclass(frozen=True)
@@ -36,12 +42,14 @@ class MethodSpec:
     def parse(cls, spec: str, options: dict[str, dict[str, Any]] | None = None) -> MethodSpec:
         name, _, flag = spec.partition("+")
         if flag not in ("", "npt"):
-            raise ValueError(f"method spec {spec!r}: only the '+npt' suffix is known")
+            raise ConfigError(f"method spec {spec!r}: only the '+npt' suffix is known (e.g. coop+npt)")
         opts = (options or {}).get(name, {})
+        if not isinstance(opts, dict):
+            raise ConfigError(f"per_method.{name}: must be a mapping of method options, got {opts!r}")
         return cls(spec, name, flag == "npt", tuple(sorted(opts.items())))
 
 
-def run_one(job: dict[str, Any]) -> dict[str, Any]:
+def run_one(job: dict[str, Any]) -> RunResult:
     """Run (or reuse) one grid cell; top-level so it can run in a worker process."""
     import torch
 
@@ -49,70 +57,106 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
 
     if job.get("threads"):
         torch.set_num_threads(job["threads"])
-    out = Path(job["run_dir"])
-    done = out / "results.json"
-    if done.is_file():
-        return json.loads(done.read_text())
     cfg = RunConfig.from_dict(job["config"])
-    key = json.dumps([cfg.dataset, cfg.root, cfg.dataset_options], sort_keys=True, default=str)
-    if key not in _DATASETS:
-        from ncprompt.data import get_dataset
+    folder = RunFolder(job["run_dir"])
+    folder.acquire()
+    try:
+        if job.get("resume", True) and folder.finished(cfg):
+            return read_results(folder.path)
+        data = cfg.data
+        key = repr((data.dataset, data.root, sorted(data.options.items())))
+        if key not in _DATASETS:
+            from ncprompt.data import get_dataset
 
-        _DATASETS.clear()  # keep one dataset in memory: the grid runs dataset by dataset
-        _DATASETS[key] = get_dataset(cfg.dataset, cfg.root, **{"seed": 0, **cfg.dataset_options})
-    with quiet():  # a run's epochs go to its train.log; the grid shows one line per run
-        return Experiment(cfg, dataset=_DATASETS[key], log=lambda *a: None).run(out)
+            _DATASETS.clear()  # keep one dataset in memory: the grid runs dataset by dataset
+            _DATASETS[key] = get_dataset(data.dataset, data.root, **{"seed": 0, **data.options})
+        with quiet():  # a run's epochs go to its train.log; the grid shows one line per run
+            res = Experiment(cfg, dataset=_DATASETS[key]).run(resume=job.get("resume", True), folder=folder)
+        assert isinstance(res, RunResult)
+        return res
+    finally:
+        folder.release()
 
 
 _DATASETS: dict[str, Any] = {}
 
 
 def grid_jobs(base: dict[str, Any], datasets: list[str], methods: list[MethodSpec], seeds: list[int],
-              out_dir: Path, shots: list[int | None] | None = None) -> list[dict[str, Any]]:
+              out_dir: Path, shots: list[int | None] | None = None, resume: bool = True) -> list[dict[str, Any]]:
+    """One job per distinct (dataset, shots, method, seed) cell, each config validated and its run
+    folder checked (read only) before any job runs."""
+    base = merge_layers(base)
+    shot_list = list(dict.fromkeys(shots or [base.get("data", {}).get("shots", 16)]))
+    datasets, seeds = list(dict.fromkeys(datasets)), list(dict.fromkeys(seeds))
+    methods = list({m.label: m for m in reversed(methods)}.values())[::-1]  # first of each label
     jobs = []
-    shot_list = shots or [base.get("shots", 16)]
     for ds, n, m, seed in ((d, n, m, s) for d in datasets for n in shot_list for m in methods for s in seeds):
-        cfg = merge(base, {"dataset": ds, "method": m.method, "method_options": dict(m.options),
-                           "train": {"seed": seed}, "npt": {"enabled": m.npt}, "shots": n})
-        cfg["method_options"] = options_for(m.method, cfg.get("method_options", {}))
-        if m.method == "zeroshot":
-            cfg["shots"] = cfg.get("shots") if cfg.get("imbalance") else 0
-        cfg["output"] = None
-        RunConfig.from_dict(cfg)  # validate before anything runs
+        cell = {"data": {"dataset": ds, "shots": n}, "method": {"name": m.method, **dict(m.options)},
+                "train": {"seed": seed}, "npt": {"enabled": m.npt}, "run": {"output": None}}
+        merged = merge_layers(base, cell)
         sub = f"shots{n}/" if len(shot_list) > 1 else ""
-        jobs.append({"run_dir": str(out_dir / ds / f"{sub}{m.label}" / f"seed{seed}"), "config": cfg,
-                     "dataset": ds, "label": m.label, "seed": seed, "shots": n})
+        run_dir = out_dir / ds / f"{sub}{m.label}" / f"seed{seed}"
+        cfg = RunConfig.from_dict(merged, where=f"grid cell {ds} {m.label} seed {seed}")
+        RunFolder(run_dir).check(cfg, resume)
+        jobs.append({"run_dir": str(run_dir), "config": cfg.to_dict(), "dataset": ds, "label": m.label,
+                     "seed": seed, "shots": n, "resume": resume})
     return jobs
 
 
+def _die_with_parent(parent: int) -> None:
+    """Worker initialiser: the kernel kills this process when the grid's process dies
+    (PR_SET_PDEATHSIG), and a watchdog thread exits when it is re-parented (other systems)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                os._exit(1)
+            time.sleep(0.5)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def run_grid(base: dict[str, Any], datasets: list[str], methods: list[MethodSpec], seeds: list[int],
-             out_dir: str | Path, workers: int = 1, log: Callable[[str], None] = print,
-             shots: list[int | None] | None = None) -> list[dict[str, Any]]:
-    """Run every (dataset, shots, method, seed) cell; returns one summary row per cell."""
+             out_dir: str | Path, workers: int = 1, log: Callable[[str], None] | None = None,
+             shots: list[int | None] | None = None, resume: bool = True) -> list[dict[str, Any]]:
+    """Run every distinct (dataset, shots, method, seed) cell; returns one summary row per cell."""
     out = Path(out_dir)
-    jobs = grid_jobs(base, datasets, methods, seeds, out, shots)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output {out} is an existing file; give a folder for the grid")
+    jobs = grid_jobs(base, datasets, methods, seeds, out, shots, resume)
     rows: list[dict[str, Any]] = []
     threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
     plog = ProgressLog("grid", len(jobs), out / "grid.log", unit="run")
-    reused = {job["run_dir"] for job in jobs if (Path(job["run_dir"]) / "results.json").is_file()}
+    reused = {job["run_dir"] for job in jobs if resume and (Path(job["run_dir"]) / "results.json").is_file()}
 
-    def record(job: dict[str, Any], res: dict[str, Any]) -> None:
-        row = {"dataset": job["dataset"], "shots": job["shots"], "method": job["label"], "seed": job["seed"]}
-        for k in ("all", "base", "new"):
-            if k in res:
-                row[k] = res[k]["top1"]
-                for g, v in (res[k].get("groups") or {}).items():
-                    row[f"{k}_{g}"] = v
-        if "hm" in res:
-            row["hm"] = res["hm"]
-        for name, rep in (res.get("targets") or {}).items():
-            row[f"target:{name}"] = rep["top1"]
-        row["seconds"] = res.get("seconds")
+    def record(job: dict[str, Any], res: RunResult) -> None:
+        row: dict[str, Any] = {"dataset": job["dataset"], "shots": job["shots"], "method": job["label"],
+                               "seed": job["seed"]}
+        for k, split in res.splits.items():
+            row[k] = split.top1
+            for g, v in (split.groups or {}).items():
+                row[f"{k}_{g}"] = v
+        if res.hm is not None:
+            row["hm"] = res.hm
+        for name, rep in res.targets.items():
+            row[f"target:{name}"] = rep.top1
+        row["seconds"] = res.seconds
         rows.append(row)
         shown = ", ".join(f"{k} {row[k]:.1f}" for k in ("all", "base", "new", "hm") if k in row)
-        took = "reused" if job["run_dir"] in reused else f"{res.get('seconds', 0):.0f} s"
-        plog.step(f"run {len(rows)}/{len(jobs)} {job['dataset']} {job['label']} seed {job['seed']}: {shown} ({took})",
-                  ran=job["run_dir"] not in reused)
+        took = "reused" if job["run_dir"] in reused else f"{res.seconds or 0:.0f} s"
+        line = f"run {len(rows)}/{len(jobs)} {job['dataset']} {job['label']} seed {job['seed']}: {shown} ({took})"
+        plog.step(line, ran=job["run_dir"] not in reused)
+        if log is not None:
+            log(line)
 
     if workers <= 1:
         for job in jobs:
@@ -120,9 +164,16 @@ def run_grid(base: dict[str, Any], datasets: list[str], methods: list[MethodSpec
     else:
         for job in jobs:
             job["threads"] = threads
-        with cf.ProcessPoolExecutor(max_workers=workers) as pool:
+        pool = cf.ProcessPoolExecutor(max_workers=workers, initializer=_die_with_parent, initargs=(os.getpid(),))
+        try:
             for job, res in zip(jobs, pool.map(run_one, jobs)):
                 record(job, res)
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                proc.kill()
+            raise
+        pool.shutdown()
     plog.close()
     write_tables(rows, out)
     return rows
