@@ -251,15 +251,16 @@ def test_torchrun_command_and_grid_devices(monkeypatch):
     assert cmd[7:] == ["ncprompt.cli", "train", "--epochs", "1"]
     with pytest.raises(distributed.DistributedError, match="--nproc must be >= 1"):
         distributed.torchrun_command(0, [])
-    assert distributed.grid_pool_kwargs(4, devices=["0"]) == {}
-    kw = distributed.grid_pool_kwargs(2, devices=["3", "5"])
-    assert kw["initializer"] is distributed.claim_device
+    assert distributed.grid_pool_kwargs(4, print, ("x",), devices=["0"]) == {"initializer": print, "initargs": ("x",)}
+    calls: list[str] = []
+    kw = distributed.grid_pool_kwargs(2, calls.append, ("init",), devices=["3", "5"])
+    assert kw["initializer"] is distributed.claim_device and kw["mp_context"].get_start_method() == "spawn"
     seen = []
     for _ in range(3):
         monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
         distributed.claim_device(*kw["initargs"])
         seen.append(os.environ["CUDA_VISIBLE_DEVICES"])
-    assert seen == ["3", "5", "3"]
+    assert seen == ["3", "5", "3"] and calls == ["init"] * 3
     assert distributed.train_mode(True) == "single"  # no process group
 
 

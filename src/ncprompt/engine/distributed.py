@@ -395,22 +395,28 @@ def visible_cuda_devices() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
-def claim_device(counter: Any, devices: Sequence[str]) -> None:
+def claim_device(counter: Any, devices: Sequence[str], then: Callable[..., None] | None = None,
+                 then_args: tuple[Any, ...] = ()) -> None:
     """Grid worker initialiser: the i-th worker started takes device i (mod the count), so with one
-    worker per device every run has a GPU of its own. Must run before CUDA is initialised."""
+    worker per device every run has a GPU of its own; then runs ``then(*then_args)``. Must run before
+    CUDA is initialised (spawned workers)."""
     with counter.get_lock():
         i = counter.value
         counter.value += 1
     os.environ["CUDA_VISIBLE_DEVICES"] = devices[i % len(devices)]
+    if then is not None:
+        then(*then_args)
 
 
-def grid_pool_kwargs(workers: int, devices: Sequence[str] | None = None) -> dict[str, Any]:
-    """Extra ProcessPoolExecutor arguments for a grid: with several CUDA devices, spawned workers
-    that each claim one device; otherwise nothing."""
+def grid_pool_kwargs(workers: int, initializer: Callable[..., None] | None = None, initargs: tuple[Any, ...] = (),
+                     devices: Sequence[str] | None = None) -> dict[str, Any]:
+    """ProcessPoolExecutor arguments for a grid's workers: ``initializer(*initargs)``, and with several
+    CUDA devices spawned workers that first claim one device each (:func:`claim_device`)."""
     devices = visible_cuda_devices() if devices is None else list(devices)
     if len(devices) < 2 or workers < 2:
-        return {}
+        return {"initializer": initializer, "initargs": initargs}
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
-    return {"mp_context": ctx, "initializer": claim_device, "initargs": (ctx.Value("i", 0), tuple(devices))}
+    return {"mp_context": ctx, "initializer": claim_device,
+            "initargs": (ctx.Value("i", 0), tuple(devices), initializer, initargs)}
