@@ -1,14 +1,24 @@
-"""Loading weights from local files through the same path a user's checkpoint takes; clear errors."""
+"""Loading weights through open_clip's factory and checkpoint loader: local files (safetensors, .pt,
+OpenAI state dicts and TorchScript archives with QuickGELU), local-dir folders, the pocket folder,
+offline tags and hf-hub names, and a one-line BackboneError for every broken input."""
 
 from __future__ import annotations
 
+import json
+import logging
 import pickle
+import zipfile
 
+import open_clip
 import pytest
 import torch
 from safetensors.torch import save_file
+from torch import nn
 
 from ncprompt.backbones import BackboneError, load_backbone
+from ncprompt.backbones import pocket as pocket_mod
+
+TINY_CFG = "tests/assets/tiny-clip.json"
 
 
 @pytest.fixture(scope="module")
@@ -17,17 +27,25 @@ def source_model():
     return load_backbone("tiny-clip", device="cpu")
 
 
-def _same_outputs(a, b):
-    tokens = a.tokenize(["a photo of a coat."])
-    img = torch.randn(2, 3, 32, 32)
+def _features(model, tokenizer):
+    tokens = tokenizer(["a photo of a coat.", "a sandal"])
+    img = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        return (torch.equal(a.model.encode_text(tokens), b.model.encode_text(tokens))
-                and torch.equal(a.model.encode_image(img), b.model.encode_image(img)))
+        return model.encode_text(tokens), model.encode_image(img)
+
+
+def _same_outputs(a, b):
+    (ta, ia), (tb, ib) = _features(a.model, a.tokenizer), _features(b.model, b.tokenizer)
+    return torch.equal(ta, tb) and torch.equal(ia, ib)
+
+
+def _state(model):
+    return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
 
 
 @pytest.mark.parametrize("fmt", ["safetensors", "pt", "pt-wrapped", "pt-module"])
-def test_local_checkpoint_roundtrip(source_model, tmp_path, fmt):
-    sd = {k: v.clone().contiguous() for k, v in source_model.model.state_dict().items()}
+def test_local_checkpoint_roundtrip(source_model, tmp_path, fmt, caplog):
+    sd = _state(source_model.model)
     if fmt == "safetensors":
         path = tmp_path / "w.safetensors"
         save_file(sd, str(path))
@@ -37,11 +55,155 @@ def test_local_checkpoint_roundtrip(source_model, tmp_path, fmt):
         if fmt == "pt-module":
             obj = {f"module.{k}": v for k, v in sd.items()}
         torch.save(obj, path)
-    loaded = load_backbone("tiny-clip", pretrained=str(path), device="cpu")
+    with caplog.at_level(logging.INFO):
+        loaded = load_backbone("tiny-clip", pretrained=str(path), device="cpu")
+    assert not any("initialized randomly" in r.getMessage() for r in caplog.records)
     assert _same_outputs(source_model, loaded)
-    assert loaded.weights_id.startswith("file:")
+    assert loaded.weights_id.startswith("file:") and not loaded.random_weights
+    assert loaded.meta["quick_gelu"] is False
     fresh = load_backbone("tiny-clip", device="cpu")
-    assert not _same_outputs(source_model, fresh)
+    assert not _same_outputs(source_model, fresh) and fresh.random_weights
+
+
+# ------------------------------------------------------------------ OpenAI checkpoints get QuickGELU
+
+
+@pytest.fixture(scope="module")
+def quickgelu_model():
+    torch.manual_seed(7)
+    return open_clip.create_model("tiny-clip", quick_gelu=True).eval()
+
+
+def _openai_state(model):
+    """A state dict as OpenAI ships it: CLIP's keys plus the TorchScript attributes kept as entries."""
+    sd = _state(model)
+    sd.update(input_resolution=torch.tensor(32), context_length=torch.tensor(77), vocab_size=torch.tensor(49408))
+    return sd
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_openai_state_dict_gets_quickgelu(quickgelu_model, tmp_path, suffix, caplog):
+    path = tmp_path / f"openai{suffix}"
+    sd = _openai_state(quickgelu_model)
+    save_file(sd, str(path)) if suffix == ".safetensors" else torch.save(sd, path)
+    tok = open_clip.get_tokenizer("tiny-clip")
+    with caplog.at_level(logging.INFO, logger="ncprompt.backbones.openclip"):
+        bb = load_backbone("tiny-clip", pretrained=str(path), device="cpu")
+    assert bb.meta["quick_gelu"] is True and "QuickGELU" in caplog.text
+    got, want = _features(bb.model, tok), _features(quickgelu_model, tok)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    # the activation matters: the same weights under GELU give other features
+    gelu = load_backbone("tiny-clip", pretrained=str(path), device="cpu", quick_gelu=False)
+    assert not torch.allclose(_features(gelu.model, tok)[0], want[0], atol=1e-4)
+
+
+class _Scriptable(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def _torchscript_archive(sd, path):
+    """A real TorchScript archive holding ``sd`` under the same names (what OpenAI's .pt files are)."""
+    root = _Scriptable()
+    for key, value in sd.items():
+        *parents, leaf = key.split(".")
+        mod = root
+        for p in parents:
+            if not hasattr(mod, p):
+                mod.add_module(p, _Scriptable())
+            mod = getattr(mod, p)
+        mod.register_buffer(leaf, value.clone())
+    torch.jit.save(torch.jit.script(root), str(path))
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_openai_torchscript_archive_gets_quickgelu(quickgelu_model, tmp_path):
+    path = tmp_path / "ViT-tiny-openai.pt"
+    sd = _openai_state(quickgelu_model)
+    sd["attn_mask"] = quickgelu_model.attn_mask.clone()  # a scripted model keeps its mask buffer
+    _torchscript_archive(sd, path)
+    bb = load_backbone("tiny-clip", pretrained=str(path), device="cpu")
+    tok = open_clip.get_tokenizer("tiny-clip")
+    got, want = _features(bb.model, tok), _features(quickgelu_model, tok)
+    assert bb.meta["quick_gelu"] is True
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_openai_pretrained_tag_builds_quickgelu_offline(monkeypatch):
+    """The 'openai' tag asks for QuickGELU; offline, fetching it fails with one line."""
+    seen = {}
+
+    def offline(cfg, *a, **k):
+        raise OSError("Temporary failure in name resolution\nmore lines")
+
+    real_create = open_clip.create_model
+
+    def spy(*a, **k):
+        seen.update(k)
+        return real_create(*a, **k)
+
+    monkeypatch.setattr(open_clip.factory, "download_pretrained", offline)
+    monkeypatch.setattr(open_clip, "create_model", spy)
+    with pytest.raises(BackboneError, match=r"^could not fetch weights ViT-B-16/openai .*needs network") as e:
+        load_backbone("ViT-B-16", pretrained="openai", device="cpu")
+    assert "\n" not in str(e.value) and seen.get("force_quick_gelu") is True
+
+
+def test_hf_hub_offline_is_one_line(monkeypatch):
+    def offline(*a, **k):
+        raise OSError("We couldn't connect to 'https://huggingface.co'")
+
+    monkeypatch.setattr(open_clip.factory, "download_pretrained_from_hf", offline)
+    with pytest.raises(BackboneError, match=r"hf-hub:timm/nope from the Hugging Face Hub.*needs network.*local-dir"):
+        load_backbone("hf-hub:timm/nope", device="cpu")
+
+
+# ------------------------------------------------------------------ local-dir folders and the pocket folder
+
+
+def _folder(tmp_path, model, name="model"):
+    d = tmp_path / name
+    d.mkdir()
+    cfg = json.loads(open(TINY_CFG).read())
+    (d / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {"size": 32}}))
+    save_file(_state(model), str(d / "open_clip_model.safetensors"))
+    return d
+
+
+def test_local_dir_folder(source_model, tmp_path):
+    d = _folder(tmp_path, source_model.model)
+    bb = load_backbone(f"local-dir:{d}", device="cpu")
+    assert _same_outputs(source_model, bb) and bb.meta["preprocess"]["size"] == (32, 32)
+    save_file(_state(source_model.model), str(d / "second.safetensors"))
+    with pytest.raises(BackboneError, match="several weights files.*keep one"):
+        load_backbone(f"local-dir:{d}", device="cpu")
+    with pytest.raises(BackboneError, match="does not exist"):
+        load_backbone(f"local-dir:{tmp_path / 'nowhere'}", device="cpu")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BackboneError, match="open_clip_config.json is missing"):
+        load_backbone(f"local-dir:{tmp_path / 'empty'}", device="cpu")
+
+
+def test_pocket_resolves_whatever_folder_is_there(source_model, tmp_path, monkeypatch):
+    d = _folder(tmp_path, source_model.model, "pocket")
+    monkeypatch.setattr(pocket_mod, "POCKET_FOLDER", d)
+    registry_before = {k: dict(v) for k, v in open_clip.pretrained._PRETRAINED.items() if k == "pocket"}
+    bb = load_backbone("pocket", device="cpu")
+    assert _same_outputs(source_model, bb) and bb.name == "pocket" and not bb.random_weights
+    assert pocket_mod.pocket_backbone() == d / "open_clip_model.safetensors"
+    assert {k: dict(v) for k, v in open_clip.pretrained._PRETRAINED.items() if k == "pocket"} == registry_before
+    random = load_backbone("pocket", pretrained="random", device="cpu")
+    assert random.random_weights and not _same_outputs(source_model, random)
+
+
+def test_shipped_pocket_loads():
+    if pocket_mod.pocket_backbone() is None:
+        pytest.skip("the pocket weights are being rebuilt")
+    bb = load_backbone("pocket", device="cpu")
+    assert bb.embed_dim > 0 and bb.encode_texts(["a photo of a cat."]).shape == (1, bb.embed_dim)
+
+
+# ------------------------------------------------------------------ clean errors
 
 
 def test_unknown_model():
@@ -54,12 +216,52 @@ def test_missing_checkpoint_file(tmp_path):
         load_backbone("tiny-clip", pretrained=str(tmp_path / "missing.safetensors"))
 
 
+@pytest.mark.parametrize("damage", ["empty", "truncated", "random"])
+def test_broken_safetensors(source_model, tmp_path, damage):
+    good = tmp_path / "good.safetensors"
+    save_file(_state(source_model.model), str(good))
+    path = tmp_path / f"{damage}.safetensors"
+    data = good.read_bytes()
+    path.write_bytes({"empty": b"", "truncated": data[: len(data) // 2],
+                      "random": torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0))
+                      .to(torch.uint8).numpy().tobytes()}[damage])
+    with pytest.raises(BackboneError, match=rf"{path.name} (is empty|is not a readable \.safetensors)") as e:
+        load_backbone("tiny-clip", pretrained=str(path), device="cpu")
+    assert "\n" not in str(e.value) and "re-download or re-save" in str(e.value)
+
+
+def test_zip_that_routes_to_torchscript_but_is_not_one(tmp_path):
+    path = tmp_path / "fake.pt"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/constants.pkl", b"not a pickle")
+        z.writestr("archive/data.pkl", b"\x80\x02garbage")
+        z.writestr("archive/version", b"3\n")
+    with pytest.raises(BackboneError, match="fake.pt is laid out as a TorchScript archive but torch.jit.load "
+                                            "cannot read it") as e:
+        load_backbone("tiny-clip", pretrained=str(path), device="cpu")
+    assert "\n" not in str(e.value)
+
+
 def test_checkpoint_of_wrong_architecture(tmp_path):
-    other = load_backbone("ViT-S-32", device="cpu")
+    torch.manual_seed(0)
+    other = open_clip.create_model("ViT-S-32")
     path = tmp_path / "vits32.safetensors"
-    save_file({k: v.contiguous() for k, v in other.model.state_dict().items()}, str(path))
-    with pytest.raises(BackboneError, match="does not match architecture 'tiny-clip'.*shape mismatch"):
+    save_file(_state(other), str(path))
+    with pytest.raises(BackboneError, match="does not match architecture 'tiny-clip'.*shape mismatch") as e:
         load_backbone("tiny-clip", pretrained=str(path))
+    assert "\n" not in str(e.value)
+
+
+def test_missing_and_unexpected_keys_are_named(source_model, tmp_path):
+    sd = _state(source_model.model)
+    sd.pop("ln_final.weight")
+    sd["extra.head.weight"] = torch.zeros(3)
+    path = tmp_path / "w.safetensors"
+    save_file(sd, str(path))
+    with pytest.raises(BackboneError, match=r"1 missing keys \(e\.g\. ln_final\.weight\); 1 unexpected keys "
+                                            r"\(e\.g\. extra\.head\.weight\)") as e:
+        load_backbone("tiny-clip", pretrained=str(path), device="cpu")
+    assert "\n" not in str(e.value)
 
 
 def test_pickled_objects_are_refused(tmp_path):
@@ -79,7 +281,21 @@ def test_unknown_pretrained_tag():
         load_backbone("ViT-B-16", pretrained="no-such-tag")
 
 
+def test_cuda_without_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(BackboneError, match=r"^--device cuda requested but no CUDA GPU is visible; use --device cpu$"):
+        load_backbone("tiny-clip", device="cuda")
+    with pytest.raises(BackboneError, match="unknown device 'gpu0'"):
+        load_backbone("tiny-clip", device="gpu0")
+
+
+def test_fp16_on_cpu_is_refused():
+    with pytest.raises(BackboneError, match="fp16 is for GPUs.*bf16 or fp32"):
+        load_backbone("tiny-clip", device="cpu", precision="fp16")
+
+
 def test_backbone_properties(tiny_backbone):
     assert tiny_backbone.embed_dim == 32 and tiny_backbone.text_width == 32
     assert tiny_backbone.context_length == 77 and tiny_backbone.precision == "fp32"
-    assert abs(tiny_backbone.logit_scale - 1 / 0.07) < 1e-3
+    assert abs(tiny_backbone.logit_scale - 1 / 0.07) < 1e-3 and tiny_backbone.logit_bias is None
+    assert not tiny_backbone.grad_scaler().is_enabled()

@@ -1,4 +1,10 @@
-"""The project's own small CLIP ("pocket"), an open_clip config plus shipped weights."""
+"""The project's own small CLIP ("pocket"): an open_clip ``local-dir:`` folder shipped in the package.
+
+``load_backbone("pocket")`` is ``load_backbone("local-dir:<package>/pocket/weights")``: open_clip
+builds the model from the folder's ``open_clip_config.json`` (``{"model_cfg": ..., "preprocess_cfg":
+...}``) and loads its one ``.safetensors`` file; nothing is registered in open_clip's tables.
+The folder is found by path (no import of ``ncprompt.pocket``, which sits above the backbones).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +12,17 @@ from pathlib import Path
 
 from ncprompt.backbones.openclip import EXTRA_BACKBONES
 
+#: the folder the pocket model is shipped in (open_clip_config.json + one .safetensors)
+POCKET_FOLDER = Path(__file__).resolve().parent.parent / "pocket" / "weights"
+
 
 @EXTRA_BACKBONES.register("pocket", help="the project's small pretrained CLIP (32x32 images), weights shipped")
-def pocket_backbone() -> Path | None:
-    """Registers the pocket config with open_clip; returns the shipped weights file (None if absent)."""
-    from ncprompt.pocket.model import POCKET_WEIGHTS, register_pocket
+def pocket_folder() -> Path:
+    """The pocket model's open_clip ``local-dir:`` folder."""
+    return POCKET_FOLDER
 
-    register_pocket()
-    return POCKET_WEIGHTS if POCKET_WEIGHTS.is_file() else None
+
+def pocket_backbone() -> Path | None:
+    """The shipped pocket weights file (the folder's one .safetensors), or None when absent."""
+    files = sorted(POCKET_FOLDER.glob("*.safetensors")) if POCKET_FOLDER.is_dir() else []
+    return files[0] if len(files) == 1 and (POCKET_FOLDER / "open_clip_config.json").is_file() else None
