@@ -5,10 +5,10 @@
    Each W is timed ``--reps`` times in interleaved rounds; the features are checked bitwise equal across W.
 2. Memory: a synthetic dataset of ``--n`` images x ``--views`` views x ``--dim`` float32 features (random numbers
    written shard by shard, no encoder), in child processes so that each peak is its own:
-     * ``ram``: the whole array held in RAM (what the cache did before: one (N, views, E) tensor), then one
-       training epoch of batch gathers (one view per image, as the trainer reads them);
+     * ``ram``: the whole array held in RAM (what the cache did before: one (N, views, E) tensor), then
+       ``--gather-batches`` training reads (one view per image, as the trainer reads them);
      * ``mmap-build``: the same features written as checksummed shards (one shard in RAM at a time);
-     * ``mmap-read``: the shards opened (checksums verified) and memory-mapped, then the same epoch of gathers.
+     * ``mmap-read``: the shards opened (checksums verified) and memory-mapped, then the same reads.
    Peak RSS is ``VmHWM`` (file pages included); ``RssAnon`` (process-private memory) and ``RssFile`` (pages of
    mapped files, which the kernel can drop) are read from /proc/self/status after each phase.
 
@@ -114,22 +114,27 @@ def synthetic_shard(k: int, rows: int, views: int, dim: int) -> np.ndarray:
     return np.random.default_rng(k).random((rows, views, dim), dtype=np.float32)
 
 
-def epoch_of_gathers(get: Any, n: int, views: int, batch: int) -> dict[str, float]:
-    """One epoch as the trainer reads it: a random order, one random view per image, batches of ``batch``."""
+def epoch_of_gathers(get: Any, n: int, views: int, batch: int, max_batches: int) -> dict[str, float]:
+    """The trainer's reads: a random order, one random view per image, batches of ``batch`` (at most
+    ``max_batches`` of them; 0: a whole epoch)."""
     import torch
 
     g = torch.Generator().manual_seed(0)
     order, view = torch.randperm(n, generator=g), torch.randint(views, (n,), generator=g)
+    stops = range(0, n, batch)[: max_batches or None]
     t0 = time.perf_counter()
     check = 0.0
-    for s in range(0, n, batch):
+    for s in stops:
         check += float(get(order[s : s + batch], view[s : s + batch])[:, 0].sum())
-    return {"epoch_s": time.perf_counter() - t0, "ms_per_batch": 1000 * (time.perf_counter() - t0) / (n // batch),
-            "checksum": check}
+    return {"s": time.perf_counter() - t0, "batches": len(stops),
+            "ms_per_batch": 1000 * (time.perf_counter() - t0) / len(stops), "checksum": check}
 
 
-def child(mode: str, folder: Path, n: int, views: int, dim: int, shard_rows: int, batch: int) -> dict[str, Any]:
+def child(mode: str, folder: Path, n: int, views: int, dim: int, shard_rows: int, batch: int,
+          max_batches: int) -> dict[str, Any]:
     import torch
+
+    torch.set_num_threads(1)  # gathers are memory-bound; one thread does not spin-wait under a competing load
 
     from ncprompt.data.feature_store import FeatureStore, ShardedFile, shard_ranges
 
@@ -143,7 +148,7 @@ def child(mode: str, folder: Path, n: int, views: int, dim: int, shard_rows: int
         t = torch.from_numpy(full)
         out["build_s"] = time.perf_counter() - t0
         out["after_build"] = proc_status()
-        out["epoch"] = epoch_of_gathers(lambda i, v: t[i, v], n, views, batch)
+        out["epoch"] = epoch_of_gathers(lambda i, v: t[i, v], n, views, batch, max_batches)
     elif mode == "mmap-build":
         entry = ShardedFile(folder, {"synthetic": [n, views, dim]}, n, shard_rows)
         for k, (a, b) in enumerate(ranges):
@@ -157,7 +162,7 @@ def child(mode: str, folder: Path, n: int, views: int, dim: int, shard_rows: int
         store = FeatureStore([valid[k] for k in sorted(valid)])
         out["open_and_verify_s"] = time.perf_counter() - t0
         out["after_open"] = proc_status()
-        out["epoch"] = epoch_of_gathers(store.gather, n, views, batch)
+        out["epoch"] = epoch_of_gathers(store.gather, n, views, batch, max_batches)
     out["end"] = proc_status()
     out["peak_rss"] = peak_rss_mib()
     return out
@@ -170,7 +175,8 @@ def bench_memory(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         for mode in ("ram", "mmap-build", "mmap-read"):
             cmd = [sys.executable, __file__, "--child", mode, "--child-dir", tmp, "--n", str(args.n),
-                   "--views-mem", str(args.views_mem), "--dim", str(args.dim), "--shard-rows", str(args.shard_rows)]
+                   "--views-mem", str(args.views_mem), "--dim", str(args.dim), "--shard-rows", str(args.shard_rows),
+                   "--gather-batches", str(args.gather_batches)]
             r = subprocess.run(cmd, capture_output=True, text=True, check=True)
             res[mode] = json.loads(r.stdout.strip().splitlines()[-1])
             print(f"# {mode}: peak RSS {res[mode]['peak_rss']:.0f} MiB", flush=True)
@@ -202,7 +208,7 @@ def markdown(r: dict[str, Any]) -> str:
              f"{m['ram']['build_s']:.1f} s", f"{m['ram']['epoch']['ms_per_batch']:.3f} ms"],
             ["memory-mapped shards: build", f"{m['mmap-build']['peak_rss']:.0f}",
              f"{m['mmap-build']['after_build']['RssAnon']:.0f}", f"{m['mmap-build']['build_s']:.1f} s", "-"],
-            ["memory-mapped shards: open + verify + epoch", f"{m['mmap-read']['peak_rss']:.0f}",
+            ["memory-mapped shards: open + verify + reads", f"{m['mmap-read']['peak_rss']:.0f}",
              f"{m['mmap-read']['end']['RssAnon']:.0f} (file pages {m['mmap-read']['end']['RssFile']:.0f})",
              f"{m['mmap-read']['open_and_verify_s']:.1f} s (open)",
              f"{m['mmap-read']['epoch']['ms_per_batch']:.3f} ms"],
@@ -211,8 +217,8 @@ def markdown(r: dict[str, Any]) -> str:
             f"Memory: synthetic {m['n']:,} images x {m['views']} views x {m['dim']} float32 = {m['gib']:.2f} GiB of "
             f"features, shards of {m['shard_rows']} images; each row a separate process (interpreter + torch: "
             f"{base:.0f} MiB RSS, {m['ram']['baseline']['RssAnon']:.0f} MiB of it private, before any feature). "
-            f"Epoch = the trainer's reads (random order, one view per image, "
-            f"batches of 32).\n\n"
+            f"Gathers: the trainer's reads (random order, one view per image, batches of 32), "
+            f"{m['ram']['epoch']['batches']} batches, 1 torch thread.\n\n"
             + markdown_table(["cache", "peak RSS (MiB)", "private RSS (MiB)", "build / open", "gather per batch"],
                              rows))
     return "\n\n".join(parts)
@@ -247,6 +253,7 @@ def main() -> None:
     p.add_argument("--views-mem", type=int, default=8)
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--shard-rows", type=int, default=4096)
+    p.add_argument("--gather-batches", type=int, default=1000, help="training reads timed (0: a whole epoch)")
     p.add_argument("--tmp", default=None, help="folder for the synthetic shards (default: the system's)")
     p.add_argument("--no-doc", action="store_true", help="do not update docs/benchmarks.md")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -254,7 +261,7 @@ def main() -> None:
     args = p.parse_args()
     if args.child:
         print(json.dumps(child(args.child, Path(args.child_dir), args.n, args.views_mem, args.dim, args.shard_rows,
-                               32)))
+                               32, args.gather_batches)))
         return
     logging.disable(logging.WARNING)
     info = machine_info(args.threads)
