@@ -14,7 +14,9 @@ from typing import Any
 import numpy as np
 
 #: Okabe & Ito (2008), safe for the common colour-vision deficiencies
-OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
+OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000", "#F0E442"]
+#: for markers and thin lines on white: without the yellow, which is hard to see there
+MARKER_COLOURS = OKABE_ITO[:7]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 #: class names on the axes up to this many classes
 MAX_NAMED_CLASSES = 24
@@ -122,6 +124,14 @@ def _moving(series: list[float]) -> bool:
     return len(v) > 1 and float(np.ptp(v)) > 1e-6 * max(1.0, float(np.abs(v).max()))
 
 
+def moving_metrics(log: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """The per-epoch NC metrics (``nc_train``) that change during training, and those that stay flat."""
+    series = [r for r in log if r.get("nc_train")]
+    keys = [k for k in (series[0]["nc_train"] if series else {}) if k != "n_samples"]
+    moving = [k for k in keys if _moving([r["nc_train"].get(k) for r in series])]
+    return moving, [k for k in keys if k not in moving]
+
+
 def training_curves_plot(log: list[dict[str, Any]], path: str | Path, title: str = "") -> Path | None:
     """Left: training loss per epoch (and learning rate); right: accuracies per epoch (train and any
     evaluated split). Then one panel per NC metric that changes over training — metrics of a
@@ -132,13 +142,11 @@ def training_curves_plot(log: list[dict[str, Any]], path: str | Path, title: str
     plt = _plt()
     ep = [r["epoch"] + 1 for r in log]
     series = [r for r in log if r.get("nc_train")]
-    keys = [k for k in (series[0]["nc_train"] if series else {}) if k != "n_samples"]
-    moving = [k for k in keys if _moving([r["nc_train"].get(k) for r in series])]
-    flat = [k for k in keys if k not in moving]
+    moving, flat = moving_metrics(log)
     n_panels = 2 + len(moving)
-    cols = min(4, n_panels)
+    cols = 3 if n_panels in (5, 6) else min(4, n_panels)
     rows = math.ceil(n_panels / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 2.7 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.8 * rows), squeeze=False)
     for ax in axes.flat[n_panels:]:
         ax.axis("off")
     ax = axes.flat[0]
@@ -148,7 +156,7 @@ def training_curves_plot(log: list[dict[str, Any]], path: str | Path, title: str
     ax.set_title("(a) training loss", fontsize=9)
     if "lr" in log[0]:
         ax2 = ax.twinx()
-        ax2.plot(ep, [r["lr"] for r in log], color=OKABE_ITO[7], lw=0.8, ls=":", label="learning rate")
+        ax2.plot(ep, [r["lr"] for r in log], color="black", lw=0.8, ls=":", label="learning rate")
         ax2.set_ylabel("learning rate", fontsize=7)
         ax2.tick_params(labelsize=6)
         ax2.spines["right"].set_visible(True)
@@ -158,7 +166,7 @@ def training_curves_plot(log: list[dict[str, Any]], path: str | Path, title: str
         pts = [(r["epoch"] + 1, r[k]) for r in log if r.get(k) is not None]
         if pts:
             x, y = zip(*pts)
-            ax.plot(x, y, marker="." if len(pts) < 30 else None, color=OKABE_ITO[(i + 1) % 8],
+            ax.plot(x, y, marker="." if len(pts) < 30 else None, color=MARKER_COLOURS[(i + 1) % 7],
                     label=k.removesuffix("_acc") + (" (training views)" if k == "train_acc" else " (test)"))
     ax.set_xlabel("epoch")
     ax.set_ylabel("top-1 accuracy (%)")
@@ -166,14 +174,14 @@ def training_curves_plot(log: list[dict[str, Any]], path: str | Path, title: str
     ax.legend(fontsize=7, frameon=False)
     for i, (ax, k) in enumerate(zip(list(axes.flat)[2:], moving)):
         ax.plot([r["epoch"] + 1 for r in series], [r["nc_train"].get(k, np.nan) for r in series],
-                color=OKABE_ITO[(i + 3) % 8], marker="." if len(series) < 30 else None)
+                color=MARKER_COLOURS[(i + 3) % 7], marker="." if len(series) < 30 else None)
         ax.set_title(f"({chr(ord('c') + i)}) {nc_label(k)}", fontsize=8)
         ax.set_xlabel("epoch")
-        ax.set_ylabel("lower is better", fontsize=7)
+        ax.set_ylabel(f"{nc_label(k).split(':')[0]} (lower is better)", fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
     if flat:
-        fig.text(0.01, -0.02, "constant during training (frozen image encoder), not plotted: "
+        fig.text(0.01, -0.02, "constant during training (e.g. image metrics of a frozen image encoder), not plotted: "
                  + ", ".join(nc_label(k) for k in flat), fontsize=7, ha="left", va="top")
     fig.tight_layout()
     return _save(fig, path)
@@ -257,7 +265,7 @@ def geometry_plot(text: np.ndarray, means: np.ndarray, path: str | Path, classna
     ax = axes[1]
     nb = k if n_base is None else n_base
     for i in range(k):
-        col = OKABE_ITO[i % len(OKABE_ITO)]
+        col = MARKER_COLOURS[i % len(MARKER_COLOURS)]
         hollow = i >= nb
         ax.plot([pm[i, 0], pt[i, 0]], [pm[i, 1], pt[i, 1]], lw=0.6, color="grey", zorder=1)
         ax.scatter(pm[i, 0], pm[i, 1], marker="o", s=36, facecolor="none" if hollow else col, edgecolor=col, zorder=2)
@@ -294,7 +302,7 @@ def correlation_plot(rows: list[dict[str, Any]], metrics: list[str], accuracy: s
     if not metrics:
         return None
     plt = _plt()
-    cols = min(3, len(metrics))
+    cols = 2 if len(metrics) in (2, 4) else min(3, len(metrics))
     nrows = math.ceil(len(metrics) / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(3.4 * cols, 3.0 * nrows), squeeze=False)
     for ax in axes.flat[len(metrics):]:
@@ -305,27 +313,68 @@ def correlation_plot(rows: list[dict[str, Any]], metrics: list[str], accuracy: s
         for r in rows:
             if m in r and accuracy in r and r[m] is not None:
                 meth = f"{r.get('method')}{'+npt' if r.get('npt') else ''}"
-                ax.scatter(r[m], r[accuracy], s=18, color=OKABE_ITO[datasets.index(r.get("dataset")) % 8],
+                ax.scatter(r[m], r[accuracy], s=18, color=MARKER_COLOURS[datasets.index(r.get("dataset")) % 7],
                            marker=MARKERS[methods.index(meth) % len(MARKERS)], alpha=0.85, linewidths=0.3,
                            edgecolors="white")
         st = (stats or {}).get(m) or {}
         txt = f"n = {st.get('n', sum(m in r and accuracy in r for r in rows))}"
         if st.get("pearson") is not None:
-            txt = f"Pearson r = {st['pearson']:+.2f}\nSpearman ρ = {st['spearman']:+.2f}\n" + txt
-        ax.text(0.02, 0.02, txt, transform=ax.transAxes, fontsize=7, va="bottom",
-                bbox={"facecolor": "white", "alpha": 0.7, "lw": 0})
-        ax.set_title(f"({chr(ord('a') + i)}) {nc_label(m)}", fontsize=8)
+            txt = f"Pearson r = {st['pearson']:+.2f}, Spearman ρ = {st['spearman']:+.2f}, " + txt
+        ax.set_title(f"({chr(ord('a') + i)}) {nc_label(m)}\n{txt}", fontsize=8)
         ax.set_xlabel(f"{nc_label(m).split(': ')[0]} (lower = more collapsed)", fontsize=7)
         ax.set_ylabel(ACC_LABELS.get(accuracy, accuracy), fontsize=7)
         ax.tick_params(labelsize=6.5)
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], marker="o", ls="", color=OKABE_ITO[i % 8], label=str(d)) for i, d in enumerate(datasets)]
+    handles = [Line2D([], [], marker="o", ls="", color=MARKER_COLOURS[i % 7], label=str(d))
+               for i, d in enumerate(datasets)]
     handles += [Line2D([], [], marker=MARKERS[i % len(MARKERS)], ls="", color="grey", label=m)
                 for i, m in enumerate(methods)]
-    fig.legend(handles=handles, loc="upper center", ncol=min(6, len(handles)), fontsize=7, frameon=False,
-               bbox_to_anchor=(0.5, 1.0 + 0.06 * math.ceil(len(handles) / 6)))
-    fig.suptitle(title or f"NC metrics vs {ACC_LABELS.get(accuracy, accuracy)}", fontsize=10,
-                 y=1.02 + 0.06 * math.ceil(len(handles) / 6))
     fig.tight_layout()
+    fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=7, frameon=False,
+               bbox_to_anchor=(0.5, 1.0))
+    fig.suptitle(title or f"NC metrics vs {ACC_LABELS.get(accuracy, accuracy)}", fontsize=10,
+                 y=1.0 + 0.035 * (1 + math.ceil(len(handles) / 6)) / nrows, va="bottom")
     return _save(fig, path)
+
+
+# --- one run folder ---------------------------------------------------------------------------
+def plot_run(run_dir: str | Path, log: list[dict[str, Any]], classnames: Sequence[str] | None,
+             new_classnames: Sequence[str] | None = None, title: str = "") -> list[str]:
+    """The plots of one run folder into ``run_dir/plots``; returns their paths relative to run_dir.
+
+    training.png (loss, accuracy, the NC metrics that move), text_cosine_before_after.png and
+    geometry.png from text_features.safetensors (``initial``/``final``; ``initial_new``/``final_new``
+    add the new classes) and image_means.safetensors (``train_means``; ``test_means_new`` adds the
+    new classes' test-image means)."""
+    from safetensors.torch import load_file
+
+    d = Path(run_dir)
+    out: list[str] = []
+    if training_curves_plot(log, d / "plots" / "training.png", title) is not None:
+        out.append("plots/training.png")
+    tf_file, im_file = d / "text_features.safetensors", d / "image_means.safetensors"
+    if not tf_file.is_file():
+        return out
+    tf = {k: v.double().numpy() for k, v in load_file(str(tf_file)).items()}
+    names = list(classnames) if classnames is not None else None
+    before, after, n_base = tf["initial"], tf["final"], None
+    if "final_new" in tf and "initial_new" in tf:
+        n_base = before.shape[0]
+        before, after = np.concatenate([before, tf["initial_new"]]), np.concatenate([after, tf["final_new"]])
+        names = names + list(new_classnames) if names is not None and new_classnames is not None else None
+    if before.shape[0] >= 2:
+        cosine_heatmaps_plot(before, after, d / "plots" / "text_cosine_before_after.png", names, n_base, title)
+        out.append("plots/text_cosine_before_after.png")
+    if im_file.is_file():
+        im = {k: v.double().numpy() for k, v in load_file(str(im_file)).items()}
+        means = im.get("train_means")
+        if means is not None and n_base is not None and "test_means_new" in im:
+            means = np.concatenate([means, im["test_means_new"]])
+        if means is not None and means.shape[0] == after.shape[0] and after.shape[0] >= 3:
+            geometry_plot(after, means, d / "plots" / "geometry.png", names, n_base, title)
+            out.append("plots/geometry.png")
+        elif means is not None and means.shape[0] == tf["final"].shape[0] >= 3:
+            geometry_plot(tf["final"], means, d / "plots" / "geometry.png", classnames, None, title)
+            out.append("plots/geometry.png")
+    return out

@@ -49,7 +49,9 @@ class MaPLe(PromptMethod):
         check_vision_tower(visual)
         layers = min(len(backbone.model.transformer.resblocks), len(visual.transformer.resblocks))
         if self.cfg.depth > layers:
-            raise MethodConfigError(f"MaPLe depth {self.cfg.depth} exceeds the {layers} blocks of this model's towers")
+            raise MethodConfigError(
+                f"MaPLe depth {self.cfg.depth} exceeds the {layers} blocks of {backbone.name}'s towers: set "
+                f"method.depth <= {layers} (--set method.depth={layers}, or `depth: {layers}` under method: in YAML)")
         ctx = shared[0] if shared else None
         self.prompt_learner = PromptLearner(backbone, self.classnames, self.cfg, ctx=ctx)
         d_img = visual.conv1.out_channels
