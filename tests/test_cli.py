@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -49,7 +50,7 @@ def _run(*argv: str, **kw) -> subprocess.CompletedProcess:
                           timeout=300, **kw)
 
 
-def test_cli_errors_are_one_line_with_nonzero_exit(tmp_path):
+def test_cli_errors_are_one_line_with_nonzero_exit(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: 5\n")
@@ -61,17 +62,30 @@ def test_cli_errors_are_one_line_with_nonzero_exit(tmp_path):
              (["train", "--csc", "--protocol", "base2new"], "method.class_specific"),
              (["train", "--protocol", "sideways"], "--protocol"),
              (["train", "--config", str(tmp_path / "none.yaml")], "does not exist")]
-    for argv, needle in cases:
-        r = _run(*argv)
-        assert r.returncode == 2, (argv, r.stderr)
-        assert r.stderr.count("\n") == 1 and needle in r.stderr and "Traceback" not in r.stderr, (argv, r.stderr)
-        assert not r.stdout
+    for i, (argv, needle) in enumerate(cases):
+        if i < 2:  # as a user sees it: a process, its exit status and stderr
+            r = _run(*argv)
+            code, out, err = r.returncode, r.stdout, r.stderr
+        else:
+            try:
+                code = main(argv)
+            except SystemExit as e:  # argparse's usage errors
+                code = e.code
+            out, err = capsys.readouterr()
+        assert code == 2, (argv, err)
+        assert err.count("\n") == 1 and needle in err and "Traceback" not in err, (argv, err)
+        assert not out
 
 
-def test_broken_pipe_is_quiet():
-    r = subprocess.run(f"{sys.executable} -m ncprompt.cli methods | head -1", shell=True, capture_output=True,
-                       text=True, timeout=300)
-    assert r.stdout.count("\n") == 1 and r.stderr == ""
+def test_broken_pipe_is_quiet(monkeypatch, capsys):
+    """`ncprompt ... | head -1`: the reader left; no traceback, no message."""
+    import io
+
+    read, write = os.pipe()
+    os.close(read)
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(os.fdopen(write, "wb", buffering=0), write_through=True))
+    assert main(["presets", "--show"]) == 141
+    assert capsys.readouterr().err == ""
 
 
 def test_runtime_errors_and_interrupts_are_one_line(monkeypatch, capsys, tmp_path):
