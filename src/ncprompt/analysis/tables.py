@@ -47,7 +47,7 @@ def run_row(res: dict[str, Any], config: dict[str, Any] | None = None) -> dict[s
     model = (info.get("model") or {}).get("name") or res.get("model")
     epochs = res.get("epochs_run") or None
     trained = bool(epochs)
-    opts = dict(config.get("method_options") or {})
+    opts = _method_options(config)
     npt = config.get("npt") or {}
     if res.get("npt") and isinstance(npt, dict):
         opts.update({f"npt.{k}": v for k, v in npt.items() if k in ("lambda_lc", "lambda_mi", "lc_form", "mi_form")})
@@ -72,6 +72,22 @@ def run_row(res: dict[str, Any], config: dict[str, Any] | None = None) -> dict[s
     for name, rep in (res.get("targets") or {}).items():
         row[f"target:{name}"] = rep["top1"]
     return row
+
+
+def _method_options(config: dict[str, Any]) -> dict[str, Any]:
+    """The method options that differ from the method's defaults (sectioned ``method: {name: ...}`` configs;
+    the older flat ``method_options`` as given)."""
+    method = config.get("method")
+    if not isinstance(method, dict):
+        return dict(config.get("method_options") or {})
+    from ncprompt.config import ConfigError, method_config_class
+
+    try:
+        fields = method_config_class(method.get("name", "coop")).model_fields
+    except ConfigError:
+        fields = {}
+    return {k: v for k, v in method.items()
+            if k != "name" and (k not in fields or fields[k].get_default(call_default_factory=True) != v)}
 
 
 def collect_rows(dirs: list[str | Path]) -> list[dict[str, Any]]:

@@ -49,13 +49,9 @@ def method_names() -> list[str]:
 
 
 def method_config_class(name: str) -> type[MethodConfig]:
-    """The config model of method ``name``; methods whose models live outside this module are found by
-    importing ``ncprompt.methods`` (only when the name is not known yet)."""
+    """The config model of method ``name`` (registered by defining it: built-in ones below, others where
+    their method is defined, imported before use)."""
     key = str(name).lower()
-    if key not in METHOD_CONFIGS:
-        import importlib
-
-        importlib.import_module("ncprompt.methods")
     if key not in METHOD_CONFIGS:
         raise ConfigError(f"method: unknown method {name!r}; known methods: {', '.join(method_names())}")
     return METHOD_CONFIGS[key]
