@@ -11,9 +11,9 @@
   multiplied by a dynamic scale before ``backward`` so small fp16 gradients do not underflow
   (:func:`make_grad_scaler`, :func:`backward_and_step`). Not offered on CPU.
 
-LayerNorm in fp32: CUDA's autocast already runs ``layer_norm`` in fp32, CPU's autocast runs it in
-bf16; :func:`keep_layernorm_fp32` adds hooks that turn autocast off inside every LayerNorm (the
-input is the fp32 residual stream), so both devices compute the same thing.
+LayerNorm in fp32: CUDA's autocast runs ``layer_norm`` in fp32, CPU's runs it in its input's dtype,
+which in open_clip's towers is the fp32 residual stream; :func:`keep_layernorm_fp32` makes it hold
+for any input. Logits and losses are computed from ``.float()`` features outside autocast.
 """
 
 from __future__ import annotations
@@ -74,33 +74,25 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device_type=device.type, dtype=DTYPES[precision])
 
 
-def _ln_pre(module: nn.Module, args: tuple) -> tuple:
-    dev = args[0].device.type
-    if not torch.is_autocast_enabled(dev):
-        return args
-    ctx = torch.autocast(device_type=dev, enabled=False)
-    ctx.__enter__()
-    module._ncprompt_fp32_ctx = ctx  # type: ignore[attr-defined]
-    return (args[0].float(), *args[1:])
-
-
-def _ln_post(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-    ctx = module.__dict__.pop("_ncprompt_fp32_ctx", None)
-    if ctx is not None:
-        ctx.__exit__(None, None, None)
+def _ln_fp32_input(module: nn.Module, args: tuple) -> tuple | None:
+    x = args[0]
+    if x.is_floating_point() and x.dtype != torch.float32:
+        return (x.float(), *args[1:])
+    return None
 
 
 def keep_layernorm_fp32(model: nn.Module) -> int:
     """Make every ``nn.LayerNorm`` of ``model`` compute in fp32 under autocast (idempotent).
 
-    The hooks do nothing outside autocast, so fp32 results are bitwise unchanged. Returns the
-    number of LayerNorms hooked.
+    CUDA's autocast runs ``layer_norm`` in fp32 whatever its input; CPU's runs it in its input's
+    dtype. open_clip feeds LayerNorms the fp32 residual stream, so both compute in fp32; the hooks
+    guarantee it for any input (a bf16/fp16 input is cast to fp32 first) and do nothing to fp32
+    inputs, so fp32 results are bitwise unchanged. Returns the number of LayerNorms hooked.
     """
     n = 0
     for m in model.modules():
         if isinstance(m, nn.LayerNorm) and not getattr(m, "_ncprompt_fp32_hooked", False):
-            m.register_forward_pre_hook(_ln_pre)
-            m.register_forward_hook(_ln_post, always_call=True)
+            m.register_forward_pre_hook(_ln_fp32_input)
             m._ncprompt_fp32_hooked = True  # type: ignore[attr-defined]
             n += 1
     return n
