@@ -259,3 +259,14 @@ def test_published_defaults():
     pg, tcp = parse_method("prograd"), parse_method("tcp")
     assert (pg.n_ctx, pg.prograd_lambda, pg.temperature) == (16, 1.0, 1.0)
     assert (tcp.n_ctx, tcp.kg_weight, tcp.class_layer, tcp.class_weight) == (4, 8.0, 8, 1.0)
+
+
+def test_published_presets_validate():
+    from ncprompt.config.presets import preset
+    from ncprompt.config.run import RunConfig
+
+    for name, method in (("linear_probe", "linear_probe"), ("ivlp_b2n", "ivlp"), ("promptsrc_b2n", "promptsrc"),
+                         ("prograd_b2n", "prograd"), ("tcp_b2n", "tcp")):
+        cfg = RunConfig.from_dict(preset(name))
+        assert cfg.method.name == method
+    assert RunConfig.from_dict(preset("promptsrc_b2n")).train.batch_size == 4

@@ -38,6 +38,27 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
                    {"run": {"model": "pocket"}, "data": {**_B2N_16, "max_test_per_class": 100},
                     "method": {"name": "coop", "n_ctx": 4, "ctx_init": "a photo of a"},
                     "train": {"epochs": 100, "batch_size": 32, "lr": 0.01, "views": 4}}),
+    # issue 11 (published recipes; sources in docs/method.md)
+    "linear_probe": ("linear probe (CoOp's lpclip): logistic regression on image features, C searched on held-out "
+                     "images, 16 shots, protocol all (no NPT, no new classes)",
+                     {"method": {"name": "linear_probe"}, "data": {"protocol": "all", "shots": 16}}),
+    "ivlp_b2n": ("IVLP base-to-new as published (PromptSRC repo, vit_b16_c2_ep20_batch4_4+4ctx): 4 + 4 tokens, "
+                 "depth 9 + 9, 20 epochs, batch 4, lr 0.0025",
+                 {"method": {"name": "ivlp", "n_ctx_text": 4, "n_ctx_vision": 4, "depth_text": 9, "depth_vision": 9},
+                  "data": _B2N_16, "train": {"epochs": 20, "batch_size": 4, "lr": 0.0025}}),
+    "promptsrc_b2n": ("PromptSRC base-to-new as published (vit_b16_c2_ep20_batch4_4+4ctx): IVLP 4 + 4 tokens, depth "
+                      "9, weights 25 / 10 / 1, GPA mean 15 std 1, 20 epochs, batch 4, lr 0.0025",
+                      {"method": {"name": "promptsrc", "text_loss_weight": 25.0, "image_loss_weight": 10.0,
+                                  "gpa_mean": 15.0, "gpa_std": 1.0},
+                       "data": _B2N_16, "train": {"epochs": 20, "batch_size": 4, "lr": 0.0025}}),
+    "prograd_b2n": ("ProGrad base-to-new as published (rn50_ep100 recipe): 16 tokens from the template, lambda 1, "
+                    "T 1, 100 epochs, batch 32, lr 0.002",
+                    {"method": {"name": "prograd", "n_ctx": 16, "prograd_lambda": 1.0, "temperature": 1.0},
+                     "data": _B2N_16, "train": {"epochs": 100, "batch_size": 32, "lr": 0.002}}),
+    "tcp_b2n": ("TCP base-to-new as published (vit_b16_ep100_ctxv1): 4 random tokens, class tokens at text block 8, "
+                "w 8.0, 50 epochs, batch 32, lr 0.002 (published Adam with L2; here AdamW)",
+                {"method": {"name": "tcp", "n_ctx": 4, "kg_weight": 8.0, "class_layer": 8},
+                 "data": _B2N_16, "train": {"epochs": 50, "batch_size": 32, "lr": 0.002, "optimizer": "adamw"}}),
 }
 
 
