@@ -57,6 +57,15 @@ def test_foreign_folders_and_files_are_refused(tmp_path):
         RunFolder(tmp_path / "half").check(_cfg())
 
 
+def test_folder_of_an_earlier_version_is_not_reused(tmp_path):
+    """Flat config.yaml files predate the typed tree: their defaults may differ, so no silent reuse."""
+    (tmp_path / "config.yaml").write_text("model: pocket\nmethod: kgcoop\nmethod_options: {}\n")
+    (tmp_path / "results.json").write_text("{}")
+    with pytest.raises(RunFolderError, match="earlier ncprompt.*--no-resume"):
+        RunFolder(tmp_path).check(_cfg())
+    assert RunFolder(tmp_path).check(_cfg(), resume=False) == "restart"
+
+
 def test_same_config_resumes(tiny_backbone, fmnist_small, tmp_path):
     from ncprompt.protocols.experiment import Experiment
 

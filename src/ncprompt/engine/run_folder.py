@@ -59,30 +59,32 @@ class RunFolder:
         if not f.is_file():
             return None
         try:
-            return RunConfig.from_dict(load_yaml(f), where=str(f))
+            data = load_yaml(f)
+            if "method_options" in data or "model" in data:  # flat keys: written before the typed tree
+                raise ConfigError("it was written by an earlier ncprompt whose defaults may differ, so a match "
+                                  "cannot be proven")
+            return RunConfig.from_dict(data, where=str(f))
         except ConfigError as e:
             raise RunFolderError(f"{self.path} holds a config.yaml that cannot be read ({e}); rerun with "
                                  "--no-resume to start over, or choose another --output") from None
 
     def check(self, cfg: RunConfig, resume: bool = True) -> str:
-        """"new", "resume" (same fingerprint) or "restart" (--no-resume); raises on anything else.
-        Reads only."""
+        """"new", "resume" (same fingerprint) or "restart" (``resume=False`` on an earlier run); raises on
+        anything else. Reads only."""
         if self.path.exists() and not self.path.is_dir():
             raise RunFolderError(f"--output {self.path} is an existing file; give a folder path")
-        old = self.recorded_config() if self.path.is_dir() else None
-        if old is None:
-            others = [p.name for p in self.path.iterdir() if p.name != LOCK] if self.path.is_dir() else []
-            if others and not any(n in RUN_FILES or n in RUN_DIRS for n in others):
-                raise RunFolderError(f"--output {self.path} is a non-empty folder that is not a run folder "
-                                     f"(holds {', '.join(sorted(others)[:3])}); choose another --output")
-            if not others:
-                return "new"
-            if not resume:
-                return "restart"
-            raise RunFolderError(f"{self.path} holds run files but no config.yaml, so they cannot be checked; rerun "
-                                 "with --no-resume to start over, or choose another --output")
+        others = [p.name for p in self.path.iterdir() if p.name != LOCK] if self.path.is_dir() else []
+        if not others:
+            return "new"
+        if not any(n in RUN_FILES or n in RUN_DIRS for n in others):
+            raise RunFolderError(f"--output {self.path} is a non-empty folder that is not a run folder "
+                                 f"(holds {', '.join(sorted(others)[:3])}); choose another --output")
         if not resume:
             return "restart"
+        old = self.recorded_config()
+        if old is None:
+            raise RunFolderError(f"{self.path} holds run files but no config.yaml, so they cannot be checked; rerun "
+                                 "with --no-resume to start over, or choose another --output")
         diff = config_difference(old, cfg)
         if diff:
             shown = ", ".join(f"{k} {_show(a)} -> {_show(b)}" for k, (a, b) in list(diff.items())[:6])
