@@ -151,3 +151,14 @@ def test_root_that_is_a_file_or_a_folder(image_folder, tmp_path):
             get_dataset(name, root=str(a_file))
     with pytest.raises(DataError, match=r"is a folder, not a file; pass --root to a CSV"):
         get_dataset("csv", root=str(tmp_path))
+
+
+def test_data_layer_imports_nothing_above_it():
+    import subprocess
+    import sys
+
+    code = ("import sys, ncprompt.data; print(sorted(m for m in sys.modules if m.startswith('ncprompt.') "
+            "and m.split('.')[1] not in ('data', 'registry', 'utils')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

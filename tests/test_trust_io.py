@@ -104,3 +104,14 @@ def test_stray_tmp_files_are_swept(tmp_path):
     assert sweep_tmp(tmp_path, older_than_s=3600) == []
     assert sorted(sweep_tmp(tmp_path)) == sorted(stray)
     assert not any(p.exists() for p in stray) and keep.exists()
+
+
+def test_library_dependencies_are_ranges_not_pins():
+    """A library pins nothing exactly (issue 8's trap); the set-up script pins the tested set."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    deps = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert deps and not [d for d in deps if "==" in d]
+    assert "torch==" in (root / "scripts" / "setup.sh").read_text()

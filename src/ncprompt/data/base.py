@@ -23,19 +23,19 @@ class DataError(ValueError):
 
 def require_dir(path: str | Path, what: str, fix: str) -> Path:
     """``path`` as a folder, or a :class:`DataError` saying it is missing or is a file, and ``fix``."""
-    p = Path(path).expanduser()
-    if p.is_dir():
-        return p
-    state = "is a file, not a folder" if p.exists() else "does not exist"
-    raise DataError(f"{what} {p} {state}; {fix}")
+    return _require(path, True, what, fix)
 
 
 def require_file(path: str | Path, what: str, fix: str) -> Path:
     """``path`` as a file, or a :class:`DataError` saying it is missing or is a folder, and ``fix``."""
+    return _require(path, False, what, fix)
+
+
+def _require(path: str | Path, folder: bool, what: str, fix: str) -> Path:
     p = Path(path).expanduser()
-    if p.is_file():
+    if p.is_dir() if folder else p.is_file():
         return p
-    state = "is a folder, not a file" if p.exists() else "does not exist"
+    state = ("is a file, not a folder" if folder else "is a folder, not a file") if p.exists() else "does not exist"
     raise DataError(f"{what} {p} {state}; {fix}")
 
 
