@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_warned: list[bool] = []  # the emulated-bf16 warning is given once per process
 
 
 class PrecisionError(ValueError):
@@ -61,7 +62,8 @@ def check_precision(precision: str, device: torch.device) -> str:
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise PrecisionError(f"{torch.cuda.get_device_name(device)} has no bf16; use --precision fp16 (with a "
                              "grad scaler) or fp32")
-    if precision == "bf16" and device.type == "cpu" and not cpu_native_bf16():
+    if precision == "bf16" and device.type == "cpu" and not cpu_native_bf16() and not _warned:
+        _warned.append(True)
         log.warning("this CPU has no native bf16 (no AMX-BF16/AVX512_BF16 visible; torch capability %s): bf16 is "
                     "emulated and slower than fp32; use --precision fp32", torch.backends.cpu.get_cpu_capability())
     return precision
