@@ -223,6 +223,12 @@ def _jsonable(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+def cosine_decay(lr: float, t: float, total: float) -> float:
+    """lr (1 + cos(pi min(1, t / total))) / 2: the cosine annealing every schedule of the project uses
+    (CosineAnnealingLR's closed form with eta_min 0)."""
+    return 0.5 * lr * (1.0 + math.cos(math.pi * min(1.0, t / total)))
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))

@@ -17,7 +17,6 @@ resumed from its last checkpoint continues exactly as if it had never stopped.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +30,7 @@ from ncprompt.engine import distributed
 from ncprompt.engine.checkpoint import load_checkpoint, restore_optimizer, save_checkpoint
 from ncprompt.engine.progress import ProgressLog, epoch_line
 from ncprompt.methods.base import MethodOutput, PromptMethod
-from ncprompt.utils import append_jsonl, read_jsonl, sweep_tmp, write_json, write_jsonl
+from ncprompt.utils import append_jsonl, cosine_decay, read_jsonl, sweep_tmp, write_json, write_jsonl
 
 #: keep the last partial batch unless this many full batches remain (few-shot sets: more steps)
 MIN_FULL_BATCHES = 4
@@ -58,7 +57,7 @@ def lr_at(cfg: TrainConfig, epoch: int) -> float:
     w = effective_warmup(cfg)
     if epoch < w:
         return cfg.warmup_lr
-    return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * (epoch - w) / cfg.epochs))
+    return cosine_decay(cfg.lr, epoch - w, cfg.epochs)
 
 
 def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
