@@ -258,13 +258,32 @@ def cmd_train(a: argparse.Namespace, base: list[dict[str, Any]] | None = None) -
         print(dump_yaml(cfg.to_dict()), end="")
         return 0
     resume = not getattr(a, "no_resume", False)
+    with _ranks(cfg.run.device):
+        return _train(cfg, resume)
+
+
+def _ranks(device: str | None) -> Any:
+    """Under torchrun: the process group (gloo/NCCL) around a command, output on rank 0 only."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        import contextlib
+
+        return contextlib.nullcontext()
+    from ncprompt.engine.distributed import ranks_for_command
+
+    return ranks_for_command(device)
+
+
+def _train(cfg: RunConfig, resume: bool) -> int:
     folder = None
     if cfg.run.output:
         from ncprompt.engine.run_folder import RunFolder
 
         folder = RunFolder(cfg.run.output)
         folder.check(cfg, resume)  # other settings / not a run folder: refused before anything loads
-        folder.acquire()  # a second process on the same folder: refused now
+        from ncprompt.engine.distributed import is_main
+
+        if is_main():  # under torchrun rank 0 holds the lock (and writes)
+            folder.acquire()  # a second process on the same folder: refused now
     try:
         from ncprompt.protocols.experiment import Experiment
 
@@ -364,6 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"prompt method: {', '.join(sorted(METHOD_CONFIGS))} [method.name; default 'coop']")
     s.add_argument("--no-resume", action="store_true",
                    help="start over: clear the run folder's earlier run (even one with other settings)")
+    s.add_argument("--nproc", type=int, metavar="N",
+                   help="run on N processes: re-executes this command under torchrun (docs/distributed.md)")
     for title, section in (("run", "run"), ("data", "data"), ("training", "train"), ("NPT regularisers", "npt")):
         add_config_flags(s, [f for f in rflags if f.section == section], title)
     add_config_flags(s, method_flags(None, taken), "method options (each applies to the methods named)")
@@ -441,6 +462,10 @@ def _in_trainer(tb: Any) -> bool:
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     a = p.parse_args(argv)
+    if getattr(a, "nproc", None) and a.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        from ncprompt.engine.distributed import launch
+
+        return launch(a.nproc, list(argv) if argv is not None else sys.argv[1:])
     import logging
 
     logging.basicConfig(level=logging.INFO if a.debug else logging.ERROR, format="%(message)s")

@@ -148,6 +148,25 @@ def process_group(device: str | torch.device | None = None) -> Iterator[bool]:
             teardown()
 
 
+@contextlib.contextmanager
+def main_output() -> Iterator[None]:
+    """Within this block only rank 0 prints to stdout and shows progress (errors still reach stderr)."""
+    if is_main():
+        yield
+        return
+    from ncprompt.engine.progress import quiet
+
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), quiet():
+        yield
+
+
+@contextlib.contextmanager
+def ranks_for_command(device: str | torch.device | None = None) -> Iterator[None]:
+    """A CLI command under torchrun: the process group (:func:`process_group`), stdout on rank 0 only."""
+    with process_group(device), main_output():
+        yield
+
+
 def barrier() -> None:
     if world_size() > 1:
         dist.barrier()
@@ -327,7 +346,7 @@ def wrap_ddp(module: nn.Module) -> nn.Module:
     params = [p for p in module.parameters() if p.requires_grad]
     dev = params[0].device
     ids = [dev] if dev.type == "cuda" else None
-    return DDP(module, device_ids=ids, broadcast_buffers=False)
+    return DDP(module, device_ids=ids)  # the ignored buffers are neither broadcast nor synced
 
 
 def run_on_main(fn: Callable[[], T], modules: Sequence[nn.Module | None]) -> T:

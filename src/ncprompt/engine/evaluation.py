@@ -14,6 +14,7 @@ import torch
 
 from ncprompt.data.base import LabeledImages
 from ncprompt.data.cache import FeatureCache
+from ncprompt.engine import distributed
 from ncprompt.engine.results import SplitResult
 from ncprompt.methods.base import PromptMethod
 from ncprompt.metrics.classification import classification_report
@@ -48,9 +49,14 @@ def nc_diagnostics(features: torch.Tensor, labels: torch.Tensor, text: torch.Ten
     if int(present.sum()) < 2 or not bool(present.all()):
         return {}
     acc = NCAccumulator(k, features.shape[1])
-    acc.update(features, labels)
-    if preds is not None:
-        acc.update_nc4(features, torch.as_tensor(preds), reference_means=reference_means)
+    lo, hi = distributed.shard_bounds(len(labels))  # under torchrun each rank accumulates a row shard
+    acc.update(features[lo:hi], labels[lo:hi])
+    distributed.reduce_nc(acc)
+    if preds is not None:  # second pass, against the (global) class means
+        nc4 = NCAccumulator(k, features.shape[1])
+        means = reference_means if reference_means is not None else acc.class_means()
+        nc4.update_nc4(features[lo:hi], torch.as_tensor(preds)[lo:hi], reference_means=means)
+        acc.merge(distributed.reduce_nc(nc4))
     return acc.compute(text_features=text.detach().cpu())
 
 

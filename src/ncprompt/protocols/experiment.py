@@ -26,6 +26,7 @@ from ncprompt.config import ConfigError, RunConfig, load_yaml
 from ncprompt.data import DataError, DatasetSplits, LabeledImages, get_dataset
 from ncprompt.data.cache import FeatureCache
 from ncprompt.data.sampling import base_new_split, class_groups, restrict_classes, sample_train
+from ncprompt.engine import distributed
 from ncprompt.engine.evaluation import EvalSet, class_means, evaluate, evaluate_features, nc_diagnostics, predict
 from ncprompt.engine.results import RunResult, SplitResult, write_results
 from ncprompt.engine.run_folder import RunFolder, RunFolderError
@@ -76,7 +77,8 @@ class Experiment:
         if dataset is None:
             dataset = get_dataset(data.dataset, data.root, **{"seed": 0, **data.options})
         self.dataset = dataset
-        self.cache = FeatureCache(run.cache_dir, enabled=run.use_cache)
+        #: under torchrun the ranks share the encoding of missing cache shards (rank 0 writes)
+        self.cache = distributed.attach_cache(FeatureCache(run.cache_dir, enabled=run.use_cache))
         if data.protocol == "base2new":
             base, new = base_new_split(dataset.num_classes)
             self.train_ds = restrict_classes(dataset, base, "base")
@@ -145,11 +147,15 @@ class Experiment:
         if run_dir is None and folder is None:
             return self._run(None, resume, stop_after)
         folder = folder if folder is not None else RunFolder(run_dir)  # type: ignore[arg-type]
+        if not distributed.is_main():  # under torchrun rank 0 locks, prepares and writes the folder
+            distributed.barrier()
+            return self._run(folder.path, resume, stop_after)
         owned = not folder.locked
         if owned:
             folder.acquire()
         try:
             folder.prepare(self.cfg, resume)
+            distributed.barrier()  # the other ranks read the folder once it is prepared
             return self._run(folder.path, resume, stop_after)
         finally:
             if owned:
@@ -184,7 +190,7 @@ class Experiment:
         result.epochs_run = len(log)
         result.final_train_loss = log[-1]["loss"] if log else None
         result.seconds = round(time.perf_counter() - t0, 2)
-        if run_dir is not None:
+        if run_dir is not None and distributed.is_main():
             self.write(run_dir, method, initial_text, result)
         return result
 

@@ -164,7 +164,10 @@ def run_grid(base: dict[str, Any], datasets: list[str], methods: list[MethodSpec
     else:
         for job in jobs:
             job["threads"] = threads
-        pool = cf.ProcessPoolExecutor(max_workers=workers, initializer=_die_with_parent, initargs=(os.getpid(),))
+        from ncprompt.engine.distributed import grid_pool_kwargs  # several GPUs: spawned workers, one device each
+
+        pool = cf.ProcessPoolExecutor(max_workers=workers,
+                                      **grid_pool_kwargs(workers, _die_with_parent, (os.getpid(),)))
         try:
             for job, res in zip(jobs, pool.map(run_one, jobs)):
                 record(job, res)
