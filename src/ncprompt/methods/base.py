@@ -182,6 +182,19 @@ class PromptMethod(nn.Module):
 METHODS: Registry[type[PromptMethod]] = Registry("method")
 
 
+
+def seeded_linear_init_(layers: list[nn.Module] | nn.Module, g: torch.Generator) -> None:
+    """PyTorch's default range for each ``nn.Linear``: weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)),
+    drawn on the CPU from ``g`` (weight then bias, layer by layer) and copied to the layer's device, so the
+    initial values are the same on every device."""
+    with torch.no_grad():
+        for m in layers:
+            if isinstance(m, nn.Linear):
+                bound = 1.0 / m.in_features**0.5
+                for p in (m.weight, m.bias):
+                    p.copy_(torch.empty(p.shape).uniform_(-bound, bound, generator=g))
+
+
 def register_method(cls: type[PromptMethod]) -> type[PromptMethod]:
     """Class decorator: register ``cls`` under its config model's ``name`` (``ncprompt methods`` lists it)."""
     name = cls.config_class.model_fields["name"].default

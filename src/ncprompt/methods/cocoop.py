@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ncprompt.config.methods import CoCoOpConfig
-from ncprompt.methods.base import MethodOutput, PromptMethod, register_method
+from ncprompt.methods.base import MethodOutput, PromptMethod, register_method, seeded_linear_init_
 from ncprompt.methods.coop import PromptLearner
 
 
@@ -34,12 +34,7 @@ class CoCoOp(PromptMethod):
         if meta_net is None:
             g = torch.Generator().manual_seed(self.cfg.init_seed + 1)
             meta_net = nn.Sequential(nn.Linear(d_img, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, d_txt))
-            with torch.no_grad():
-                for m in meta_net:
-                    if isinstance(m, nn.Linear):
-                        bound = 1.0 / m.in_features**0.5
-                        m.weight.copy_(torch.empty_like(m.weight).uniform_(-bound, bound, generator=g))
-                        m.bias.copy_(torch.empty_like(m.bias).uniform_(-bound, bound, generator=g))
+            seeded_linear_init_(meta_net, g)
             meta_net = meta_net.to(backbone.device)
         self.meta_net = meta_net
 

@@ -15,7 +15,13 @@ from torch import nn
 
 from ncprompt.backbones.image_encoder import check_vision_tower, encode_image_with_prompts
 from ncprompt.config.methods import MaPLeConfig
-from ncprompt.methods.base import MethodConfigError, MethodOutput, PromptMethod, register_method
+from ncprompt.methods.base import (
+    MethodConfigError,
+    MethodOutput,
+    PromptMethod,
+    register_method,
+    seeded_linear_init_,
+)
 from ncprompt.methods.coop import PromptLearner
 
 
@@ -28,11 +34,7 @@ class MaPLePrompts(nn.Module):
         self.deep_text = nn.ParameterList(
             [nn.Parameter((torch.randn(n_ctx, d_txt, generator=g) * 0.02).to(device)) for _ in range(depth - 1)])
         self.couple = nn.ModuleList([nn.Linear(d_txt, d_img) for _ in range(depth)]).to(device)
-        with torch.no_grad():
-            for lin in self.couple:
-                bound = 1.0 / d_txt**0.5
-                lin.weight.copy_(torch.empty_like(lin.weight).uniform_(-bound, bound, generator=g))
-                lin.bias.copy_(torch.empty_like(lin.bias).uniform_(-bound, bound, generator=g))
+        seeded_linear_init_(self.couple, g)
 
 
 @register_method

@@ -21,8 +21,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ncprompt.backbones.text_encoder import text_tower
 from ncprompt.config.methods import TCPConfig
-from ncprompt.methods.base import MethodConfigError, MethodContext, MethodOutput, register_method
+from ncprompt.methods.base import (
+    MethodConfigError,
+    MethodContext,
+    MethodOutput,
+    register_method,
+    seeded_linear_init_,
+)
 from ncprompt.methods.coop import CoOp
 from ncprompt.methods.zeroshot import zero_shot_classifier
 
@@ -37,11 +44,7 @@ def class_token_net(embed_dim: int, n_tokens: int, width: int, reduction: int, s
     hidden = max(1, embed_dim // reduction)
     net = nn.Sequential(nn.Linear(embed_dim, hidden), QuickGELU(), nn.Linear(hidden, n_tokens * width))
     g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in (net[0], net[2]):
-            bound = 1.0 / m.in_features**0.5
-            m.weight.copy_(torch.empty_like(m.weight).uniform_(-bound, bound, generator=g))
-            m.bias.copy_(torch.empty_like(m.bias).uniform_(-bound, bound, generator=g))
+    seeded_linear_init_(net, g)
     return net
 
 
