@@ -10,6 +10,12 @@ from safetensors.torch import save_file
 from ncprompt.analysis import plots
 
 
+@pytest.fixture(autouse=True)
+def _no_fsync(monkeypatch):
+    """Content is tested here, not durability: skip the fsync of atomic writes (seconds each on a busy disk)."""
+    monkeypatch.setattr("ncprompt.utils._fsync", lambda path: None)
+
+
 def test_zoomed_limits_hug_the_data():
     lo, hi = plots.zoomed_limits([71.9, 72.5, 75.0], [2.6, 1.9, 0.0])
     assert 60 < lo < 69.3 and 77.0 < hi < 85

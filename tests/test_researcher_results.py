@@ -12,6 +12,12 @@ from ncprompt.data.base import DataError
 from ncprompt.data.class_split import choose_base_classes
 from ncprompt.engine.run_info import run_info
 
+
+@pytest.fixture(autouse=True)
+def _no_fsync(monkeypatch):
+    """Content is tested here, not durability: skip the fsync of atomic writes (seconds each on a busy disk)."""
+    monkeypatch.setattr("ncprompt.utils._fsync", lambda path: None)
+
 NAMES = ["eight", "five", "four", "nine", "one", "seven", "six", "three", "two", "zero"]
 
 

@@ -20,6 +20,12 @@ from ncprompt.analysis.tables import (
 )
 
 
+@pytest.fixture(autouse=True)
+def _no_fsync(monkeypatch):
+    """Content is tested here, not durability: skip the fsync of atomic writes (seconds each on a busy disk)."""
+    monkeypatch.setattr("ncprompt.utils._fsync", lambda path: None)
+
+
 def _row(ds, model, method, seed, base, new, shots=16, epochs=50, **kw):
     trained = method != "zeroshot"
     return {"dataset": ds, "model": model, "method": method, "shots": shots if trained else None, "tau": None,
@@ -126,8 +132,9 @@ def test_transfer_and_long_tail_layouts():
 
 
 def test_run_row_from_results_and_writing(tmp_path):
-    res = {"method": "coop", "npt": True, "dataset": "digits", "model": "ViT-B-16", "info": {"model": {"name": "pocket"}},
-           "protocol": "base2new", "seed": 1, "shots": 16, "imbalance": 0.25, "epochs_run": 10,
+    res = {"method": "coop", "npt": True, "dataset": "digits", "model": "ViT-B-16",
+           "info": {"model": {"name": "pocket"}}, "protocol": "base2new", "seed": 1, "shots": 16, "imbalance": 0.25,
+           "epochs_run": 10,
            "base": {"top1": 80.0, "groups": {"head": 90.0, "middle": 80.0, "tail": 70.0}}, "new": {"top1": 60.0},
            "hm": 68.57}
     row = run_row(res, {"method_options": {"n_ctx": 4}, "npt": {"lambda_lc": 0.1}})
@@ -138,3 +145,22 @@ def test_run_row_from_results_and_writing(tmp_path):
     files = write_paper_tables([row, zs], tmp_path)
     assert {p.name for p in files} >= {"base_to_new.md", "base_to_new.csv", "base_to_new.tex", "long_tail.tex"}
     assert Cell.of([1.0, 3.0]).std == pytest.approx(2 ** 0.5)
+
+
+def test_tables_command_on_run_folders(tmp_path, capsys):
+    import json
+
+    from ncprompt.analysis.tables import main
+
+    for seed, (b, n) in enumerate([(80.0, 60.0), (82.0, 62.0)], 1):
+        d = tmp_path / "grid" / "digits" / "coop" / f"seed{seed}"
+        d.mkdir(parents=True)
+        (d / "results.json").write_text(json.dumps({
+            "method": "coop", "npt": False, "dataset": "digits", "model": "pocket", "protocol": "base2new",
+            "seed": seed, "shots": 16, "epochs_run": 10, "base": {"top1": b}, "new": {"top1": n}}))
+        (d / "config.yaml").write_text("method:\n  name: coop\n  n_ctx: 4\n")
+    assert main([str(tmp_path / "grid"), "--output", str(tmp_path / "t")]) == 0
+    out = capsys.readouterr().out
+    assert "| digits | coop | 2 | 81.00 ± 1.41 | 61.00 ± 1.41 |" in out
+    assert (tmp_path / "t" / "base_to_new.tex").is_file()
+    assert main([str(tmp_path / "empty")]) == 2

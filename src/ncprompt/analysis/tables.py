@@ -273,8 +273,9 @@ def _cells(rows: list[dict[str, Any]], metrics: list[str]) -> dict[str, Cell]:
     """Mean ± std over the seeds of one (group, dataset); HM from the mean base and new."""
     out = {m: Cell.of(_values(rows, m)) for m in metrics if m != "hm" and _values(rows, m)}
     if "hm" in metrics and "base" in out and "new" in out:
-        out["hm"] = Cell.of(_values(rows, "hm") or [_hm(out["base"].mean, out["new"].mean)],
-                            mean=_hm(out["base"].mean, out["new"].mean))
+        per_seed = [float(r["hm"]) if r.get("hm") is not None else _hm(float(r["base"]), float(r["new"]))
+                    for r in rows if r.get("base") is not None and r.get("new") is not None]
+        out["hm"] = Cell.of(per_seed, mean=_hm(out["base"].mean, out["new"].mean))
     return out
 
 
@@ -401,3 +402,26 @@ def all_tables(rows: list[dict[str, Any]]) -> list[Table]:
 def write_paper_tables(rows: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
     """``out_dir/{layout}.{md,csv,tex}`` for every layout with data; returns the files written."""
     return [p for t in all_tables(rows) for p in t.write(out_dir)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ncprompt.analysis.tables DIR... [--output DIR]`` (also ``ncprompt tables``)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="ncprompt tables", description="paper tables from run folders")
+    p.add_argument("dirs", nargs="+", help="run folders or folders holding them (a grid folder)")
+    p.add_argument("--output", default="tables", help="folder for {layout}.md/.csv/.tex [default tables]")
+    a = p.parse_args(argv)
+    rows = collect_rows(a.dirs)
+    if not rows:
+        print(f"ncprompt tables: error: no results.json under {' '.join(a.dirs)}; pass run or grid folders")
+        return 2
+    paths = write_paper_tables(rows, a.output)
+    for t in all_tables(rows):
+        print(t.markdown())
+    print(f"{len(rows)} runs; {len(paths)} files in {a.output}/ (.md, .csv, .tex)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
