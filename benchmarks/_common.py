@@ -34,10 +34,16 @@ assert len(CLASSNAMES) == 100
 PRETRAIN_PATTERN = "ncprompt.pocket.pretrain"
 
 
+# For K > 100 (the K = 1000 timing): the 100 names, then each prefixed by one of these words.
+_PREFIXES = ["", "small", "red", "old", "wild", "toy", "giant", "baby", "striped", "wooden"]
+
+
 def classnames(k: int) -> list[str]:
-    if not 2 <= k <= len(CLASSNAMES):
-        raise SystemExit(f"K must be in [2, {len(CLASSNAMES)}], got {k}")
-    return CLASSNAMES[:k]
+    """K class names of 1-4 BPE tokens: CIFAR-100's names, then prefixed copies (up to 1,000)."""
+    names = [f"{p} {c}".strip() for p in _PREFIXES for c in CLASSNAMES]
+    if not 2 <= k <= len(names):
+        raise ValueError(f"K must be in [2, {len(names)}], got {k}")
+    return names[:k]
 
 
 def cpu_model() -> str:
