@@ -29,7 +29,7 @@ def test_prompts_change_features_and_text_side_reduces_to_encode_text(tiny_backb
         t = m.text_features()
         x = torch.randn(2, 3, 32, 32)
         f = m.encode_images(x)
-    ref = tiny_backbone.encode_texts([f"a photo of {n}." for n in NAMES])
+    ref = tiny_backbone.encode_texts([f"a photo of a {n}." for n in NAMES])  # 2 learned + "of a" frozen
     assert torch.allclose(t, ref, atol=1e-5)
     assert not torch.allclose(f, tiny_backbone.encode_images(x), atol=1e-4)  # visual prompts act
 

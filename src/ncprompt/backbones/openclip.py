@@ -170,7 +170,7 @@ class Backbone:
             return self.model.encode_text(self.tokenize(texts)).float()
 
 
-def augmentation_transform(pp: Any, scale: tuple[float, float] = (0.5, 1.0), flip: bool = True) -> Any:
+def augmentation_transform(pp: Any, scale: tuple[float, float] = (0.08, 1.0), flip: bool = True) -> Any:
     """CoOp's training views: random resized crop + horizontal flip, then the model's normalisation."""
     from torchvision import transforms as T
 

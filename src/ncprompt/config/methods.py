@@ -88,8 +88,12 @@ class ZeroShotConfig(MethodConfig):
 class CoOpConfig(MethodConfig):
     summary: ClassVar[str] = "CoOp: learned context vectors shared by all classes (or class-specific)"
     name: Literal["coop"] = "coop"
-    n_ctx: int = Field(16, ge=1, description="number of context vectors (ignored with ctx_init: its words set it)")
+    n_ctx: int = Field(16, ge=1, description="number of context vectors (with ctx_init: see ctx_init_length)")
     ctx_init: str = Field("", description='words to initialise the context from, e.g. "a photo of a"; "" random')
+    ctx_init_length: Literal["words", "n_ctx", "tokens"] = Field(
+        "words", description="with ctx_init, how many context vectors are learned: 'words' (CoOp, CoCoOp, KgCoOp "
+        "as published: one per word, the first tokens of ctx_init), 'n_ctx' (MaPLe as published: the first "
+        "n_ctx tokens), 'tokens' (every BPE token of ctx_init); tokens of ctx_init past them stay frozen text")
     class_specific: bool = Field(False, description="one context per class (CSC; cannot transfer to new classes)")
     class_token_position: Literal["end", "middle", "front"] = Field("end", description="where the class name goes")
     init_seed: int = Field(0, ge=0, description="seed of the random context initialisation")
@@ -104,13 +108,15 @@ class CoOpConfig(MethodConfig):
 class KgCoOpConfig(CoOpConfig):
     summary: ClassVar[str] = "KgCoOp: CoOp + consistency with the hand-written prompt's features"
     name: Literal["kgcoop"] = "kgcoop"  # type: ignore[assignment]
+    n_ctx: int = Field(4, ge=1, description="number of context vectors (with ctx_init: see ctx_init_length)")
+    ctx_init: str = Field("a photo of a", description="words to initialise the context from; \"\" random")
     kg_weight: float = Field(8.0, ge=0, description="weight w of the knowledge-guided consistency term")
 
 
 class CoCoOpConfig(CoOpConfig):
     summary: ClassVar[str] = "CoCoOp: CoOp context shifted per image by a meta-net"
     name: Literal["cocoop"] = "cocoop"  # type: ignore[assignment]
-    n_ctx: int = Field(4, ge=1, description="number of context vectors (ignored with ctx_init)")
+    n_ctx: int = Field(4, ge=1, description="number of context vectors (with ctx_init: see ctx_init_length)")
     ctx_init: str = Field("a photo of a", description="words to initialise the context from; \"\" random")
     meta_reduction: int = Field(16, ge=1, description="meta-net hidden width = image width / meta_reduction")
     eval_chunk: int = Field(16, ge=1, description="images encoded together at evaluation (memory)")
@@ -125,8 +131,11 @@ class CoCoOpConfig(CoOpConfig):
 class MaPLeConfig(CoOpConfig):
     summary: ClassVar[str] = "MaPLe: coupled deep prompts in the text and image towers (live image encoding)"
     name: Literal["maple"] = "maple"  # type: ignore[assignment]
-    n_ctx: int = Field(2, ge=1, description="number of context vectors (ignored with ctx_init)")
-    ctx_init: str = Field("a photo of", description="words to initialise the context from; \"\" random")
+    n_ctx: int = Field(2, ge=1, description="number of context vectors: the first n_ctx tokens of ctx_init")
+    ctx_init: str = Field("a photo of a", description="the prompt's words; its first n_ctx tokens are learned, "
+                          "the rest stay frozen text (as published); \"\" random")
+    ctx_init_length: Literal["words", "n_ctx", "tokens"] = Field(
+        "n_ctx", description="see CoOp; MaPLe as published learns the first n_ctx tokens of ctx_init")
     depth: int = Field(9, ge=1, description="prompted layers J (<= blocks of both towers; 9 for ViT-B-16)")
 
     @model_validator(mode="after")

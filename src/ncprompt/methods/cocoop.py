@@ -49,11 +49,8 @@ class CoCoOp(PromptMethod):
         bias = self.meta_net(F.normalize(image_features.float(), dim=-1))  # (B, d_txt)
         b, k = bias.shape[0], pl.token_prefix.shape[0]
         ctx = pl.ctx.unsqueeze(0) + bias.unsqueeze(1)  # (B, M, d_txt)
-        seq = torch.cat([
-            pl.token_prefix.unsqueeze(0).expand(b, -1, -1, -1),
-            ctx.unsqueeze(1).expand(-1, k, -1, -1).to(pl.token_prefix.dtype),
-            pl.suffix().unsqueeze(0).expand(b, -1, -1, -1),
-        ], dim=2).flatten(0, 1)
+        # the same prompt layout as text_features() (class token end / middle / front)
+        seq = pl.sequences(ctx=ctx.unsqueeze(1).expand(-1, k, -1, -1))
         with self.backbone.autocast():
             t = pl.encoder(seq, pl.pool_idx.repeat(b)).float()
         return t.view(b, k, -1)

@@ -15,10 +15,19 @@ from ncprompt.backbones.openclip import Backbone
 from ncprompt.backbones.text_encoder import PromptTextEncoder
 from ncprompt.config.methods import CoOpConfig
 from ncprompt.methods.base import MethodConfigError, MethodContext, PromptMethod, register_method
+from ncprompt.methods.templates import PromptOverflowError, longest_prompt, prompt_classname
 
 
 class PromptLearner(nn.Module):
-    """Holds the learned context and builds the K token-embedding sequences."""
+    """Holds the learned context and builds the K token-embedding sequences.
+
+    The prompt text of class k is "<prefix> <name_k>." with prefix = ``ctx_init`` (or n_ctx "X"
+    placeholders); the M token positions after the start token hold the learned context. With
+    ``ctx_init``, M is set by ``ctx_init_length`` ("words": one per word, CoOp's ``n_ctx =
+    len(ctx_init.split())``; "n_ctx": MaPLe's; "tokens": all its BPE tokens), the context starts from
+    the first M token embeddings of ctx_init, and ctx_init's further tokens stay frozen text, as in
+    the published code. A prompt longer than the text context is a :class:`PromptOverflowError`.
+    """
 
     def __init__(self, backbone: Backbone, classnames: list[str], cfg: CoOpConfig,
                  ctx: nn.Parameter | None = None) -> None:
@@ -27,12 +36,21 @@ class PromptLearner(nn.Module):
         self.cfg = cfg
         tok = backbone.tokenizer
         device = backbone.device
+        names = [prompt_classname(c) for c in classnames]
         with torch.no_grad():
             if cfg.ctx_init:
-                init_tokens = tok([cfg.ctx_init]).to(device)
-                n_ctx = int(self.encoder.pool_index(init_tokens)[0].item()) - 1
+                ctx_init = prompt_classname(cfg.ctx_init).strip()
+                init_tokens = tok([ctx_init]).to(device)
+                n_init = int(self.encoder.pool_index(init_tokens)[0].item()) - 1
+                how = getattr(cfg, "ctx_init_length", "tokens")
+                n_ctx = {"words": len(ctx_init.split()), "n_ctx": cfg.n_ctx, "tokens": n_init}[how]
+                if n_ctx > n_init:
+                    raise MethodConfigError(
+                        f"ctx_init {ctx_init!r} has {n_init} tokens, fewer than the {n_ctx} context vectors asked "
+                        f"for (ctx_init_length {how!r}): lower n_ctx or lengthen ctx_init")
                 init = self.encoder.token_embeddings(init_tokens)[0, 1 : 1 + n_ctx].float()
-                prefix_text = cfg.ctx_init
+                prefix_text = ctx_init
+                self.n_frozen = n_init - n_ctx  # tokens of ctx_init after the learned ones: frozen text
             else:
                 n_ctx = cfg.n_ctx
                 g = torch.Generator().manual_seed(cfg.init_seed)
@@ -40,8 +58,13 @@ class PromptLearner(nn.Module):
                     n_ctx, backbone.text_width)
                 init = (torch.randn(shape, generator=g) * 0.02).to(device)
                 prefix_text = " ".join(["X"] * n_ctx)
+                self.n_frozen = 0
             if cfg.ctx_init and cfg.class_specific:
                 init = init.unsqueeze(0).repeat(len(classnames), 1, 1)
+        if self.n_frozen and cfg.class_token_position != "end":
+            raise MethodConfigError(
+                f"class_token_position {cfg.class_token_position!r} needs every token of ctx_init {cfg.ctx_init!r} "
+                "learned: set ctx_init_length to 'tokens', or put the class token at the end")
         self.n_ctx = n_ctx
         if ctx is not None:
             if tuple(ctx.shape) != tuple(init.shape):
@@ -51,7 +74,8 @@ class PromptLearner(nn.Module):
             self.ctx = ctx
         else:
             self.ctx = nn.Parameter(init)
-        prompts = [f"{prefix_text} {name}." for name in classnames]
+        prompts = [f"{prefix_text} {name}." for name in names]
+        _check_fit(backbone, prompts, names, n_ctx, cfg.ctx_init, self.n_frozen)
         tokens = tok(prompts).to(device)
         self.register_buffer("tokens", tokens, persistent=False)
         with torch.no_grad():
@@ -60,38 +84,61 @@ class PromptLearner(nn.Module):
         self.register_buffer("token_suffix", emb[:, 1 + n_ctx :], persistent=False)  # name, ".", EOS, pad
         self.register_buffer("pool_idx", self.encoder.pool_index(tokens), persistent=False)
         #: positions up to the last end token: under the causal mask nothing later matters
-        self.length = int(self.pool_idx.max()) + 1 if self.encoder.causal else tokens.shape[1]
+        self.length = int(self.pool_idx.max()) + 1 if self.encoder.cut_exact else tokens.shape[1]
         # class-name length in tokens: the tokens between the context and "." + EOS
-        name_tokens = tok(list(classnames)).to(device)
+        name_tokens = tok(names).to(device)
         self.name_lens = (self.encoder.pool_index(name_tokens) - 1).tolist()
 
     def suffix(self, full: bool = False) -> torch.Tensor:
         """Class-name, "." and end-token embeddings (and padding when ``full``)."""
         return self.token_suffix if full else self.token_suffix[:, : self.length - 1 - self.n_ctx]
 
-    def sequences(self, full: bool = False) -> torch.Tensor:
-        """The K prompt sequences (K, L, width), cut after the last end token unless ``full``."""
+    def sequences(self, full: bool = False, ctx: torch.Tensor | None = None) -> torch.Tensor:
+        """Prompt sequences (N K, L, width), cut after the last end token unless ``full``, for the
+        context ``ctx``: (M, width) shared, (K, M, width) per class, or (N, K, M, width) for N
+        context sets (CoCoOp's per-image contexts); default the learned one (N = 1). The class
+        token goes at ``class_token_position`` in every case."""
         k = self.token_prefix.shape[0]
-        suffix = self.suffix(full)
-        ctx = self.ctx if self.ctx.ndim == 3 else self.ctx.unsqueeze(0).expand(k, -1, -1)
+        ctx = self.ctx if ctx is None else ctx
+        if ctx.ndim == 2:
+            ctx = ctx.unsqueeze(0).expand(k, -1, -1)
+        if ctx.ndim == 3:
+            ctx = ctx.unsqueeze(0)
+        n = ctx.shape[0]
         ctx = ctx.to(self.token_prefix.dtype)
+        prefix = self.token_prefix.unsqueeze(0).expand(n, -1, -1, -1)
+        suffix = self.suffix(full).unsqueeze(0).expand(n, -1, -1, -1)
         pos = self.cfg.class_token_position
         if pos == "end":
-            return torch.cat([self.token_prefix, ctx, suffix], dim=1)
+            return torch.cat([prefix, ctx, suffix], dim=2).flatten(0, 1)
         rows = []
         half = self.n_ctx // 2
-        for i, n in enumerate(self.name_lens):
-            name = suffix[i : i + 1, :n]
-            rest = suffix[i : i + 1, n:]
-            c = ctx[i : i + 1]
-            if pos == "middle":
-                rows.append(torch.cat([self.token_prefix[i : i + 1], c[:, :half], name, c[:, half:], rest], dim=1))
-            else:
-                rows.append(torch.cat([self.token_prefix[i : i + 1], name, c, rest], dim=1))
-        return torch.cat(rows, dim=0)
+        for i, m in enumerate(self.name_lens):
+            name, rest, c, p = suffix[:, i, :m], suffix[:, i, m:], ctx[:, i], prefix[:, i]
+            parts = [p, c[:, :half], name, c[:, half:], rest] if pos == "middle" else [p, name, c, rest]
+            rows.append(torch.cat(parts, dim=1))
+        return torch.stack(rows, dim=1).flatten(0, 1)
 
     def forward(self) -> torch.Tensor:
         return self.encoder(self.sequences(), self.pool_idx).float()
+
+
+def _check_fit(backbone: Backbone, prompts: list[str], names: list[str], n_ctx: int, ctx_init: str,
+               n_frozen: int) -> None:
+    """A :class:`PromptOverflowError` when a prompt would be cut by the tokenizer (class name lost)."""
+    length = min(backbone.context_length, int(getattr(backbone.tokenizer, "context_length", 10**9)))
+    i, need = longest_prompt(backbone.tokenizer, prompts, length)
+    if need <= length:
+        return
+    fit = n_ctx - (need - length)  # the context is the only part that can shrink
+    how = (f"the largest n_ctx that fits is {fit}" if fit >= 1 else
+           f"no n_ctx fits: shorten the class name {names[i]!r}")
+    if ctx_init:
+        how += f"; ctx_init {ctx_init!r} takes {n_ctx + n_frozen} tokens: shorten it"
+    raise PromptOverflowError(
+        f"prompt overflow: n_ctx {n_ctx} + the longest class name {names[i]!r} need {need} tokens "
+        f"(start, context, name, '.', end) but {backbone.name} reads {length}: the class name would be cut off "
+        f"(chance accuracy); {how}")
 
 
 @register_method
