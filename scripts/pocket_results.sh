@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
-# Reproduces the numbers of docs/results.md: zero-shot, CoOp and CoOp+NPT on the pocket suite,
-# base-to-new, 16 shots, tau = 1 and 0.25, seeds 1-3; NPT variants and lambdas under imbalance;
-# then the cross-run correlation report. Finished runs are skipped, so it resumes.
+# Reproduces the numbers of docs/results.md on the pocket emoji suite: zero-shot, CoOp, CoOp+NPT,
+# KgCoOp, KgCoOp+NPT, base-to-new, 16 shots, tau = 1, 0.25 and 0.06, seeds 1-3; NPT variants and
+# lambdas under imbalance; then the cross-run correlation report. Finished runs are skipped, so it resumes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NC=${NC:-.venv/bin/ncprompt}
 OUT=${OUT:-runs/results}
-DATASETS=${DATASETS:-"pocket_garments pocket_digits pocket_textures pocket_colour_garment"}
-for tau in 1.0 0.25; do
+DATASETS=${DATASETS:-"emoji_animals emoji_food emoji_transport emoji_hands"}
+SEEDS=${SEEDS:-"1 2 3"}
+for tau in 1.0 0.25 0.06; do
+  # shellcheck disable=SC2086
   $NC --no-progress protocol --config configs/pocket_b2n.yaml --datasets $DATASETS \
-      --methods zeroshot coop coop+npt kgcoop kgcoop+npt --seeds 1 2 3 --shots 16 --imbalance $tau --output "$OUT/tau$tau"
+      --methods zeroshot coop coop+npt kgcoop kgcoop+npt --seeds $SEEDS --shots 16 --imbalance $tau --output "$OUT/tau$tau"
 done
-VARIANT_DATASETS=${VARIANT_DATASETS:-"pocket_garments pocket_digits pocket_textures"}
+VARIANT_DATASETS=${VARIANT_DATASETS:-"emoji_animals emoji_food emoji_hands"}
 for v in anchored_procrustes anchored_identity cross_similarity lambda_0.5 lambda_1.0; do
+  # shellcheck disable=SC2086
   $NC --no-progress protocol --config "configs/npt_$v.yaml" --datasets $VARIANT_DATASETS \
-      --methods coop+npt --seeds 1 2 3 --shots 16 --imbalance 0.25 --output "$OUT/variants/$v"
+      --methods coop+npt --seeds $SEEDS --shots 16 --imbalance 0.25 --output "$OUT/variants/$v"
 done
 $NC --no-progress report "$OUT"/tau*/*/coop* "$OUT"/tau*/*/kgcoop* "$OUT"/variants --output "$OUT/report"

@@ -1,4 +1,4 @@
-"""The pocket world and model: a small open_clip CLIP pretrained here on generated image-caption pairs."""
+"""The pocket world and model: a small open_clip CLIP pretrained here on emoji artwork with real names."""
 
 from ncprompt.pocket.model import (
     POCKET_NAME,

@@ -4,17 +4,16 @@ There is no model code here: ``pocket.json`` (next to this file) is an ordinary 
 config, registered with :func:`open_clip.add_model_config`, so after :func:`register_pocket`
 
 >>> model = open_clip.create_model("pocket")                                   # random init
->>> model, _, preprocess = open_clip.create_model_and_transforms("pocket", pretrained="pocket")
->>> model = open_clip.create_model("pocket", pretrained=str(POCKET_WEIGHTS))   # same weights
+>>> model = open_clip.create_model("pocket", pretrained=str(POCKET_WEIGHTS))   # the shipped weights
 >>> tokenizer = open_clip.get_tokenizer("pocket")                              # context 32
 
-build exactly the classes and code paths a real open_clip CLIP uses.  The preprocessing is
-part of the configuration: image size 32 comes from ``vision_cfg`` and the normalisation is
-open_clip's default (OpenAI mean/std), which pretraining uses too, so
-``create_model_and_transforms("pocket")`` gives the right transforms with or without the
-``pretrained="pocket"`` tag (which also carries :data:`POCKET_PREPROCESS` explicitly).  The same
-model config plus preprocess config sits in ``weights/open_clip_config.json``, so
-``open_clip.create_model_and_transforms("local-dir:<weights dir>")`` works as well.
+build exactly the classes and code paths a real open_clip CLIP uses.  The shipped folder
+``weights/`` (``open_clip_config.json`` = model config + preprocess config, and
+``pocket.safetensors``) is an open_clip ``local-dir:`` model:
+``open_clip.create_model_and_transforms("local-dir:<weights dir>")``, which is how
+``ncprompt``'s backbone loader reads it.  Nothing is written into open_clip's pretrained table.
+The preprocessing: image size 32 from ``vision_cfg`` and open_clip's default (OpenAI) mean/std,
+which pretraining uses too.
 """
 
 from __future__ import annotations
@@ -27,7 +26,6 @@ import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 POCKET_NAME = "pocket"
-POCKET_TAG = "pocket"
 POCKET_DIR = Path(__file__).resolve().parent
 POCKET_CONFIG = POCKET_DIR / "pocket.json"
 POCKET_WEIGHTS_DIR = POCKET_DIR / "weights"
@@ -49,17 +47,9 @@ def pocket_model_config() -> dict:
 
 
 def register_pocket() -> None:
-    """Register the pocket model config (and the ``pretrained="pocket"`` tag) with open_clip.
-
-    Idempotent: calling it again changes nothing.
-    """
+    """Register the pocket model config with open_clip (idempotent)."""
     if POCKET_NAME not in open_clip.list_models():
         open_clip.add_model_config(POCKET_CONFIG)
-    from open_clip import pretrained as _pretrained
-
-    registry = _pretrained._PRETRAINED
-    tags = registry.setdefault(POCKET_NAME, {})
-    tags[POCKET_TAG] = {"file": str(POCKET_WEIGHTS), **POCKET_PREPROCESS, "quick_gelu": False}
 
 
 def create_pocket(pretrained: bool = True, device: str | torch.device = "cpu", weights: str | Path | None = None):
@@ -71,7 +61,8 @@ def create_pocket(pretrained: bool = True, device: str | torch.device = "cpu", w
     path = Path(weights) if weights is not None else POCKET_WEIGHTS
     if pretrained and not path.is_file():
         raise FileNotFoundError(
-            f"pocket weights {path} not found; train them with `python -m ncprompt.pocket.pretrain --output {path}`"
+            f"pocket weights {path} not found; train them with `python -m ncprompt.pocket.pretrain` and copy "
+            f"runs/pocket-pretrain/pocket.safetensors there"
         )
     model, _, preprocess = open_clip.create_model_and_transforms(
         POCKET_NAME, pretrained=str(path) if pretrained else None, device=device

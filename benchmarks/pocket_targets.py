@@ -1,0 +1,212 @@
+"""The issue-9 target table of the pocket model on the emoji suite, through the public training path.
+
+Per dataset: zero-shot (all classes; base and new), 16-shot linear probe on cached features (all
+classes), CoOp and KgCoOp trained on the base classes (16 shots) and tested on base and new, and
+CoOp under class imbalance tau = 0.06 (tail-class accuracy against the same classes in the balanced
+run); then zero-shot on the shifted variants of ``emoji_generic`` and the cross-artist probe.
+Every number comes from :func:`ncprompt.protocols.experiment.run_experiment` (what ``ncprompt train``
+runs), with the feature cache in ``--cache``.
+
+    python benchmarks/pocket_targets.py                       # committed weights, whole suite
+    python benchmarks/pocket_targets.py --weights runs/pocket-pretrain --datasets emoji_animals
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ncprompt.backbones.openclip import load_backbone
+from ncprompt.config import RunConfig
+from ncprompt.pocket import suite as S
+from ncprompt.protocols.experiment import run_experiment
+
+COOP = {"n_ctx": 4, "ctx_init": "a photo of a"}
+TRAIN = {"epochs": 20, "batch_size": 32, "lr": 0.01, "views": 1}
+
+
+def run(bb, dataset: str, method: str, protocol: str, cache: str, seed: int, **extra: Any):
+    cfg: dict[str, Any] = {
+        "run": {"model": bb.name, "cache_dir": cache, "diagnostics": False},
+        "data": {
+            "dataset": dataset,
+            "protocol": protocol,
+            "shots": extra.pop("shots", 16),
+            "imbalance": extra.pop("imbalance", None),
+        },
+        "method": {"name": method, **extra.pop("options", {})},
+        "train": {**TRAIN, "seed": seed, **extra.pop("train", {})},
+    }
+    t0 = time.time()
+    res = run_experiment(RunConfig.from_dict(cfg), out_dir=None, backbone=bb)
+    print(f"[targets] {dataset} {method} {protocol} {time.time() - t0:.0f}s", file=sys.stderr, flush=True)
+    return res
+
+
+def top1(res, split: str) -> float:
+    return float(res.splits[split].top1)
+
+
+def tail_gap(bb, dataset: str, cache: str, seed: int, tau: float) -> tuple[float, float]:
+    """CoOp (all classes) at ``tau``: mean accuracy of its tail third and of the same classes when balanced."""
+    imb = run(bb, dataset, "coop", "all", cache, seed, imbalance=tau, options=COOP)
+    bal = run(bb, dataset, "coop", "all", cache, seed, options=COOP)
+    counts = np.asarray(imb.train_counts)
+    tail = np.argsort(counts, kind="stable")[: max(1, len(counts) // 3)]
+    pi = np.asarray([np.nan if v is None else v for v in imb.splits["all"].per_class], dtype=float)
+    pb = np.asarray([np.nan if v is None else v for v in bal.splits["all"].per_class], dtype=float)
+    return float(np.nanmean(pi[tail])), float(np.nanmean(pb[tail]))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--weights", default=None, help="a local-dir model folder (default: the shipped pocket model)")
+    ap.add_argument("--datasets", nargs="+", default=None)
+    ap.add_argument("--variants", nargs="*", default=None)
+    ap.add_argument("--tail-datasets", nargs="*", default=None, help="datasets for the tau=0.06 row (default: all)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--cache", default="cache/pocket-targets")
+    ap.add_argument("--json", default=None, help="write the numbers here too")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--skip", nargs="*", default=[], help="parts to skip: probe coop kgcoop tail variants xartist")
+    ap.add_argument("--epochs", type=int, default=TRAIN["epochs"], help="CoOp / KgCoOp epochs")
+    ap.add_argument("--merge", nargs="+", help="only print the table of these --json files (parts run in parallel)")
+    a = ap.parse_args(argv)
+    if a.merge:
+        parts = [json.loads(Path(f).read_text()) for f in a.merge]
+        merged = {k: {n: v for part in parts for n, v in part[k].items()} for k in ("datasets", "shifted", "xartist")}
+        order = {n: i for i, n in enumerate(list(S.SETS))}
+        rows = dict(sorted(merged["datasets"].items(), key=lambda kv: order[kv[0]]))
+        print_table(rows, merged["shifted"], merged["xartist"])
+        return
+    torch.set_num_threads(a.threads)
+    TRAIN["epochs"] = a.epochs
+    bb = load_backbone(f"local-dir:{a.weights}" if a.weights else "pocket", device="cpu")
+    datasets = a.datasets or S.SUITE
+    variants = S.VARIANTS if a.variants is None else a.variants
+    rows: dict[str, dict[str, float]] = {}
+    for d in datasets:
+        r: dict[str, float] = {"classes": len(S.SETS[d].select())}
+        zs = run(bb, d, "zeroshot", "base2new", a.cache, a.seed)
+        r["zs_base"], r["zs_new"] = top1(zs, "base"), top1(zs, "new")
+        r["zs_all"] = top1(run(bb, d, "zeroshot", "all", a.cache, a.seed), "all")
+        if "probe" not in a.skip:
+            r["probe"] = top1(run(bb, d, "linear_probe", "all", a.cache, a.seed), "all")
+        if "coop" not in a.skip:
+            c = run(bb, d, "coop", "base2new", a.cache, a.seed, options=COOP)
+            r["coop_base"], r["coop_new"] = top1(c, "base"), top1(c, "new")
+        if "kgcoop" not in a.skip:
+            k = run(bb, d, "kgcoop", "base2new", a.cache, a.seed, options=COOP)
+            r["kg_base"], r["kg_new"] = top1(k, "base"), top1(k, "new")
+        if "tail" not in a.skip and (a.tail_datasets is None or d in a.tail_datasets):
+            r["tail_006"], r["tail_bal"] = tail_gap(bb, d, a.cache, a.seed, 0.06)
+        rows[d] = r
+        _dump(a.json, rows, {}, {})
+        print(f"[targets] {d}: " + ", ".join(f"{k} {v:.1f}" for k, v in r.items()), file=sys.stderr, flush=True)
+    shifted: dict[str, dict[str, float]] = {}
+    for v in variants:
+        src = S.SETS[v].source
+        zs_v = top1(run(bb, v, "zeroshot", "all", a.cache, a.seed), "all")
+        src_zs = rows[src]["zs_all"] if src in rows else top1(run(bb, src, "zeroshot", "all", a.cache, a.seed), "all")
+        shifted[v] = {"classes": len(S.SETS[v].select()), "zs": zs_v, "source_zs": src_zs}
+        _dump(a.json, rows, shifted, {})
+    xartist: dict[str, float] = {}
+    if "xartist" not in a.skip:
+        xa = run(bb, "emoji_generic_xartist", "linear_probe", "all", a.cache, a.seed)
+        same = rows["emoji_generic"]["probe"] if "probe" in rows.get("emoji_generic", {}) else float("nan")
+        zsx = top1(run(bb, "emoji_generic_xartist", "zeroshot", "all", a.cache, a.seed), "all")
+        xartist = {"probe_cross": top1(xa, "all"), "zs_cross": zsx, "probe_same": same}
+    _dump(a.json, rows, shifted, xartist)
+    print_table(rows, shifted, xartist)
+
+
+def _dump(path: str | None, rows, shifted, xartist) -> None:
+    if path:
+        Path(path).write_text(json.dumps({"datasets": rows, "shifted": shifted, "xartist": xartist}, indent=1))
+
+
+def _mean(rows: dict[str, dict[str, float]], key: str) -> float:
+    vals = [r[key] for r in rows.values() if key in r]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+COLUMNS = [
+    ("classes", "K"),
+    ("zs_all", "ZS"),
+    ("probe", "probe"),
+    ("zs_base", "ZS base"),
+    ("zs_new", "ZS new"),
+    ("coop_base", "CoOp base"),
+    ("coop_new", "CoOp new"),
+    ("kg_base", "KgCoOp base"),
+    ("kg_new", "KgCoOp new"),
+    ("tail_006", "CoOp tail @0.06"),
+    ("tail_bal", "same classes @1"),
+]
+
+
+def print_table(rows, shifted, xartist) -> None:
+    cols = [(k, h) for k, h in COLUMNS if any(k in r for r in rows.values())]
+    print("| dataset | role | " + " | ".join(h for _, h in cols) + " |")
+    print("|---|---|" + "---|" * len(cols))
+    for d, r in rows.items():
+        cells = [f"{r[k]:.0f}" if k == "classes" else (f"{r[k]:.1f}" if k in r else "") for k, _ in cols]
+        print(f"| {d} | {S.SETS[d].role} | " + " | ".join(cells) + " |")
+    print("| **average** | | " + " | ".join("" if k == "classes" else f"{_mean(rows, k):.1f}" for k, _ in cols) + " |")
+    m = {k: _mean(rows, k) for k, _ in COLUMNS}
+    print()
+    print("| target | measured | met |\n|---|---|---|")
+    chance_ok = all(r["zs_all"] >= 3 * 100 / r["classes"] for r in rows.values())
+    checks = [
+        (
+            "zero-shot >= 3x chance on every dataset",
+            "min ratio " + f"{min(r['zs_all'] * r['classes'] / 100 for r in rows.values()):.1f}x",
+            chance_ok,
+        ),
+        ("average zero-shot base >= 50", f"{m['zs_base']:.1f}", m["zs_base"] >= 50),
+        ("probe - zero-shot >= +10", f"{m['probe'] - m['zs_all']:+.1f}", m["probe"] - m["zs_all"] >= 10),
+        (
+            "CoOp base - zero-shot base >= +8",
+            f"{m['coop_base'] - m['zs_base']:+.1f}",
+            m["coop_base"] - m["zs_base"] >= 8,
+        ),
+        ("CoOp new <= zero-shot new - 3", f"{m['coop_new'] - m['zs_new']:+.1f}", m["coop_new"] - m["zs_new"] <= -3),
+        (
+            "KgCoOp recovers >= half of the new-class loss",
+            f"{(m['kg_new'] - m['coop_new']) / max(1e-9, m['zs_new'] - m['coop_new']):.2f} of it",
+            m["kg_new"] - m["coop_new"] >= 0.5 * (m["zs_new"] - m["coop_new"]) and m["zs_new"] > m["coop_new"],
+        ),
+        (
+            "CoOp tail @0.06 <= balanced - 5",
+            f"{m['tail_006'] - m['tail_bal']:+.1f}",
+            m["tail_006"] - m["tail_bal"] <= -5,
+        ),
+    ]
+    for v, s in shifted.items():
+        checks.append(
+            (
+                f"{v}: zero-shot <= source - 5 and >= 3x chance",
+                f"{s['zs']:.1f} vs {s['source_zs']:.1f} (chance {100 / s['classes']:.2f})",
+                s["zs"] <= s["source_zs"] - 5 and s["zs"] >= 300 / s["classes"],
+            )
+        )
+    for name, val, ok in checks:
+        if "nan" not in val:
+            print(f"| {name} | {val} | {'yes' if ok else '**no**'} |")
+    if xartist:
+        print(
+            "\ncross-artist probe on emoji_generic (train Noto + Twemoji, test OpenMoji): "
+            f"{xartist['probe_cross']:.1f} (zero-shot on the same test {xartist['zs_cross']:.1f}; "
+            f"probe within the artist mix {xartist['probe_same']:.1f})"
+        )
+
+
+if __name__ == "__main__":
+    main()
