@@ -89,3 +89,20 @@ def test_model_info_of_a_weights_file(tmp_path):
     save_file({k: v.contiguous() for k, v in bb.model.state_dict().items()}, str(f))
     m = model_info(load_backbone("tiny-clip", pretrained=str(f), device="cpu"))
     assert m["weights_file"] == "w.safetensors" and len(m["weights_sha256_16"]) == 16 and not m["random_weights"]
+
+
+def test_dataset_specs_one_root_per_dataset(tmp_path):
+    from ncprompt.data.specs import DatasetSpec, parse_dataset_spec, parse_dataset_specs
+
+    (tmp_path / "digits" / "zero").mkdir(parents=True)
+    (tmp_path / "t.csv").write_text("path,label\n")
+    assert parse_dataset_spec(f"digits={tmp_path / 'digits'}") == DatasetSpec("digits", "folder",
+                                                                              str(tmp_path / "digits"))
+    assert parse_dataset_spec(f"textiles={tmp_path / 't.csv'}").dataset == "csv"
+    assert parse_dataset_spec("fashion_mnist") == DatasetSpec("fashion_mnist", "fashion_mnist", None)
+    with pytest.raises(DataError, match="digits=ROOT"):
+        parse_dataset_spec("digits")
+    with pytest.raises(DataError, match="neither a folder"):
+        parse_dataset_spec(f"x={tmp_path / 'nope'}")
+    with pytest.raises(DataError, match="given twice"):
+        parse_dataset_specs([f"a={tmp_path / 'digits'}", f"a={tmp_path / 't.csv'}"])
