@@ -82,9 +82,10 @@ def child(model: str, k: int, method: str, reps: int, threads: int) -> dict[str,
         x = torch.randn(k, e, generator=g)[y] + 2.0 * torch.randn(len(y), e, generator=g)
         yv = torch.arange(k).repeat_interleave(4)
         xv = torch.randn(k, e, generator=g)[yv] + 2.0 * torch.randn(len(yv), e, generator=g)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         c, *_ = search_c(x, y, xv, yv, k, m.cfg.c_grid, m.cfg.search_steps, m.cfg.max_iter, m.cfg.tol)
-        out.update({"fit_s": time.perf_counter() - t0, "chosen_c": c, "peak_mib": _peak_mib()})
+        out.update({"fit_s": time.perf_counter() - t0, "fit_cpu_s": time.process_time() - c0, "chosen_c": c,
+                    "peak_mib": _peak_mib()})
         return out
     size = backbone.model.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
@@ -116,14 +117,16 @@ def child(model: str, k: int, method: str, reps: int, threads: int) -> dict[str,
                 loss.backward()
             opt.step()
 
-        times = []
+        times, cpu = [], []
         for i in range(reps + 1):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             step()
             if i:
                 times.append(time.perf_counter() - t0)
+                cpu.append(time.process_time() - c0)
         out[f"step_s_{variant}"] = statistics.median(times)
         out[f"step_all_s_{variant}"] = times
+        out[f"step_cpu_s_{variant}"] = statistics.median(cpu)
         out[f"peak_mib_{variant}"] = _peak_mib()
     return out
 
@@ -147,7 +150,10 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
                 else:
                     rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
                 print(json.dumps(rows[-1])[:300], flush=True)
-    info["uptime_end"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+                info["uptime_end"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+                if args.save_each:  # partial results survive an interrupted run
+                    write_json(RESULT, {"machine": info, "rows": rows})
+                    write_doc({"machine": info, "rows": rows})
     return {"machine": info, "rows": rows}
 
 
@@ -159,6 +165,9 @@ def section(data: dict[str, Any]) -> str:
              "pocket pretraining job ran): `uptime` at start: `" + info["uptime_start"] + "`; at end: `"
              + info["uptime_end"] + "`. Absolute times are therefore inflated, by several-fold when the load is "
              "high (see the note under Machine); compare methods within one table only.", "",
+             "Times are the process's **CPU time** per step (one torch thread, so about the wall time of an "
+             "idle core; wall times are in the JSON): with the machine starved, wall time measured mostly the "
+             "wait for a time slice.", "",
              "Step = forward + loss terms (+ NPT) + backward + SGD step, median of the timed steps, at the "
              "published batch size (B; live methods encode B images of the model's size per step). Peak = "
              "the child process's maximum resident memory (the backbone alone: first column). The linear probe "
@@ -169,14 +178,15 @@ def section(data: dict[str, Any]) -> str:
             if "error" in r:
                 rows.append([r["method"], str(r["k"]), "-", "error: " + r["error"].splitlines()[-1][:60], "", "", ""])
             elif r["method"] == "linear_probe":
-                rows.append([r["method"], str(r["k"]), "-", f"fit {fmt_s(r['fit_s'])}", "-",
+                rows.append([r["method"], str(r["k"]), "-", f"fit {fmt_s(r['fit_cpu_s'])}", "-",
                              f"{r['peak_mib_backbone']:.0f}", f"{r['peak_mib']:.0f}"])
             else:
-                rows.append([r["method"], str(r["k"]), str(r["batch"]), fmt_s(r["step_s_off"]),
-                             fmt_s(r["step_s_cluster"]), f"{r['peak_mib_backbone']:.0f}",
+                rows.append([r["method"], str(r["k"]), str(r["batch"]), fmt_s(r["step_cpu_s_off"]),
+                             fmt_s(r["step_cpu_s_cluster"]), f"{r['peak_mib_backbone']:.0f}",
                              f"{r['peak_mib_cluster']:.0f}"])
         lines += [f"**{model}**", "", markdown_table(
-            ["method", "K", "B", "step (no NPT)", "step (cluster NPT)", "peak MiB, backbone", "peak MiB, run"],
+            ["method", "K", "B", "CPU s/step (no NPT)", "CPU s/step (cluster NPT)", "peak MiB, backbone",
+             "peak MiB, run"],
             rows), ""]
     lines.append(END)
     return "\n".join(lines)
@@ -201,6 +211,7 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: robust on a shared 2-core machine)")
     p.add_argument("--budget", type=float, default=0, help="stop starting new measurements after S seconds")
+    p.add_argument("--save-each", action="store_true", help="write the JSON and the docs section after each row")
     p.add_argument("--doc", action="store_true", help="only rewrite the docs section from the saved JSON")
     a = p.parse_args()
     if a.child:

@@ -270,3 +270,17 @@ def test_published_presets_validate():
         cfg = RunConfig.from_dict(preset(name))
         assert cfg.method.name == method
     assert RunConfig.from_dict(preset("promptsrc_b2n")).train.batch_size == 4
+
+
+def test_missing_engine_hooks_are_errors_not_silent(tiny_backbone):
+    pg = _build("prograd", tiny_backbone, n_ctx=4).train()
+    feats = torch.randn(3, tiny_backbone.embed_dim)
+    sum(pg.base_loss(pg(feats), torch.tensor([0, 1, 2])).values()).backward()  # plain backward: no projection
+    with pytest.raises(MethodConfigError, match="backward_step"):
+        pg(feats)
+    src = _build("promptsrc", tiny_backbone, depth_text=1, depth_vision=0).train()
+    src(feats)
+    with pytest.raises(MethodConfigError, match="end_epoch"):
+        src.predict(feats)
+    src.end_epoch(0, 1)
+    assert src.predict(feats)[0].shape == (3, len(NAMES))

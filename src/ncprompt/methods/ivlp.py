@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ncprompt.backbones.image_encoder import check_vision_tower, encode_image_with_prompts
+from ncprompt.backbones.text_encoder import text_tower
 from ncprompt.config.methods import CoOpConfig, IVLPConfig
 from ncprompt.methods.base import MethodConfigError, MethodContext, PromptMethod, register_method
 from ncprompt.methods.coop import PromptLearner
@@ -48,7 +49,7 @@ class IVLP(PromptMethod):
         visual = backbone.model.visual
         if cfg.depth_vision:
             check_vision_tower(visual)
-        for tower, depth, blocks in (("text", cfg.depth_text, backbone.model.transformer),
+        for tower, depth, blocks in (("text", cfg.depth_text, text_tower(backbone.model).transformer),
                                      ("vision", cfg.depth_vision, visual.transformer if cfg.depth_vision else None)):
             n_blocks = len(blocks.resblocks) if blocks is not None else depth
             if depth > n_blocks:

@@ -38,7 +38,7 @@ LPCLIP_C_GRID: tuple[float, ...] = (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)
 
 
 def fit_logistic_regression(x: torch.Tensor, y: torch.Tensor, num_classes: int, c: float, max_iter: int = 1000,
-                            tol: float = 1e-8) -> tuple[torch.Tensor, torch.Tensor]:
+                            tol: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
     """(W (K, E), b (K,)) minimising sum_i CE(W x_i + b, y_i) + ||W||^2 / (2C), in float64 (L-BFGS from zero)."""
     if x.ndim != 2 or y.shape != (x.shape[0],):
         raise ValueError(f"features must be (N, E) with labels (N,), got {tuple(x.shape)} and {tuple(y.shape)}")
@@ -81,7 +81,7 @@ def _accuracy(w: torch.Tensor, b: torch.Tensor, x: torch.Tensor, y: torch.Tensor
 
 def search_c(x: torch.Tensor, y: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor, num_classes: int,
              grid: list[float] | tuple[float, ...] = LPCLIP_C_GRID, steps: int = 8, max_iter: int = 1000,
-             tol: float = 1e-8) -> tuple[float, torch.Tensor, torch.Tensor, list[tuple[float, float]]]:
+             tol: float = 1e-4) -> tuple[float, torch.Tensor, torch.Tensor, list[tuple[float, float]]]:
     """lpclip's search of C on validation accuracy (module docstring); returns (C, W, b, [(C, val acc), ...])."""
     fits = {}
     trace: list[tuple[float, float]] = []

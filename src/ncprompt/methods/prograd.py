@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ncprompt.config.methods import ProGradConfig
-from ncprompt.methods.base import MethodContext, MethodOutput, register_method
+from ncprompt.methods.base import MethodConfigError, MethodContext, MethodOutput, register_method
 from ncprompt.methods.coop import CoOp
 from ncprompt.methods.zeroshot import zero_shot_classifier
 
@@ -67,6 +67,11 @@ class ProGrad(CoOp):
     def forward(self, image_features: torch.Tensor) -> MethodOutput:
         out = super().forward(image_features)
         if self.training:
+            if getattr(self, "_awaiting_backward", False):  # never silently train without the projection
+                raise MethodConfigError("prograd: the previous training step was not back-propagated through "
+                                        "method.backward_step, so no projection was applied; the engine must call "
+                                        "backward_step (see methods/base.py)")
+            self._awaiting_backward = True
             temp = self.cfg.temperature
             with torch.no_grad():
                 zs = self.logit_scale * F.normalize(image_features.float(), dim=-1) @ self.zs_text.T
@@ -77,6 +82,7 @@ class ProGrad(CoOp):
 
     def backward_step(self, parts: dict[str, torch.Tensor], loss: torch.Tensor) -> None:
         """Back-propagates every summed part but "ce" normally, then adds the projected CE gradient."""
+        self._awaiting_backward = False
         params = [p for p in self.parameters() if p.requires_grad]
         g_kl = torch.autograd.grad(parts["kl"], params, retain_graph=True, allow_unused=True)
         g_ce = torch.autograd.grad(parts["ce"], params, retain_graph=True, allow_unused=True)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ncprompt.config.methods import PromptSRCConfig
-from ncprompt.methods.base import MethodContext, MethodOutput, register_method
+from ncprompt.methods.base import MethodConfigError, MethodContext, MethodOutput, register_method
 from ncprompt.methods.ivlp import IVLP
 from ncprompt.methods.templates import resolve_templates
 
@@ -56,6 +56,7 @@ class PromptSRC(IVLP):
         out = super().forward(inputs)
         if not self.training:
             return out
+        self._steps_since_epoch = getattr(self, "_steps_since_epoch", 0) + 1
         cfg = self.cfg
         cached = self.image_input == "cached"
         f_img = inputs if cached else out.image_features
@@ -76,6 +77,7 @@ class PromptSRC(IVLP):
     # --- Gaussian prompt aggregation --------------------------------------------------------------------------
     def end_epoch(self, epoch: int, epochs: int) -> None:
         """Add the prompts after 0-based ``epoch`` to the GPA sum; after the last one, load the aggregate."""
+        self._steps_since_epoch = 0
         if not self.cfg.gpa:
             return
         w = float(gpa_weights(epochs, self.cfg.gpa_mean, self.cfg.gpa_std)[epoch])
@@ -88,6 +90,13 @@ class PromptSRC(IVLP):
             if epoch + 1 == epochs:
                 for k, p in params.items():
                     p.copy_(self._gpa_sum[k])
+
+    def predict(self, features: torch.Tensor, batch: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.cfg.gpa and getattr(self, "_steps_since_epoch", 0):  # never silently skip the aggregation
+            raise MethodConfigError("promptsrc: trained steps were not closed by method.end_epoch, so Gaussian "
+                                    "prompt aggregation was not applied; the engine must call end_epoch after each "
+                                    "epoch (or set gpa: false)")
+        return super().predict(features, batch)
 
     def prompt_state(self) -> dict[str, torch.Tensor]:
         """The prompts and, during training, the GPA running sum (``gpa.<name>``) so a resumed run continues it."""

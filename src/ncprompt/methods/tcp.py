@@ -81,7 +81,7 @@ class TCP(CoOp):
         cfg = self.cfg
         if cfg.class_specific or cfg.class_token_position != "end":
             raise MethodConfigError("TCP uses one shared context with the class token at the end")
-        blocks = self.backbone.model.transformer.resblocks
+        blocks = text_tower(self.backbone.model).transformer.resblocks
         if cfg.class_layer >= len(blocks):
             raise MethodConfigError(f"class_layer {cfg.class_layer} is beyond the {len(blocks)} blocks of this "
                                     f"model's text tower; choose 0 .. {len(blocks) - 1}")
@@ -97,7 +97,7 @@ class TCP(CoOp):
         return self.class_net(self.zs_text).view(self.num_classes, self.n_tokens, -1)
 
     def text_features(self) -> torch.Tensor:
-        transformer = self.backbone.model.transformer
+        transformer = text_tower(self.backbone.model).transformer
         block = transformer.resblocks[self.cfg.class_layer]
         with tokens_before_block(block, self.class_tokens(), self.cfg.class_weight,
                                  getattr(transformer, "batch_first", True)):
