@@ -116,7 +116,7 @@ class FeatureCache:
         describe = self.describe(backbone, images, views, seed, train)
         rows = self.shard_rows or default_shard_rows(views if train else 1)
         entry = ShardedFile(self.root / _key_of(describe), describe, len(images), rows)
-        done: dict[int, np.ndarray] = entry.valid_shards(shard_ranges(len(images), rows)) if self.enabled else {}
+        done: dict[int, np.ndarray] = entry.valid_shards() if self.enabled else {}
         if self.enabled and entry.complete(done):
             self.hits += 1
             return FeatureStore([done[k] for k in sorted(done)])

@@ -136,7 +136,7 @@ class ShardedFile:
             return None
         return m
 
-    def valid_shards(self, ranges: list[tuple[int, int]]) -> dict[int, np.memmap]:
+    def valid_shards(self) -> dict[int, np.memmap]:
         """The shards on disk that the manifest lists and whose bytes match its checksums, memory-mapped.
 
         Adopts the manifest's shard size and row shape (so a resumed build keeps the same shards)."""
