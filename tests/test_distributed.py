@@ -141,7 +141,7 @@ def two_ranks(tmp_path_factory) -> Path:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(distributed.free_port()), __file__, str(out)]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     return out
 

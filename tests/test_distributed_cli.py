@@ -29,7 +29,7 @@ def test_nproc_2_equals_one_process(image_folder, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     two = tmp_path / "two"
     r = subprocess.run([sys.executable, "-m", "ncprompt.cli", *_args(image_folder, two, tmp_path / "c2"), "--nproc",
-                        "2"], capture_output=True, text=True, timeout=600, env=env)
+                        "2"], capture_output=True, text=True, timeout=1800, env=env)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     assert r.stdout.count("results:") == 1  # rank 0 alone prints and writes
     assert main(_args(image_folder, tmp_path / "one", tmp_path / "c1")) == 0

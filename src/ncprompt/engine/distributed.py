@@ -346,7 +346,7 @@ def wrap_ddp(module: nn.Module) -> nn.Module:
     params = [p for p in module.parameters() if p.requires_grad]
     dev = params[0].device
     ids = [dev] if dev.type == "cuda" else None
-    return DDP(module, device_ids=ids)  # the ignored buffers are neither broadcast nor synced
+    return DDP(module, device_ids=ids, broadcast_buffers=False)  # (torch 2.9 warns it is deprecated; tested)
 
 
 def run_on_main(fn: Callable[[], T], modules: Sequence[nn.Module | None]) -> T:
