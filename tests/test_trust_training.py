@@ -187,3 +187,17 @@ def test_schedule_equals_dassl(epochs, warmup):
     assert ours == pytest.approx(ref, rel=1e-12, abs=1e-15)
     if warmup:
         assert ours[warmup] == 0.002  # the first epoch after the warm-up trains at the full lr
+
+
+def test_cli_diverging_run_is_one_line_exit_2_and_no_results(image_folder, tmp_path, capsys):
+    from ncprompt.cli import main
+
+    out = tmp_path / "run"
+    args = ["--no-progress", "train", "--model", "tiny-clip", "--dataset", "folder", "--root", str(image_folder),
+            "--shots", "2", "--epochs", "2", "--output", str(out), "--cache-dir", str(tmp_path / "cache"),
+            "--lr", "1e30", "--set", "train.views=1", "--set", "train.warmup_epochs=0"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # (a warning about few steps may come before)
+    assert err.startswith("ncprompt: error: training diverged at epoch ") and "Lower the learning rate" in err
+    assert not (out / "results.json").exists() and not (out / "prompt.safetensors").exists()
+    assert "NaN" not in (out / "metrics.jsonl").read_text() if (out / "metrics.jsonl").exists() else True

@@ -116,7 +116,7 @@ def sweep_tmp(folder: str | Path, older_than_s: float = 0.0) -> list[Path]:
     return removed
 
 
-def _first_nonfinite(obj: Any, where: str = "") -> str | None:
+def first_nonfinite(obj: Any, where: str = "") -> str | None:
     """The dotted key of the first NaN/inf float in a JSON-like object, or None."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return where or "(top level)"
@@ -127,7 +127,7 @@ def _first_nonfinite(obj: Any, where: str = "") -> str | None:
     else:
         return None
     for k, v in items:
-        found = _first_nonfinite(v, f"{where}.{k}" if where else str(k))
+        found = first_nonfinite(v, f"{where}.{k}" if where else str(k))
         if found:
             return found
     return None
@@ -139,7 +139,7 @@ def to_json(obj: Any, path: str | Path, indent: int | None = None) -> str:
     try:
         return json.dumps(obj, indent=indent, default=_jsonable, allow_nan=False)
     except ValueError:
-        key = _first_nonfinite(json.loads(json.dumps(obj, default=_jsonable)))
+        key = first_nonfinite(json.loads(json.dumps(obj, default=_jsonable)))
         raise FileError(f"refusing to write a non-finite number (NaN/inf) into {path} at key {key!r}: "
                         "the computation behind it diverged; see the run's log") from None
 

@@ -30,7 +30,15 @@ from ncprompt.engine import distributed
 from ncprompt.engine.checkpoint import load_checkpoint, restore_optimizer, save_checkpoint
 from ncprompt.engine.progress import ProgressLog, epoch_line
 from ncprompt.methods.base import MethodOutput, PromptMethod
-from ncprompt.utils import append_jsonl, cosine_decay, read_jsonl, sweep_tmp, write_json, write_jsonl
+from ncprompt.utils import (
+    append_jsonl,
+    cosine_decay,
+    first_nonfinite,
+    read_jsonl,
+    sweep_tmp,
+    write_json,
+    write_jsonl,
+)
 
 #: keep the last partial batch unless this many full batches remain (few-shot sets: more steps)
 MIN_FULL_BATCHES = 4
@@ -240,6 +248,10 @@ def train(
                 with torch.no_grad():
                     record.update(on_epoch_end(epoch))
                 method.train()
+            bad = first_nonfinite(record)  # e.g. diagnostics of prompts that grew huge but finite
+            if bad is not None:
+                why = NonFiniteError(f"the epoch's metric {bad} is not finite")
+                raise NonFiniteError(_diverged(why, cfg, epoch, max(steps - 1, 0), run_dir))
             log.append(record)
             if run_dir is not None and main:
                 append_jsonl(run_dir / "metrics.jsonl", record)
