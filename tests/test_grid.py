@@ -60,13 +60,16 @@ def test_example_configs_are_valid():
     from pathlib import Path
 
     from ncprompt.config import RunConfig, load_yaml
+    from ncprompt.protocols.demo import per_method_options
 
     root = Path(__file__).parents[1] / "configs"
     cfg = RunConfig.from_dict(load_yaml(root / "coop_npt.yaml"))
     assert cfg.npt.enabled and cfg.data.imbalance == 0.25 and cfg.method.ctx_init == "a photo of a"
     for f in root.glob("*.yaml"):  # grid bases: per_method options are validated per cell
-        jobs = grid_jobs(load_yaml(f), ["pocket_garments"], [MethodSpec.parse("coop+npt", load_yaml(f).get(
-            "per_method"))], [1], Path("/nonexistent-grid"))
+        base = load_yaml(f)
+        options = per_method_options(base)
+        jobs = grid_jobs(base, ["pocket_garments"], [MethodSpec.parse("coop+npt", options)], [1],
+                         Path("/nonexistent-grid"))
         assert jobs[0]["config"]["method"]["name"] == "coop"
 
 
