@@ -163,18 +163,27 @@ def section(data: dict[str, Any]) -> str:
              f"CPU ({info['cpu']}, {info['logical_cpus']} logical CPUs), torch threads {info['torch_threads']}, "
              f"fp32, random inputs; {info['date']}. **The machine was shared** (other helpers' tests and the "
              "pocket pretraining job ran): `uptime` at start: `" + info["uptime_start"] + "`; at end: `"
-             + info["uptime_end"] + "`. Absolute times are therefore inflated, by several-fold when the load is "
-             "high (see the note under Machine); compare methods within one table only.", "",
+             + info["uptime_end"] + "`. Wall times were useless (mostly waiting for a time slice); the CPU times "
+             "below are far less affected but still inflated by cache and memory contention: compare methods "
+             "within one table only, and rerun on an idle machine for absolute "
+             "numbers. Combinations not listed (or marked 'not run') did not fit the session's time on the "
+             "starved machine.", "",
              "Times are the process's **CPU time** per step (one torch thread, so about the wall time of an "
              "idle core; wall times are in the JSON): with the machine starved, wall time measured mostly the "
              "wait for a time slice.", "",
-             "Step = forward + loss terms (+ NPT) + backward + SGD step, median of the timed steps, at the "
+             f"Step = forward + loss terms (+ NPT) + backward + SGD step, median of {_reps(data)} timed step(s) "
+             "after one warm-up step, at the "
              "published batch size (B; live methods encode B images of the model's size per step). Peak = "
              "the child process's maximum resident memory (the backbone alone: first column). The linear probe "
              "row is one full lpclip C search (23 L-BFGS fits on K x 16 random features).", ""]
+    skipped = [f"{r['model']} K={r['k']} {r['method']}" for r in data["rows"]
+               if r.get("error", "").startswith("not run")]
     for model in sorted({r["model"] for r in data["rows"]}):
         rows = []
-        for r in [r for r in data["rows"] if r["model"] == model]:
+        measured = [r for r in data["rows"] if r["model"] == model and not r.get("error", "").startswith("not run")]
+        if not measured:
+            continue
+        for r in measured:
             if "error" in r:
                 rows.append([r["method"], str(r["k"]), "-", "error: " + r["error"].splitlines()[-1][:60], "", "", ""])
             elif r["method"] == "linear_probe":
@@ -188,8 +197,15 @@ def section(data: dict[str, Any]) -> str:
             ["method", "K", "B", "CPU s/step (no NPT)", "CPU s/step (cluster NPT)", "peak MiB, backbone",
              "peak MiB, run"],
             rows), ""]
+    if skipped:
+        lines += ["Not measured in this session (time budget on the starved machine): " + ", ".join(skipped) + ".",
+                  ""]
     lines.append(END)
     return "\n".join(lines)
+
+
+def _reps(data: dict[str, Any]) -> int:
+    return max((len(r.get("step_all_s_off", [])) for r in data["rows"]), default=0)
 
 
 def write_doc(data: dict[str, Any]) -> None:
