@@ -155,7 +155,7 @@ class LinearProbeConfig(MethodConfig):
                                 description="initial values of C (inverse L2 strength), lpclip's")
     search_steps: int = Field(8, ge=0, description="bisection steps in log10 C after the grid (lpclip: 8)")
     max_iter: int = Field(1000, ge=1, description="L-BFGS iterations per fit")
-    tol: float = Field(1e-8, gt=0, description="L-BFGS gradient tolerance")
+    tol: float = Field(1e-4, gt=0, description="L-BFGS tolerance on max |gradient| of J/N (scikit-learn's default)")
     normalize: bool = Field(False, description="L2-normalise the image features first (lpclip: raw features)")
     val_shots: int = Field(4, ge=1, description="held-out images per class used to choose C (lpclip: min(shots, 4))")
 

@@ -126,7 +126,10 @@ def train_step(method: PromptMethod, inputs: torch.Tensor, labels: torch.Tensor,
         bad = sorted(k for k, v in parts.items() if not bool(torch.isfinite(v.detach()).all()))
         raise NonFiniteError(f"the loss is {float(loss.detach())} (non-finite terms: {', '.join(bad)})")
     opt.zero_grad(set_to_none=True)
-    (loss * loss_scale if loss_scale != 1.0 else loss).backward()
+    if loss_scale == 1.0:
+        method.backward_step(parts, loss)
+    else:  # this rank's share: every part scaled alike, so a method's own backward (ProGrad) stays exact
+        method.backward_step({k: v * loss_scale for k, v in parts.items()}, loss * loss_scale)
     if max_grad_norm > 0:
         params = [p for g in opt.param_groups for p in g["params"]]
         torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
@@ -235,6 +238,7 @@ def train(
                 correct += int((out.logits.argmax(-1) == y).sum()) * count / len(y)
                 seen += count
                 steps += 1
+            method.end_epoch(epoch, cfg.epochs)
             if mode == "ddp":  # the global batch's means: sum_r w_r * (rank r's mean)
                 sums = distributed.all_reduce_floats(sums)
                 tally = distributed.all_reduce_floats({"correct": correct, "seen": seen})

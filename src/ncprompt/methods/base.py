@@ -132,6 +132,14 @@ class PromptMethod(nn.Module):
         """Training-image features that do not change while training (NPT's fixed class means), or None."""
         return self.image_features(images, cache, desc="train") if self.image_input == "cached" else None
 
+    def backward_step(self, parts: dict[str, torch.Tensor], loss: torch.Tensor) -> None:
+        """Back-propagate one step: dL/dtheta of ``loss`` = the sum of the summed ``parts`` (ProGrad overrides
+        it to project the CE gradient off the zero-shot direction)."""
+        loss.backward()
+
+    def end_epoch(self, epoch: int, epochs: int) -> None:
+        """Called by the trainer after the steps of 0-based ``epoch`` (PromptSRC: Gaussian prompt aggregation)."""
+
     def training_source(self, images: LabeledImages, views: int, seed: int,
                         cache: FeatureCache | None = None) -> FeatureSource | None:
         """What :meth:`forward` trains on, by (index, view); None when the method trains nothing."""

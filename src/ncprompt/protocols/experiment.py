@@ -186,7 +186,7 @@ class Experiment:
                         resume, stop_after)
             if stop_after is not None and len(log) < cfg.train.epochs:
                 return {"interrupted_at_epoch": len(log)}
-        result = self.evaluate_all(method, initial_text, trained=source is not None)
+        result = self.evaluate_all(method, initial_text, trained=method.trainable)
         result.epochs_run = len(log)
         result.final_train_loss = log[-1]["loss"] if log else None
         result.seconds = round(time.perf_counter() - t0, 2)
