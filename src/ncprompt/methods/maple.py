@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ncprompt.backbones.image_encoder import check_vision_tower, encode_image_with_prompts
+from ncprompt.backbones.text_encoder import text_tower
 from ncprompt.config.methods import MaPLeConfig
 from ncprompt.methods.base import (
     MethodConfigError,
@@ -49,7 +50,7 @@ class MaPLe(PromptMethod):
         backbone = self.backbone
         visual = backbone.model.visual
         check_vision_tower(visual)
-        layers = min(len(backbone.model.transformer.resblocks), len(visual.transformer.resblocks))
+        layers = min(len(text_tower(backbone.model).transformer.resblocks), len(visual.transformer.resblocks))
         if self.cfg.depth > layers:
             raise MethodConfigError(
                 f"MaPLe depth {self.cfg.depth} exceeds the {layers} blocks of {backbone.name}'s towers: set "
