@@ -53,3 +53,17 @@ def test_linear_probe_fits_without_the_sgd_loop(tiny_backbone, fmnist_small, tmp
     assert res["epochs_run"] == 0
     assert not (tmp_path / "linear_probe" / "metrics.jsonl").exists() or \
         (tmp_path / "linear_probe" / "metrics.jsonl").read_text() == ""
+
+
+def test_train_step_with_an_enabled_grad_scaler_equals_the_plain_step(tiny_backbone):
+    """fp16's loss scaling (here a CPU GradScaler, scale 2^10) changes nothing but the gradients' range."""
+    x, y = torch.randn(6, tiny_backbone.embed_dim), torch.tensor([0, 1, 2, 0, 1, 2])
+    ctx = {}
+    for name, scaler in (("plain", None), ("scaled", torch.amp.GradScaler("cpu", init_scale=2.0**10))):
+        m = build_method("coop", tiny_backbone, ["cat", "dog", "bird"], {"n_ctx": 2, "ctx_init": ""})
+        opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.5)
+        train_step(m, x, y, opt, max_grad_norm=10.0, scaler=scaler)
+        ctx[name] = m.prompt_learner.ctx.detach().clone()
+    assert torch.allclose(ctx["plain"], ctx["scaled"], rtol=0, atol=1e-7)
+    assert not torch.equal(ctx["plain"], build_method("coop", tiny_backbone, ["cat", "dog", "bird"],
+                                                      {"n_ctx": 2, "ctx_init": ""}).prompt_learner.ctx)

@@ -106,6 +106,7 @@ def few_steps_warning(n: int, cfg: TrainConfig) -> str | None:
 def train_step(method: PromptMethod, inputs: torch.Tensor, labels: torch.Tensor, opt: torch.optim.Optimizer,
                regularizer: torch.nn.Module | None = None, max_grad_norm: float = 0.0, check_finite: bool = True,
                forward: Callable[[torch.Tensor], MethodOutput] | None = None, loss_scale: float = 1.0,
+               scaler: torch.amp.GradScaler | None = None,
                ) -> tuple[MethodOutput, dict[str, torch.Tensor], torch.Tensor]:
     """One optimisation step: L = sum of the method's loss terms + the NPT hook's "loss"; returns
     the method output, every loss part (NPT parts as ``npt_*``, logged only) and L.
@@ -113,7 +114,9 @@ def train_step(method: PromptMethod, inputs: torch.Tensor, labels: torch.Tensor,
     With ``check_finite`` a non-finite L raises :class:`NonFiniteError` before the step (the
     parameters stay as they were), and so do non-finite parameters after it. ``forward`` replaces
     ``method`` for the forward pass (its DistributedDataParallel wrapper); the gradient is that of
-    ``loss_scale`` * L (a rank's share of the global batch, :mod:`ncprompt.engine.distributed`)."""
+    ``loss_scale`` * L (a rank's share of the global batch, :mod:`ncprompt.engine.distributed`). An enabled
+    ``scaler`` (fp16) multiplies every part by its scale S before the method's backward, unscales the gradients
+    (1/S) before clipping and skips a step whose gradients overflowed (``torch.amp.GradScaler``)."""
     out = (forward or method)(inputs)
     parts = method.base_loss(out, labels)
     if regularizer is not None:
@@ -126,14 +129,23 @@ def train_step(method: PromptMethod, inputs: torch.Tensor, labels: torch.Tensor,
         bad = sorted(k for k, v in parts.items() if not bool(torch.isfinite(v.detach()).all()))
         raise NonFiniteError(f"the loss is {float(loss.detach())} (non-finite terms: {', '.join(bad)})")
     opt.zero_grad(set_to_none=True)
-    if loss_scale == 1.0:
+    scaled = scaler is not None and scaler.is_enabled()
+    if loss_scale == 1.0 and not scaled:
         method.backward_step(parts, loss)
-    else:  # this rank's share: every part scaled alike, so a method's own backward (ProGrad) stays exact
-        method.backward_step({k: v * loss_scale for k, v in parts.items()}, loss * loss_scale)
+    else:  # every part scaled alike, so a method's own backward (ProGrad) stays exact
+        def scale(v: torch.Tensor) -> torch.Tensor:
+            return (scaler.scale(v) if scaled else v) * loss_scale
+        method.backward_step({k: scale(v) for k, v in parts.items()}, scale(loss))
+    if scaled:
+        scaler.unscale_(opt)
     if max_grad_norm > 0:
         params = [p for g in opt.param_groups for p in g["params"]]
         torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    opt.step()
+    if scaled:
+        scaler.step(opt)
+        scaler.update()
+    else:
+        opt.step()
     if check_finite:
         params = [p for g in opt.param_groups for p in g["params"]]
         if not bool(torch.stack([torch.isfinite(p.detach()).all() for p in params]).all()):
@@ -173,6 +185,7 @@ def train(
     if not params:
         raise TrainConfigError(f"method {method.name!r} has nothing to train")
     opt = make_optimizer(params, cfg)
+    scaler = method.backbone.grad_scaler()  # enabled under fp16 only
     device = params[0].device
     labels = labels.long()
     n = len(labels)
@@ -229,7 +242,8 @@ def train(
                 y = labels[idx].to(device)
                 try:
                     out, parts, loss = train_step(method, feats, y, opt, regularizer, cfg.max_grad_norm,
-                                                  forward=model, loss_scale=w * distributed.world_size())
+                                                  forward=model, loss_scale=w * distributed.world_size(),
+                                                  scaler=scaler)
                 except NonFiniteError as e:
                     raise NonFiniteError(_diverged(e, cfg, epoch, steps, run_dir)) from None
                 for k, v in parts.items():
