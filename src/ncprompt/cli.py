@@ -215,15 +215,16 @@ def config_from_args(a: argparse.Namespace, base: list[dict[str, Any]] | None = 
 # --- commands ------------------------------------------------------------------------------
 
 def cmd_models(a: argparse.Namespace) -> int:
-    import open_clip
+    from ncprompt.backbones.catalog import format_catalog, model_catalog
 
-    from ncprompt.backbones.openclip import list_backbones
-
-    for name in list_backbones():
-        tags = open_clip.list_pretrained_tags_by_model(name) if name in open_clip.list_models() else []
-        extra = " (project model, shipped weights)" if name == "pocket" else ""
-        print(f"{name}{extra}" + (f"  pretrained: {', '.join(tags)}" if tags and a.tags else ""))
+    print(format_catalog(model_catalog(), tags=a.tags), end="")
     return 0
+
+
+def cmd_tables(a: argparse.Namespace) -> int:
+    from ncprompt.analysis.tables import main as tables_main
+
+    return tables_main([*a.dirs, "--output", a.output])
 
 
 def cmd_datasets(a: argparse.Namespace) -> int:
@@ -428,6 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("analyze", help="NC report (JSON + markdown) and plots of run folders")
     s.add_argument("run_dirs", nargs="+")
     s.set_defaults(func=lambda a: _call("ncprompt.analysis.cli", "cmd_analyze", a))
+    s = sub.add_parser("tables", help="paper tables (base-to-new, few-shot, cross-dataset, long-tail) from runs")
+    s.add_argument("dirs", nargs="+", help="run folders or folders holding them (a grid folder)")
+    s.add_argument("--output", default="tables", help="folder for {layout}.md/.csv/.tex")
+    s.set_defaults(func=cmd_tables)
     s = sub.add_parser("report", help="correlation of NC metrics with base/new/HM accuracy across runs")
     s.add_argument("dirs", nargs="+", help="run folders or folders holding them")
     s.add_argument("--output", default="report", help="folder for runs.csv, correlations.{csv,md,png}")
