@@ -67,3 +67,16 @@ def test_train_step_with_an_enabled_grad_scaler_equals_the_plain_step(tiny_backb
     assert torch.allclose(ctx["plain"], ctx["scaled"], rtol=0, atol=1e-7)
     assert not torch.equal(ctx["plain"], build_method("coop", tiny_backbone, ["cat", "dog", "bird"],
                                                       {"n_ctx": 2, "ctx_init": ""}).prompt_learner.ctx)
+
+
+def test_base_classes_by_name_and_results_record_names_and_model(tiny_backbone, fmnist_small, tmp_path):
+    """data.base_classes picks the base classes; results.json's info names them, the groups and the model."""
+    base = ["trouser", "coat", "bag"]
+    cfg = RunConfig.from_dict(dict(model="ViT-B-16", method="zeroshot", shots=2, protocol="base2new",
+                                   cache_dir=str(tmp_path / "c"), data={"base_classes": base}))
+    Experiment(cfg, backbone=tiny_backbone, dataset=fmnist_small).run(tmp_path / "zs")
+    res = json.loads((tmp_path / "zs" / "results.json").read_text())
+    info = res["info"]
+    assert info["classes"]["base"] == base and len(info["classes"]["new"]) == 7 and "coat" not in info["classes"]["new"]
+    assert info["model"]["name"] == tiny_backbone.name and info["model"]["requested"] == "ViT-B-16"
+    assert info["sizes"]

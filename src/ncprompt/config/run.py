@@ -60,6 +60,8 @@ class DataSection(ConfigModel):
         "all", description="all: train and test on all classes; base2new: train on base, test base and new")
     shots: int | None = Field(16, ge=0, description="training images per class (0: all); n_max under imbalance")
     imbalance: float | None = Field(None, gt=0, le=1, description="exponential class-imbalance ratio tau in (0, 1]")
+    base_classes: list[str] | None = Field(None, description="base2new: the base classes by name (the rest are "
+                                                         "new); default CoOp's first half of the labels")
     max_test_per_class: int | None = Field(None, ge=1, description="cap test images per class (faster evaluation)")
     targets: list[str] = Field(default_factory=list, description='datasets evaluated after training: "name" or '
                                '"name=ROOT" (cross-dataset / domain shift)')

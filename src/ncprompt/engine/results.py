@@ -71,6 +71,8 @@ class RunResult:
     targets: dict[str, SplitResult] = field(default_factory=dict)
     final_train_loss: float | None = None
     fingerprint: str | None = None
+    #: model/weights that ran, class names of base/new and head/middle/tail, split sizes (engine.run_info)
+    info: dict[str, Any] | None = None
 
     @property
     def label(self) -> str:

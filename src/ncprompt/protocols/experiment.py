@@ -25,11 +25,13 @@ from ncprompt.collapse.regularizers import NPTRegularizer
 from ncprompt.config import ConfigError, RunConfig, load_yaml
 from ncprompt.data import DataError, DatasetSplits, LabeledImages, get_dataset
 from ncprompt.data.cache import FeatureCache
-from ncprompt.data.sampling import base_new_split, class_groups, restrict_classes, sample_train
+from ncprompt.data.class_split import choose_base_classes
+from ncprompt.data.sampling import class_groups, restrict_classes, sample_train
 from ncprompt.engine import distributed
 from ncprompt.engine.evaluation import EvalSet, class_means, evaluate, evaluate_features, nc_diagnostics, predict
 from ncprompt.engine.results import RunResult, SplitResult, write_results
 from ncprompt.engine.run_folder import RunFolder, RunFolderError
+from ncprompt.engine.run_info import run_info
 from ncprompt.engine.trainer import train
 from ncprompt.methods import build_method
 from ncprompt.methods.base import MethodContext, PromptMethod
@@ -79,8 +81,9 @@ class Experiment:
         self.dataset = dataset
         #: under torchrun the ranks share the encoding of missing cache shards (rank 0 writes)
         self.cache = distributed.attach_cache(FeatureCache(run.cache_dir, enabled=run.use_cache))
+        self.base_new = None
         if data.protocol == "base2new":
-            base, new = base_new_split(dataset.num_classes)
+            base, new = self.base_new = choose_base_classes(dataset.classnames, data.base_classes)
             self.train_ds = restrict_classes(dataset, base, "base")
             self.eval_sets_ds = {"base": self.train_ds, "new": restrict_classes(dataset, new, "new")}
         else:
@@ -219,7 +222,16 @@ class Experiment:
             method=cfg.method.name, npt=cfg.npt.enabled, dataset=self.dataset.name, model=cfg.run.model,
             pretrained=self.backbone.weights_id, protocol=cfg.data.protocol, seed=cfg.seed, shots=cfg.data.shots,
             imbalance=cfg.data.imbalance, train_counts=self.counts.tolist(), splits=splits, train=train_split,
-            targets=targets, fingerprint=cfg.fingerprint())
+            targets=targets, fingerprint=cfg.fingerprint(), info=self.info())
+
+    def info(self) -> dict[str, Any]:
+        """results.json's ``info``: the model and weights that ran, class names of every split and group, sizes."""
+        base, new = self.base_new if self.base_new is not None else (None, None)
+        return run_info(self.backbone, self.dataset.classnames, requested_model=self.cfg.run.model, base=base,
+                        new=new, counts=self.counts, groups=self.groups, train_n=len(self.train_images),
+                        test_sizes={k: len(v.images) for k, v in self.eval_sets().items()},
+                        target_sizes={k: len(v.images) for k, v in self.target_sets().items()},
+                        dataset_name=self.dataset.name, dataset_kind=self.cfg.data.dataset, root=self.cfg.data.root)
 
     def write(self, run_dir: Path, method: PromptMethod, initial_text: torch.Tensor, result: RunResult) -> None:
         """prompt.safetensors, text_features.safetensors, image_means.safetensors and results.json (last)."""
