@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ncprompt.data.base import DataError
+from ncprompt.utils import atomic_write
 
 REPO = Path(__file__).resolve().parents[3]
 EMOJI_DIR = Path(os.environ.get("NCPROMPT_EMOJI_DIR", REPO / ".data" / "emoji"))
@@ -205,13 +206,14 @@ def build_cache(root: Path = EMOJI_DIR, verbose: bool = True) -> Path:
         if verbose and (i + 1) % 200 == 0:
             print(f"[emoji] rendered {i + 1}/{len(concepts)} concepts", flush=True)
     out = cache_path(root)
-    tmp = out.with_name(out.name + ".tmp.npy")
-    np.save(tmp, arr)
-    os.replace(tmp, out)
+    def write_npy(tmp: Path) -> None:
+        with tmp.open("wb") as f:  # a file object: np.save adds no .npy suffix
+            np.save(f, arr)
+
+    atomic_write(out, write_npy)
     meta = [c.__dict__ for c in concepts]
-    jtmp = root / "concepts.json.tmp"
-    jtmp.write_text(json.dumps({"version": CACHE_VERSION, "artists": ARTISTS, "concepts": meta}))
-    os.replace(jtmp, root / f"concepts-v{CACHE_VERSION}.json")
+    text = json.dumps({"version": CACHE_VERSION, "artists": ARTISTS, "concepts": meta})
+    atomic_write(root / f"concepts-v{CACHE_VERSION}.json", lambda tmp: tmp.write_text(text))
     return out
 
 

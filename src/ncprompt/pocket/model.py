@@ -72,15 +72,8 @@ def create_pocket(pretrained: bool = True, device: str | torch.device = "cpu", w
 
 
 def save_state_dict_fp16(model: torch.nn.Module, path: str | Path) -> None:
-    """Save ``model.state_dict()`` as fp16 safetensors, atomically (tmp file then ``os.replace``)."""
-    import os
+    """Save ``model.state_dict()`` as fp16 safetensors, atomically (``utils.save_safetensors``)."""
+    from ncprompt.utils import save_safetensors
 
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(sd, str(tmp), metadata={"format": "pt", "model": POCKET_NAME})
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    save_safetensors(path, sd, metadata={"format": "pt", "model": POCKET_NAME})

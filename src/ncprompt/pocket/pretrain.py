@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -42,6 +41,7 @@ from ncprompt.pocket.model import (
     save_state_dict_fp16,
 )
 from ncprompt.pocket.world import PretrainWorld
+from ncprompt.utils import atomic_write, cosine_decay
 
 DEFAULT_STEPS = 3400
 DEFAULT_BATCH = 256
@@ -80,8 +80,7 @@ def multi_positive_clip_loss(
 def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
     if step < warmup:
         return lr * (step + 1) / warmup
-    p = (step - warmup) / max(1, steps - warmup)
-    return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
+    return cosine_decay(lr, step - warmup, max(1, steps - warmup))
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -287,9 +286,8 @@ def _register_config(model_config: Path | str | None) -> str:
 
 def _write_open_clip_config(path: Path, model_cfg: dict) -> None:
     """An open_clip ``local-dir:`` config (model config + the pocket preprocessing)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": POCKET_PREPROCESS}, indent=4) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps({"model_cfg": model_cfg, "preprocess_cfg": POCKET_PREPROCESS}, indent=4) + "\n"
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def _save_checkpoint(path: Path, model, opt, world, step: int, loss_avg, recipe: dict) -> None:
@@ -303,9 +301,7 @@ def _save_checkpoint(path: Path, model, opt, world, step: int, loss_avg, recipe:
         "loss_avg": loss_avg,
         "recipe": recipe,
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def export_checkpoint(run_dir: Path | str, dest: Path | str) -> Path:
