@@ -261,7 +261,7 @@ def test_torchrun_command_and_grid_devices(monkeypatch):
         distributed.claim_device(*kw["initargs"])
         seen.append(os.environ["CUDA_VISIBLE_DEVICES"])
     assert seen == ["3", "5", "3"] and calls == ["init"] * 3
-    assert distributed.train_mode(True) == "single"  # no process group
+    assert distributed.train_mode("main") == "single"  # no process group
 
 
 if __name__ == "__main__":

@@ -317,22 +317,17 @@ def reduce_nc(acc: T) -> T:
 
 
 # --- training ---------------------------------------------------------------------------------
-def train_mode(frozen_image_encoder: bool, requested: str | None = None) -> str:
+def train_mode(auto: str, requested: str | None = None) -> str:
     """How a method trains now: "single" (one process), "ddp" (every rank takes a slice of each
     batch) or "main" (rank 0 trains alone, the others receive the result).
 
-    ``auto`` (default; or $NCPROMPT_DDP) picks "main" for methods on cached features, whose step is
-    the text encoder over all K prompts, which every DDP rank would repeat in full (no speed-up,
-    only all-reduce traffic and contention for the same cores), and "ddp" for methods that encode
-    images live (MaPLe), whose step divides over the ranks."""
+    ``auto`` (default; or $NCPROMPT_DDP) takes the method's own choice (``PromptMethod.ddp_auto``)."""
     if world_size() == 1:
         return "single"
     mode = requested or os.environ.get(MODE_ENV, "auto")
     if mode not in ("auto", "ddp", "main"):
         raise DistributedError(f"{MODE_ENV}={mode!r}: use auto, ddp or main")
-    if mode == "auto":
-        return "main" if frozen_image_encoder else "ddp"
-    return mode
+    return auto if mode == "auto" else mode
 
 
 def wrap_ddp(module: nn.Module) -> nn.Module:

@@ -176,7 +176,7 @@ def train(
         stop_after: stop after this many epochs of this call (to simulate an interruption).
         ddp: under torchrun, "ddp" | "main" | "auto" (default; see :func:`distributed.train_mode`).
     """
-    mode = distributed.train_mode(method.image_input == "cached", ddp)
+    mode = distributed.train_mode(method.ddp_auto, ddp)
     if mode == "main":  # rank 0 trains alone; every rank gets its prompts, buffers and log
         return distributed.run_on_main(lambda: train(method, source, labels, cfg, run_dir, regularizer, on_epoch_end,
                                                      resume, stop_after), [method, regularizer])

@@ -132,6 +132,13 @@ class PromptMethod(nn.Module):
         """Training-image features that do not change while training (NPT's fixed class means), or None."""
         return self.image_features(images, cache, desc="train") if self.image_input == "cached" else None
 
+    @property
+    def ddp_auto(self) -> Literal["main", "ddp"]:
+        """How this method trains under torchrun by default: "main" (rank 0 alone) for a step on cached
+        features, which is the text encoder over all K prompts that every DDP rank would repeat in full;
+        "ddp" (each rank a slice of the batch) for a step that encodes images live and divides over ranks."""
+        return "main" if self.image_input == "cached" else "ddp"
+
     def backward_step(self, parts: dict[str, torch.Tensor], loss: torch.Tensor) -> None:
         """Back-propagate one step: dL/dtheta of ``loss`` = the sum of the summed ``parts`` (ProGrad overrides
         it to project the CE gradient off the zero-shot direction)."""
