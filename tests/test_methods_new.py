@@ -214,6 +214,7 @@ def test_prograd_without_conflict_is_coops_step(tiny_backbone, conflict):
     g_kl = torch.autograd.grad(parts["kl"], ctx)[0]
     dot = float((g_ce * g_kl).sum())
     assert (dot < 0) == conflict
+    pg._awaiting_backward = False  # the forward above only inspected the gradients: it was no training step
     _prograd_step(pg, feats, labels)
     _prograd_step(coop, feats, labels)
     same = torch.allclose(pg.prompt_learner.ctx, coop.prompt_learner.ctx, atol=1e-7)

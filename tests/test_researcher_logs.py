@@ -29,9 +29,11 @@ from ncprompt.engine.trainer import (
 ASSETS = Path(__file__).parent / "assets"
 
 SCRIPT = textwrap.dedent(f"""
-    import sys
+    import signal, sys
     from pathlib import Path
     import open_clip, torch
+    # a shell's background job (`cmd &`) starts with SIGINT ignored; this test is about Ctrl-C's handling
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     open_clip.add_model_config({str(ASSETS / "tiny-clip.json")!r})
     torch.set_num_threads(1)
     from ncprompt.backbones import load_backbone
