@@ -19,13 +19,7 @@ NAMES = ["coat", "sandal", "bag", "shirt"]
 TEMPLATES = ["a photo of a {}."]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is ~30x faster than two on a loaded 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _build(name, backbone, **opts):

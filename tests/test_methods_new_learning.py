@@ -16,13 +16,7 @@ NAMES = ["coat", "sandal", "bag", "shirt"]
 K = len(NAMES)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is ~30x faster than two on a loaded 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _features(backbone, n_per_class=8, seed=0):
