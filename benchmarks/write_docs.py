@@ -1,9 +1,11 @@
-"""Writes docs/benchmarks.md from benchmarks/doc_template.md and the JSON in benchmarks/results/.
+"""Rewrites the CoOp-step and NPT-cost sections of docs/benchmarks.md from the JSON in benchmarks/results/.
 
 Run both benchmarks first (coop_step.json, npt_cost.json), then:
 
     .venv/bin/python benchmarks/write_docs.py
 
+Only the sections between this script's markers (``<!-- write_docs:NAME:begin -->`` ... ``:end -->``, NAME in
+``SECTIONS``) are rewritten; the rest of the page (hand-written text, other scripts' sections) stays byte for byte.
 Sections whose results file is missing say so, so the page is never filled with stale or invented numbers.
 """
 
@@ -13,11 +15,15 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from doc_sections import SectionError, write_sections  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 DOC = ROOT / "docs" / "benchmarks.md"
-
-TEMPLATE = (Path(__file__).resolve().parent / "doc_template.md").read_text()
+#: the sections this script owns, in page order
+SECTIONS = ("write_docs:status", "write_docs:machine", "write_docs:coop", "write_docs:npt")
 
 PRELIMINARY = """## Status: final numbers still to be taken
 
@@ -73,28 +79,45 @@ def npt_findings(npt: dict) -> str:
         f"{100 * v['reg_alone_share']:.2f}% of a {fmt(base)} step." for name, v in npt["variants"].items())
 
 
-def main() -> None:
-    out = TEMPLATE
-    coop_path, npt_path = RESULTS / "coop_step.json", RESULTS / "npt_cost.json"
+MACHINE = ("* 2 logical CPUs, {cpu} (the model name as `/proc/cpuinfo` gives it: a virtualised Xeon with AVX-512 "
+           """and AMX),
+  24 GiB RAM, no GPU.
+* Python {python}, torch {torch} (CPU, MKL + oneDNN), open_clip {open_clip}; `torch.set_num_threads(2)`.
+* ViT-B-16 with **random weights** (`load_backbone("ViT-B-16", device="cpu")`). Timings do not depend on the
+  weights, fp32.
+* Idle check: each script records whether the project's pretraining job (`pgrep -f ncprompt.pocket.pretrain`) was
+  running at its start and end, and how much CPU time other processes took during the run (`/proc/stat` busy
+  time minus the benchmark's own CPU time). `--wait-idle S` waits up to S seconds for an idle machine first, and
+  stops if the pretraining job is still running.
+  * `bench_coop_step.py`: {coop_idle}.
+  * `bench_npt_cost.py`: {npt_idle}.""")
+
+
+def sections(results: Path) -> dict[str, str]:
+    """Section name -> generated Markdown, from ``results``/coop_step.json and npt_cost.json (either may be missing)."""
+    coop_path, npt_path = results / "coop_step.json", results / "npt_cost.json"
     coop = json.loads(coop_path.read_text()) if coop_path.is_file() else None
     npt = json.loads(npt_path.read_text()) if npt_path.is_file() else None
     m = (coop or npt or {}).get("machine")
     if m is None:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from _common import machine_info
+        from _common import machine_info  # imports torch: only when no results file describes the machine
 
         m = machine_info(2)
-    out = (out.replace("{{CPU}}", m["cpu"]).replace("{{TORCH}}", m["torch"]).replace("{{OPENCLIP}}", m["open_clip"])
-           .replace("{{PY}}", m["python"]))
-    out = out.replace("{{STATUS}}", "" if coop and npt else PRELIMINARY)
-    out = out.replace("{{COOP_IDLE}}", idle_line(coop["machine"]) if coop else "not run yet")
-    out = out.replace("{{NPT_IDLE}}", idle_line(npt["machine"]) if npt else "not run yet")
-    out = out.replace("{{COOP_TABLES}}", coop["markdown"] if coop else PENDING)
-    out = out.replace("{{FINDINGS_COOP}}", coop_findings(coop) if coop else "")
-    out = out.replace("{{NPT_TABLES}}", npt["markdown"] if npt else PENDING)
-    out = out.replace("{{FINDINGS_NPT}}", npt_findings(npt) if npt else "")
-    DOC.write_text(out.rstrip() + "\n")
-    print(f"written {DOC}")
+    machine = MACHINE.format(cpu=m["cpu"], python=m["python"], torch=m["torch"], open_clip=m["open_clip"],
+                             coop_idle=idle_line(coop["machine"]) if coop else "not run yet",
+                             npt_idle=idle_line(npt["machine"]) if npt else "not run yet")
+    coop_md = coop["markdown"] + "\n\n" + coop_findings(coop) if coop else PENDING
+    npt_md = npt["markdown"] + "\n\n" + npt_findings(npt) if npt else PENDING
+    bodies = ("" if coop and npt else PRELIMINARY, machine, coop_md, npt_md)
+    return dict(zip(SECTIONS, bodies, strict=True))
+
+
+def main(doc: Path = DOC, results: Path = RESULTS) -> None:
+    try:
+        write_sections(doc, sections(results))
+    except SectionError as e:
+        raise SystemExit(f"write_docs: {doc}: {e}") from None
+    print(f"written {doc} (sections {', '.join(SECTIONS)})")
 
 
 if __name__ == "__main__":
