@@ -19,16 +19,18 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
              "SGD lr 0.002, batch 32, 200 epochs, 1 warm-up epoch at 1e-5",
              {"method": {"name": "coop", "n_ctx": 16, "ctx_init": ""}, "data": {"protocol": "all", "shots": 16},
               "train": {"epochs": 200, "batch_size": 32, "lr": 0.002, "warmup_epochs": 1, "warmup_lr": 1e-5}}),
-    "coop_b2n": ("CoOp on base-to-new, 16 shots, 4 context tokens from 'a photo of a', SGD lr 0.002, batch 32",
+    "coop_b2n": ("CoOp on base-to-new as in CoCoOp's base2new_train.sh (vit_b16_ctxv1): 16 shots, 4 context "
+                 "tokens from 'a photo of a', SGD lr 0.002, batch 32, 200 epochs",
                  {"method": {"name": "coop", "n_ctx": 4, "ctx_init": "a photo of a"}, "data": _B2N_16,
-                  "train": {"batch_size": 32, "lr": 0.002}}),
+                  "train": {"epochs": 200, "batch_size": 32, "lr": 0.002}}),
     "cocoop_b2n": ("CoCoOp base-to-new as published (vit_b16_c4_ep10_batch1_ctxv1): 4 tokens from 'a photo of a', "
                    "10 epochs, batch 1, lr 0.002",
                    {"method": {"name": "cocoop", "n_ctx": 4, "ctx_init": "a photo of a"}, "data": _B2N_16,
                     "train": {"epochs": 10, "batch_size": 1, "lr": 0.002}}),
-    "kgcoop_b2n": ("KgCoOp on base-to-new: 4 tokens from 'a photo of a', w = 8.0, 16 shots",
+    "kgcoop_b2n": ("KgCoOp base-to-new as published (vit_b16_ep100_ctxv1): 4 tokens from 'a photo of a', w = 8.0, "
+                   "16 shots, 100 epochs, batch 128, lr 0.002",
                    {"method": {"name": "kgcoop", "n_ctx": 4, "ctx_init": "a photo of a", "kg_weight": 8.0},
-                    "data": _B2N_16}),
+                    "data": _B2N_16, "train": {"epochs": 100, "batch_size": 128, "lr": 0.002}}),
     "maple_b2n": ("MaPLe base-to-new as published (vit_b16_c2_ep5_batch4_2ctx): 2 tokens, depth 9, 5 epochs, "
                   "batch 4, lr 0.0035",
                   {"method": {"name": "maple", "n_ctx": 2, "depth": 9}, "data": _B2N_16,
@@ -51,10 +53,11 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
                       {"method": {"name": "promptsrc", "text_loss_weight": 25.0, "image_loss_weight": 10.0,
                                   "gpa_mean": 15.0, "gpa_std": 1.0},
                        "data": _B2N_16, "train": {"epochs": 20, "batch_size": 4, "lr": 0.0025}}),
-    "prograd_b2n": ("ProGrad base-to-new as published (rn50_ep100 recipe): 16 tokens from the template, lambda 1, "
-                    "T 1, 100 epochs, batch 32, lr 0.002",
+    "prograd_b2n": ("ProGrad base-to-new as published (base2new_train_prograd.sh, rn50_ep100): 4 shots, 16 tokens "
+                    "from the template, lambda 1, T 1, 100 epochs, batch 32, lr 0.002",
                     {"method": {"name": "prograd", "n_ctx": 16, "prograd_lambda": 1.0, "temperature": 1.0},
-                     "data": _B2N_16, "train": {"epochs": 100, "batch_size": 32, "lr": 0.002}}),
+                     "data": {"protocol": "base2new", "shots": 4},
+                     "train": {"epochs": 100, "batch_size": 32, "lr": 0.002}}),
     "tcp_b2n": ("TCP base-to-new as published (vit_b16_ep100_ctxv1): 4 random tokens, class tokens at text block 8, "
                 "w 8.0, 50 epochs, batch 32, lr 0.002 (published Adam with L2; here AdamW)",
                 {"method": {"name": "tcp", "n_ctx": 4, "kg_weight": 8.0, "class_layer": 8},
