@@ -1,21 +1,5 @@
-"""Evaluation metrics."""
+"""Evaluation metrics; the package re-exports the neural-collapse names (the ``__all__`` of
+:mod:`ncprompt.metrics.neural_collapse`, listed once there)."""
 
-from ncprompt.metrics.neural_collapse import (
-    NCAccumulator,
-    centre_rows,
-    equiangularity,
-    equinorm,
-    etf_angle_deviation,
-    pairwise_cosines,
-    self_duality,
-)
-
-__all__ = [
-    "NCAccumulator",
-    "centre_rows",
-    "equiangularity",
-    "equinorm",
-    "etf_angle_deviation",
-    "pairwise_cosines",
-    "self_duality",
-]
+from ncprompt.metrics.neural_collapse import *  # noqa: F403
+from ncprompt.metrics.neural_collapse import __all__ as __all__
