@@ -27,9 +27,14 @@ def test_analyze_and_report(tiny_backbone, fmnist_small, tmp_path, capsys):
     assert main(["analyze", str(one)]) == 0
     rep = json.loads((one / "analysis.json").read_text())
     assert set(rep["accuracy"]) == {"base", "new", "hm"}
-    for p in ("nc_over_epochs.png", "text_cosine_before_after.png", "geometry.png"):
+    for p in ("training.png", "text_cosine_before_after.png", "geometry.png"):
         assert (one / "plots" / p).stat().st_size > 1000
     assert "nc3_self_duality" in (one / "analysis.md").read_text()
+    # the heatmap and geometry show the new classes too (base-to-new): their text and test means were saved
+    from safetensors.torch import load_file
+
+    tf, im = load_file(str(one / "text_features.safetensors")), load_file(str(one / "image_means.safetensors"))
+    assert tf["final_new"].shape[0] == im["test_means_new"].shape[0] == 5  # 10 classes: 5 base, 5 new
 
     out = tmp_path / "report"
     assert main(["report", str(runs), "--output", str(out)]) == 0
@@ -44,5 +49,5 @@ def test_analyze_and_report(tiny_backbone, fmnist_small, tmp_path, capsys):
         assert np.isclose(e["pearson"], pearsonr(x, y)[0]) and np.isclose(e["spearman"], spearmanr(x, y)[0])
     with open(out / "correlations.csv") as f:
         assert len(list(csv.DictReader(f))) == len(table)
-    assert (out / "correlations.png").stat().st_size > 1000
+    assert (out / "correlations_tiny-clip_hm.png").stat().st_size > 1000
     assert "Pearson" in (out / "correlations.md").read_text()

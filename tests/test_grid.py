@@ -68,7 +68,7 @@ def test_example_configs_are_valid():
     for f in root.glob("*.yaml"):  # grid bases: per_method options are validated per cell
         base = load_yaml(f)
         options = per_method_options(base)
-        jobs = grid_jobs(base, ["pocket_garments"], [MethodSpec.parse("coop+npt", options)], [1],
+        jobs = grid_jobs(base, ["emoji_food"], [MethodSpec.parse("coop+npt", options)], [1],
                          Path("/nonexistent-grid"))
         assert jobs[0]["config"]["method"]["name"] == "coop"
 
@@ -90,3 +90,11 @@ def test_grid_rerun_with_other_settings_is_refused_before_running(grid_base, tmp
         run_grid(other, ["folder"], [MethodSpec.parse("coop")], [1], tmp_path / "g")
     assert not (tmp_path / "g" / "grid.log").exists()  # refused before anything ran
     assert len(grid_jobs(other, ["folder"], [MethodSpec.parse("coop")], [1], tmp_path / "g", resume=False)) == 1
+
+
+def test_grid_refuses_an_unknown_dataset_before_running(grid_base, tmp_path):
+    from ncprompt.data import DataError
+
+    with pytest.raises(DataError, match="unknown dataset 'pocket_garments'.*=ROOT"):
+        grid_jobs(grid_base, ["folder", "pocket_garments"], [MethodSpec.parse("coop")], [1], tmp_path / "g")
+    assert not (tmp_path / "g").exists()

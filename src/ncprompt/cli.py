@@ -36,7 +36,7 @@ from ncprompt.config.base import parse_assignment, set_dotted
 
 SECTIONS: dict[str, type] = {"run": RunSection, "data": DataSection, "train": TrainConfig, "npt": NPTConfig}
 #: flag names that differ from the field name (field -> flag); aliases kept from earlier versions
-RENAMES = {("npt", "enabled"): "npt", ("run", "use_cache"): "no-cache"}
+RENAMES = {("npt", "enabled"): "npt", ("run", "use_cache"): "no-cache", ("data", "workers"): "data-workers"}
 ALIASES = {("method", "class_specific"): ["--csc"], ("npt", "centered"): ["--uncentered"]}
 #: keys only reachable with --set (mappings)
 SET_ONLY = {("data", "options")}
@@ -309,24 +309,27 @@ def cmd_eval(a: argparse.Namespace) -> int:
     cfg, prompt = load_run(a.run_dir)
     over: dict[str, Any] = {"run": {"output": None}}
     for key, section in (("dataset", "data"), ("root", "data"), ("protocol", "data"), ("max_test_per_class", "data"),
-                         ("targets", "data"), ("device", "run")):
+                         ("targets", "data"), ("workers", "data"), ("device", "run")):
         if getattr(a, key, None) is not None:
             over = set_dotted(over, [section, key], getattr(a, key))
     for text in a.set:
         path, value = parse_assignment(text)
         over = set_dotted(over, path, value)
     new = RunConfig.from_dict(merge_layers(cfg.to_dict(), over))
-    exp = Experiment(new)
-    method = exp.build()
-    if prompt is not None:
-        method.load_prompt_state(prompt)
-    same_training = all(getattr(new.data, k) == getattr(cfg.data, k)
-                        for k in ("dataset", "root", "protocol", "shots", "imbalance"))
-    means = load_train_means(a.run_dir) if same_training else None  # NC4 as training computed it
-    res = exp.evaluate_all(method, trained=False, train_means=means)
-    print(res.summary_line())
-    if a.json:
-        write_results(a.json, res)
+    with _ranks(new.run.device):  # under torchrun: features and NC sums sharded over the ranks, rank 0 writes
+        from ncprompt.engine.distributed import is_main
+
+        exp = Experiment(new)
+        method = exp.build()
+        if prompt is not None:
+            method.load_prompt_state(prompt)
+        same_training = all(getattr(new.data, k) == getattr(cfg.data, k)
+                            for k in ("dataset", "root", "protocol", "shots", "imbalance"))
+        means = load_train_means(a.run_dir) if same_training else None  # NC4 as training computed it
+        res = exp.evaluate_all(method, trained=False, train_means=means)
+        print(res.summary_line())
+        if a.json and is_main():
+            write_results(a.json, res)
     return 0
 
 
@@ -373,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     rflags = run_flags()
     taken = {n.removeprefix("--") for f in rflags for n in f.names}
     s = sub.add_parser("zeroshot", help="evaluate zero-shot CLIP", epilog=EPILOG)
+    add_nproc_flag(s)
     add_layer_flags(s, presets=False)
     add_config_flags(s, [f for f in rflags if f.section in ("run", "data")], "run and data")
     add_config_flags(s, method_flags(["zeroshot"], taken), "zero-shot")
@@ -384,8 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"prompt method: {', '.join(sorted(METHOD_CONFIGS))} [method.name; default 'coop']")
     s.add_argument("--no-resume", action="store_true",
                    help="start over: clear the run folder's earlier run (even one with other settings)")
-    s.add_argument("--nproc", type=int, metavar="N",
-                   help="run on N processes: re-executes this command under torchrun (docs/distributed.md)")
+    add_nproc_flag(s)
     for title, section in (("run", "run"), ("data", "data"), ("training", "train"), ("NPT regularisers", "npt")):
         add_config_flags(s, [f for f in rflags if f.section == section], title)
     add_config_flags(s, method_flags(None, taken), "method options (each applies to the methods named)")
@@ -399,8 +402,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-test-per-class", help="[data.max_test_per_class]")
     s.add_argument("--targets", nargs="+", help="also evaluate these datasets [data.targets]")
     s.add_argument("--device", help="[run.device]")
+    s.add_argument("--data-workers", dest="workers", type=int, metavar="N",
+                   help="DataLoader worker processes decoding images [data.workers]")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", default=[], help="override any config key")
     s.add_argument("--json", help="also write the results to this JSON file")
+    add_nproc_flag(s)
     s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("demo", help="the main job: zero-shot, CoOp, CoOp+NPT on the pocket suite (base-to-new)")
@@ -435,9 +441,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_tables)
     s = sub.add_parser("report", help="correlation of NC metrics with base/new/HM accuracy across runs")
     s.add_argument("dirs", nargs="+", help="run folders or folders holding them")
-    s.add_argument("--output", default="report", help="folder for runs.csv, correlations.{csv,md,png}")
+    s.add_argument("--output", default="report",
+                   help="folder for runs.csv, correlations.{csv,md}, correlations_MODEL_ACCURACY.png")
     s.set_defaults(func=lambda a: _call("ncprompt.analysis.cli", "cmd_report", a))
     return p
+
+
+def _nproc(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"a number of processes >= 1 is needed, got {text!r}")
+    return int(text)
+
+
+def add_nproc_flag(p: argparse.ArgumentParser) -> None:
+    """``--nproc N`` on a command that is one run (grids place one run per process/device instead: --workers)."""
+    p.add_argument("--nproc", type=_nproc, metavar="N",
+                   help="run on N processes: re-executes this command under torchrun (docs/distributed.md)")
 
 
 def _call(module: str, name: str, a: argparse.Namespace) -> int:

@@ -25,7 +25,7 @@ def cmd_report(a: argparse.Namespace) -> int:
         raise FileNotFoundError(f"no results.json found under {a.dirs}; pass run folders of `ncprompt train`")
     out = write_report(rows, a.output)
     print((Path(a.output) / "correlations.md").read_text())
-    print(f"{out['runs']} runs; tables and plot in {a.output}")
+    print(f"{out['runs']} runs; tables and {len(out['plots'])} figures (one per model and accuracy) in {a.output}")
     return 0
 
 
@@ -35,5 +35,6 @@ def add_commands(sub: Any) -> None:
     s.set_defaults(func=cmd_analyze)
     s = sub.add_parser("report", help="correlation of NC metrics with base/new/HM accuracy across runs")
     s.add_argument("dirs", nargs="+", help="run folders or folders holding them")
-    s.add_argument("--output", default="report", help="folder for runs.csv, correlations.{csv,md,png}")
+    s.add_argument("--output", default="report",
+                   help="folder for runs.csv, correlations.{csv,md}, correlations_MODEL_ACCURACY.png")
     s.set_defaults(func=cmd_report)

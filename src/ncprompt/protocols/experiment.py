@@ -34,7 +34,7 @@ from ncprompt.engine.run_folder import RunFolder, RunFolderError
 from ncprompt.engine.run_info import run_info
 from ncprompt.engine.trainer import train
 from ncprompt.methods import build_method
-from ncprompt.methods.base import MethodContext, PromptMethod
+from ncprompt.methods.base import MethodConfigError, MethodContext, PromptMethod
 from ncprompt.methods.zeroshot import zero_shot_classifier
 from ncprompt.metrics.neural_collapse import NCAccumulator
 from ncprompt.utils import atomic_write, seed_everything
@@ -75,12 +75,15 @@ class Experiment:
         if backbone is None:
             check_device(run.device)
             backbone = load_backbone(run.model, run.pretrained, run.device, run.precision)
+        if (cfg.train.crop_min, cfg.train.flip) != (0.08, True):  # else the backbone's own (CoOp's) training views
+            backbone = backbone.with_augmentation(cfg.train.crop_min, cfg.train.flip)
         self.backbone = backbone
         if dataset is None:
             dataset = get_dataset(data.dataset, data.root, **{"seed": 0, **data.options})
         self.dataset = dataset
         #: under torchrun the ranks share the encoding of missing cache shards (rank 0 writes)
-        self.cache = distributed.attach_cache(FeatureCache(run.cache_dir, enabled=run.use_cache))
+        self.cache = distributed.attach_cache(FeatureCache(run.cache_dir, enabled=run.use_cache,
+                                                                  workers=data.workers))
         self.base_new = None
         if data.protocol == "base2new":
             base, new = self.base_new = choose_base_classes(dataset.classnames, data.base_classes)
@@ -170,6 +173,7 @@ class Experiment:
         method = self.build()
         labels = torch.as_tensor(self.train_images.labels)
         initial_text = method.text_features().detach().cpu()
+        initial_new = self.new_class_text(method)  # before training: the hand-written prompt on the new classes
         source = method.training_source(self.train_images, cfg.train.views, cfg.seed, self.cache)
         log: list[dict[str, Any]] = []
         if source is not None:
@@ -194,7 +198,7 @@ class Experiment:
         result.final_train_loss = log[-1]["loss"] if log else None
         result.seconds = round(time.perf_counter() - t0, 2)
         if run_dir is not None and distributed.is_main():
-            self.write(run_dir, method, initial_text, result)
+            self.write(run_dir, method, initial_text, result, initial_new)
         return result
 
     def evaluate_all(self, method: PromptMethod, initial_text: torch.Tensor | None = None, trained: bool = True,
@@ -233,15 +237,56 @@ class Experiment:
                         target_sizes={k: len(v.images) for k, v in self.target_sets().items()},
                         dataset_name=self.dataset.name, dataset_kind=self.cfg.data.dataset, root=self.cfg.data.root)
 
-    def write(self, run_dir: Path, method: PromptMethod, initial_text: torch.Tensor, result: RunResult) -> None:
-        """prompt.safetensors, text_features.safetensors, image_means.safetensors and results.json (last)."""
+    def new_class_text(self, method: PromptMethod) -> torch.Tensor | None:
+        """Text features of the new classes (base-to-new) under ``method``'s current prompts; None without
+        new classes or when the method cannot score other classes (linear probe, class-specific context)."""
+        if "new" not in self.eval_sets_ds:
+            return None
+        try:
+            m = method.for_classnames(list(self.eval_sets_ds["new"].classnames))
+        except MethodConfigError:
+            return None
+        with torch.no_grad():
+            return m.text_features().detach().float().cpu().contiguous()
+
+    def new_class_means(self, method: PromptMethod) -> torch.Tensor | None:
+        """Class means of the new split's L2-normalised test features, in the new split's class order (None when
+        a new class has no test image)."""
+        ev = self.eval_sets().get("new")
+        if ev is None:
+            return None
+        try:
+            m = method.for_classnames(ev.classnames)
+        except MethodConfigError:
+            return None
+        with torch.no_grad():
+            feats = m.image_features(ev.images, self.cache, desc="test new (class means)")
+        labels, k = torch.as_tensor(ev.labels), len(ev.classnames)
+        counts = torch.bincount(labels, minlength=k)
+        if bool((counts == 0).any()):
+            return None
+        f = torch.nn.functional.normalize(feats.double(), dim=-1)
+        sums = torch.zeros(k, f.shape[1], dtype=torch.float64).index_add_(0, labels, f)
+        return (sums / counts[:, None]).float().contiguous()
+
+    def write(self, run_dir: Path, method: PromptMethod, initial_text: torch.Tensor, result: RunResult,
+              initial_new: torch.Tensor | None = None) -> None:
+        """prompt.safetensors, text_features.safetensors (``initial``/``final`` of the training classes, and
+        ``initial_new``/``final_new`` of the new classes under base-to-new), image_means.safetensors
+        (``train_means``, and ``test_means_new``: the new split's test class means) and results.json (last)."""
         state = {k: v.contiguous() for k, v in method.prompt_state().items()}
         if state:
             atomic_write(run_dir / "prompt.safetensors", lambda p: save_file(state, str(p)))
         text = {"initial": initial_text.clone(), "final": method.text_features().detach().cpu().clone()}
+        final_new = self.new_class_text(method) if initial_new is not None else None
+        if initial_new is not None and final_new is not None:
+            text.update(initial_new=initial_new.clone(), final_new=final_new)
         atomic_write(run_dir / "text_features.safetensors", lambda p: save_file(text, str(p)))
         if self.train_means is not None:
             means = {"train_means": self.train_means.float().contiguous()}
+            new_means = self.new_class_means(method) if final_new is not None else None
+            if new_means is not None:
+                means["test_means_new"] = new_means
             atomic_write(run_dir / "image_means.safetensors", lambda p: save_file(means, str(p)))
         write_results(run_dir / "results.json", result)
 

@@ -64,12 +64,16 @@ def run_one(job: dict[str, Any]) -> RunResult:
         if job.get("resume", True) and folder.finished(cfg):
             return read_results(folder.path)
         data = cfg.data
-        key = repr((data.dataset, data.root, sorted(data.options.items())))
+        key = repr((job["dataset"], data.dataset, data.root, sorted(data.options.items())))
         if key not in _DATASETS:
+            from dataclasses import replace
+
             from ncprompt.data import get_dataset
 
             _DATASETS.clear()  # keep one dataset in memory: the grid runs dataset by dataset
-            _DATASETS[key] = get_dataset(data.dataset, data.root, **{"seed": 0, **data.options})
+            # the grid's name for it (NAME of NAME=ROOT) is the one results.json and the tables show
+            _DATASETS[key] = replace(get_dataset(data.dataset, data.root, **{"seed": 0, **data.options}),
+                                     name=job["dataset"])
         with quiet():  # a run's epochs go to its train.log; the grid shows one line per run
             res = Experiment(cfg, dataset=_DATASETS[key]).run(resume=job.get("resume", True), folder=folder)
         assert isinstance(res, RunResult)
@@ -84,14 +88,19 @@ _DATASETS: dict[str, Any] = {}
 def grid_jobs(base: dict[str, Any], datasets: list[str], methods: list[MethodSpec], seeds: list[int],
               out_dir: Path, shots: list[int | None] | None = None, resume: bool = True) -> list[dict[str, Any]]:
     """One job per distinct (dataset, shots, method, seed) cell, each config validated and its run
-    folder checked (read only) before any job runs."""
+    folder checked (read only) before any job runs. A dataset is ``NAME`` (registered) or ``NAME=ROOT``
+    (its own root; an unregistered NAME names an image folder or CSV file, :mod:`ncprompt.data.specs`)."""
+    from ncprompt.data.specs import parse_dataset_specs
+
     base = merge_layers(base)
+    specs = {s.label: s for s in parse_dataset_specs(list(dict.fromkeys(datasets)))}
     shot_list = list(dict.fromkeys(shots or [base.get("data", {}).get("shots", 16)]))
-    datasets, seeds = list(dict.fromkeys(datasets)), list(dict.fromkeys(seeds))
+    datasets, seeds = list(specs), list(dict.fromkeys(seeds))
     methods = list({m.label: m for m in reversed(methods)}.values())[::-1]  # first of each label
     jobs = []
     for ds, n, m, seed in ((d, n, m, s) for d in datasets for n in shot_list for m in methods for s in seeds):
-        cell = {"data": {"dataset": ds, "shots": n}, "method": {"name": m.method, **dict(m.options)},
+        data = {"dataset": specs[ds].dataset, "shots": n, **({"root": specs[ds].root} if specs[ds].root else {})}
+        cell = {"data": data, "method": {"name": m.method, **dict(m.options)},
                 "train": {"seed": seed}, "npt": {"enabled": m.npt}, "run": {"output": None}}
         merged = merge_layers(base, cell)
         sub = f"shots{n}/" if len(shot_list) > 1 else ""
@@ -179,6 +188,10 @@ def run_grid(base: dict[str, Any], datasets: list[str], methods: list[MethodSpec
         pool.shutdown()
     plog.close()
     write_tables(rows, out)
+    from ncprompt.analysis.tables import collect_rows, write_paper_tables
+
+    # the paper tables of this grid's cells (not of other runs left in the folder)
+    write_paper_tables(collect_rows([Path(job["run_dir"]) for job in jobs]), out / "tables")
     return rows
 
 
