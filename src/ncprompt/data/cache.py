@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,7 +32,7 @@ import torch
 from ncprompt.data.base import DataError, LabeledImages
 from ncprompt.data.cache_key import content_digest, encoder_description
 from ncprompt.data.feature_store import CacheWarning, FeatureStore, ShardedFile, shard_ranges, warn
-from ncprompt.data.views import ImageViews, augmented_view, image_batches, view_seed
+from ncprompt.data.views import BatchLoader, ImageViews, ViewItems, augmented_view, image_batches, view_seed
 from ncprompt.utils import progress
 
 __all__ = ["CacheWarning", "CachedFeatures", "FeatureCache", "FeatureSource", "FeatureStore", "ImageEncoder",
@@ -198,12 +198,18 @@ def encode_images(backbone: ImageEncoder, images: LabeledImages, views: int = 1,
 
 
 class FeatureSource:
-    """Image features of training views, looked up by (image index, view index)."""
+    """Image features (or pixels) of training views, looked up by (image index, view index)."""
 
     num_views: int
 
     def __call__(self, indices: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def batches(self, plan: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[torch.Tensor]:
+        """``self(indices, views)`` of each batch of ``plan`` (one epoch), in order; a source may prepare
+        them ahead (:class:`PixelViews`: DataLoader workers)."""
+        for indices, views in plan:
+            yield self(indices, views)
 
 
 class CachedFeatures(FeatureSource):
@@ -222,9 +228,9 @@ class CachedFeatures(FeatureSource):
 class LiveFeatures(FeatureSource):
     """Encodes each requested view on the fly, as the reference code bases do (for tests and benchmarks)."""
 
-    def __init__(self, backbone: ImageEncoder, images: LabeledImages, views: int, seed: int) -> None:
+    def __init__(self, backbone: ImageEncoder, images: LabeledImages, views: int, seed: int, workers: int = 0) -> None:
         self.backbone, self.num_views = backbone, views
-        self.pixels = PixelViews(backbone, images, views, seed)
+        self.pixels = PixelViews(backbone, images, views, seed, workers)
 
     @torch.no_grad()
     def __call__(self, indices: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
@@ -232,16 +238,23 @@ class LiveFeatures(FeatureSource):
 
 
 class PixelViews(FeatureSource):
-    """The augmented pixels of training views (same seeded views as the cache), for methods whose
-    image features depend on learned prompts and so cannot be cached."""
+    """The augmented pixels ``(B, C, H, W)`` of training views (the same seeded views as the cache), for
+    methods whose image features depend on learned prompts and so cannot be cached. Decoding and augmentation
+    run in ``workers`` DataLoader processes (0: this process) that prepare an epoch's batches ahead
+    (:meth:`batches`); view (i, v) is drawn under ``view_seed(seed, i, v)``, so the pixels are bitwise the
+    same for any number of workers."""
 
-    def __init__(self, backbone: ImageEncoder, images: LabeledImages, views: int, seed: int) -> None:
-        self.backbone, self.images, self.num_views, self.seed = backbone, images, views, seed
+    def __init__(self, backbone: ImageEncoder, images: LabeledImages, views: int, seed: int, workers: int = 0) -> None:
+        self.backbone, self.images, self.num_views, self.seed, self.workers = backbone, images, views, seed, workers
+        self.loader = BatchLoader(ViewItems(images, backbone.train_transform, seed), workers,
+                                  pin_memory=torch.device(backbone.device).type == "cuda")
 
     def __call__(self, indices: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
-        tf = self.backbone.train_transform
-        return torch.stack([augmented_view(tf, self.images.load(int(i)), self.seed, int(i), int(v))
-                            for i, v in zip(indices.tolist(), views.tolist())])
+        (pixels,) = self.batches([(indices, views)])
+        return pixels
+
+    def batches(self, plan: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[torch.Tensor]:
+        return self.loader([list(zip(i.tolist(), v.tolist(), strict=True)) for i, v in plan])
 
 
 #: ``rows(n, compute)`` returning compute(0, n); set by ncprompt.engine.distributed under torchrun to compute

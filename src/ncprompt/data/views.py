@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ncprompt.data.base import LabeledImages
 
@@ -56,12 +56,76 @@ class ImageViews(Dataset):
         return torch.stack([augmented_view(self.transform, img, self.seed, index, v) for v in range(self.views)])
 
 
-def image_batches(dataset: Dataset, batches: Sequence[Sequence[int]], num_workers: int = 0) -> Iterator[torch.Tensor]:
+class ViewItems(Dataset):
+    """Item ``(i, v)``: view v of image i, ``(C, H, W)``, under its own seed (the live training path)."""
+
+    def __init__(self, images: LabeledImages, transform: Transform, seed: int = 0) -> None:
+        self.images, self.transform, self.seed = images, transform, seed
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, item: tuple[int, int]) -> torch.Tensor:
+        i, v = item
+        return augmented_view(self.transform, self.images.load(i), self.seed, i, v)
+
+
+class _Plan(Sampler[Sequence[Any]]):
+    """A batch sampler whose batches are set before each pass (the plan of a persistent loader)."""
+
+    def __init__(self) -> None:
+        self.batches: list[Sequence[Any]] = []
+
+    def __iter__(self) -> Iterator[Sequence[Any]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def _loader(dataset: Dataset, batches: Sampler[Sequence[Any]] | Sequence[Sequence[Any]], num_workers: int,
+            persistent: bool = False, pin_memory: bool = False) -> DataLoader:
+    if num_workers < 0:
+        raise ValueError(f"data.workers must be >= 0, got {num_workers}; use 0 to load images in this process")
+    return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, pin_memory=pin_memory,
+                      generator=torch.Generator().manual_seed(0),  # DataLoader would draw its base seed from torch's
+                      prefetch_factor=2 if num_workers else None, persistent_workers=persistent and num_workers > 0)
+
+
+def _batches(loader: DataLoader) -> Iterator[torch.Tensor]:
+    """The loader's batches; an error raised in a worker comes back as its own type and one-line message
+    (torch wraps it in a worker traceback)."""
+    try:
+        yield from loader
+    except Exception as e:
+        text = str(e)
+        if not (loader.num_workers and text.startswith("Caught ")):
+            raise
+        last = text.rstrip().splitlines()[-1]  # "module.ErrorType: message" of the worker's traceback
+        try:
+            err = type(e)(last.partition(": ")[2] or last)
+        except Exception:  # noqa: BLE001  (an exception type that takes other arguments: keep torch's)
+            raise e from None
+        raise err from None
+
+
+def image_batches(dataset: Dataset, batches: Sequence[Sequence[Any]], num_workers: int = 0) -> Iterator[torch.Tensor]:
     """The stacked items of each batch of indices, in order, decoded by ``num_workers`` processes
     (0: in this process). The process's global RNG is neither read nor advanced."""
-    if num_workers < 0:
-        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-    loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
-                        generator=torch.Generator().manual_seed(0),  # DataLoader would draw its base seed from torch's
-                        prefetch_factor=2 if num_workers else None)
-    yield from loader
+    return _batches(_loader(dataset, batches, num_workers))
+
+
+class BatchLoader:
+    """Loads planned batches of a dataset with ``num_workers`` worker processes that live as long as it does
+    (started on the first pass, reused by the next ones: one pass per training epoch). Each call takes the
+    batches of one pass and yields their stacked items in order, the workers preparing up to 2 batches
+    each ahead of the consumer. Items must not depend on the worker (seeded per item, as :class:`ViewItems`)."""
+
+    def __init__(self, dataset: Dataset, num_workers: int = 0, pin_memory: bool = False) -> None:
+        self.plan = _Plan()
+        self.loader = _loader(dataset, self.plan, num_workers, persistent=True, pin_memory=pin_memory)
+
+    def __call__(self, batches: Sequence[Sequence[Any]]) -> Iterator[torch.Tensor]:
+        """One pass over ``batches`` (one pass at a time: a new pass abandons the one before)."""
+        self.plan.batches = list(batches)
+        yield from _batches(self.loader)

@@ -233,12 +233,15 @@ def train(
             order, views = epoch_order(n, source.num_views, cfg.batch_size, cfg.seed, epoch)
             sums: dict[str, float] = {}
             correct = seen = steps = 0
+            plan = []
             for s in range(0, len(order), cfg.batch_size):
                 idx, vw = order[s : s + cfg.batch_size], views[s : s + cfg.batch_size]
                 share, w = distributed.batch_share(len(idx))  # this rank's slice; weight n_r / n
-                count = w * len(idx)  # samples this rank stands for (a batch smaller than the world: n / W)
-                idx, vw = idx[share], vw[share]
-                feats = source(idx, vw).to(device)
+                # count: samples this rank stands for (a batch smaller than the world: n / W)
+                plan.append((idx[share], vw[share], w, w * len(idx)))
+            inputs = source.batches([(idx, vw) for idx, vw, _, _ in plan])  # loader workers may work ahead
+            for (idx, _, w, count), x in zip(plan, inputs, strict=True):
+                feats = x.to(device)
                 y = labels[idx].to(device)
                 try:
                     out, parts, loss = train_step(method, feats, y, opt, regularizer, cfg.max_grad_norm,

@@ -126,7 +126,7 @@ class PromptMethod(nn.Module):
         if self.image_input == "cached":
             return cache.features(self.backbone, images, desc=desc)
         with torch.no_grad():
-            return encode_with(self.encode_images, self.backbone, images)
+            return encode_with(self.encode_images, self.backbone, images, workers=cache.workers)
 
     def fixed_image_features(self, images: LabeledImages, cache: FeatureCache | None = None) -> torch.Tensor | None:
         """Training-image features that do not change while training (NPT's fixed class means), or None."""
@@ -152,9 +152,9 @@ class PromptMethod(nn.Module):
         """What :meth:`forward` trains on, by (index, view); None when the method trains nothing."""
         if not self.trainable:
             return None
-        if self.image_input == "live":
-            return PixelViews(self.backbone, images, views, seed)
         cache = cache if cache is not None else FeatureCache(enabled=False)
+        if self.image_input == "live":  # decoded and augmented by the cache's DataLoader workers
+            return PixelViews(self.backbone, images, views, seed, workers=cache.workers)
         return CachedFeatures(cache.store(self.backbone, images, views=views, seed=seed, train=True,
                                           desc="train views"))  # memory-mapped: batches read from disk
 
