@@ -65,6 +65,8 @@ class DataSection(ConfigModel):
     max_test_per_class: int | None = Field(None, ge=1, description="cap test images per class (faster evaluation)")
     targets: list[str] = Field(default_factory=list, description='datasets evaluated after training: "name" or '
                                '"name=ROOT" (cross-dataset / domain shift)')
+    workers: int = Field(0, ge=0, description="DataLoader worker processes that decode and augment images (feature "
+                         "extraction, live encoding); 0: this process. Results do not depend on it")
 
     @field_validator("targets", mode="before")
     @classmethod
@@ -135,7 +137,7 @@ class NPTConfig(ConfigModel):
 _RUN_KEYS = tuple(RunSection.model_fields)
 _DATA_KEYS = ("dataset", "root", "protocol", "shots", "imbalance", "max_test_per_class", "targets")
 #: keys that do not change what a run computes (left out of its fingerprint)
-NOT_IN_FINGERPRINT = ("run.output", "run.cache_dir", "run.use_cache", "train.checkpoint_every")
+NOT_IN_FINGERPRINT = ("run.output", "run.cache_dir", "run.use_cache", "train.checkpoint_every", "data.workers")
 
 
 def upgrade_legacy(d: dict[str, Any]) -> dict[str, Any]:
