@@ -40,6 +40,12 @@ def test_base_classes_by_name_index_and_file(tmp_path):
     j.write_text(json.dumps({"base": ["one", "seven"], "new": ["four"]}))
     b, n = choose_base_classes(NAMES, j)
     assert [NAMES[i] for i in b] == ["one", "seven"] and [NAMES[i] for i in n] == ["four"]
+    # `--base-classes FILE` reaches the config (and Experiment) as a one-element list
+    from ncprompt.config import RunConfig
+
+    cfg = RunConfig.from_dict({"data": {"protocol": "base2new", "base_classes": [str(j)]}})
+    b, n = choose_base_classes(NAMES, cfg.data.base_classes)
+    assert [NAMES[i] for i in b] == ["one", "seven"] and [NAMES[i] for i in n] == ["four"]
 
 
 @pytest.mark.parametrize("spec, msg", [

@@ -70,6 +70,9 @@ def choose_base_classes(classnames: Sequence[str], base: BaseSpec = None) -> tup
         nb = math.ceil(k / 2)
         return np.arange(nb), np.arange(nb, k)
     new_names: list[str] | None = None
+    if not isinstance(base, (str, Path)) and len(base) == 1 and isinstance(base[0], (str, Path)) \
+            and str(base[0]) not in classnames and Path(str(base[0])).expanduser().is_file():
+        base = base[0]  # `--base-classes FILE` arrives as a one-element list
     if isinstance(base, (str, Path)) and (Path(str(base)).expanduser().is_file()
                                           or str(base).endswith((".json", ".txt"))):
         base, new_names = read_split_file(base)
