@@ -3,6 +3,9 @@
 1. Extraction: images/s of ``FeatureCache(enabled=False, workers=W).features(..., train=True)`` for W = 0, 1, 2 on
    JPEG files (decoded + augmented per view in the workers, encoded in the main process), pocket model by default.
    Each W is timed ``--reps`` times in interleaved rounds; the features are checked bitwise equal across W.
+   Live path (MaPLe, IVLP, PromptSRC): images/s of ``PixelViews(..., workers=W).batches(plan)`` (decode + augment
+   of one training epoch, batches of 32, one random view per image, no encoding) for the same W: the first pass
+   starts the persistent workers, the second is the steady state of later epochs; pixels checked bitwise equal.
 2. Memory: a synthetic dataset of ``--n`` images x ``--views`` views x ``--dim`` float32 features (random numbers
    written shard by shard, no encoder), in child processes so that each peak is its own:
      * ``ram``: the whole array held in RAM (what the cache did before: one (N, views, E) tensor), then
@@ -14,6 +17,7 @@
 
     .venv/bin/python benchmarks/bench_cache.py                     # both parts, writes results/cache.json
     .venv/bin/python benchmarks/bench_cache.py --part extract --n-images 256 --reps 1   # quick
+    .venv/bin/python benchmarks/bench_cache.py --part extract --n-images 64 --reps 1 --dry-run   # runs, records nothing
 """
 
 from __future__ import annotations
@@ -100,12 +104,45 @@ def bench_extract(args: argparse.Namespace) -> dict[str, Any]:
                                                                            train=True, batch_size=args.batch)
                 times[w].append(time.perf_counter() - t0)
         cpu = mon.read()
+        live = bench_live(backbone, images, args)
     same = all(torch.equal(feats[args.workers[0]], f) for f in feats.values())
     rows = {str(w): {**summary(ts), "images_per_s": args.n_images / min(ts),
                      "views_per_s": args.n_images * args.views / min(ts)} for w, ts in times.items()}
     return {"model": args.model, "n_images": args.n_images, "image_size": args.image_size, "views": args.views,
             "batch": args.batch, "threads": args.threads, "workers": rows, "bitwise_equal_across_workers": same,
+            "live": live,
             "loadavg_before": list(load_before), "loadavg_after": list(os.getloadavg()), "cpu": cpu}
+
+
+def bench_live(backbone: Any, images: Any, args: argparse.Namespace, batch: int = 32) -> dict[str, Any]:
+    """Decode + augment throughput of the live training path (one epoch's plan), per number of workers."""
+    import hashlib
+
+    import torch
+
+    from ncprompt.data.cache import PixelViews
+
+    n = len(images)
+    g = torch.Generator().manual_seed(0)
+    order, view = torch.randperm(n, generator=g), torch.randint(args.views, (n,), generator=g)
+    plan = [(order[s : s + batch], view[s : s + batch]) for s in range(0, n, batch)]
+    first: dict[int, list[float]] = {w: [] for w in args.workers}
+    steady: dict[int, list[float]] = {w: [] for w in args.workers}
+    digests: dict[int, str] = {}
+    for _ in range(args.reps):
+        for w in args.workers:
+            pv = PixelViews(backbone, images, args.views, 0, workers=w)
+            for times in (first[w], steady[w]):
+                h = hashlib.sha256()
+                t0 = time.perf_counter()
+                for x in pv.batches(plan):
+                    h.update(x.numpy().tobytes())
+                times.append(time.perf_counter() - t0)
+                digests[w] = h.hexdigest()
+            del pv  # stops its workers
+    rows = {str(w): {"first_pass_images_per_s": n / min(first[w]), "images_per_s": n / min(steady[w]),
+                     **summary(steady[w])} for w in args.workers}
+    return {"batch": batch, "workers": rows, "bitwise_equal_across_workers": len(set(digests.values())) == 1}
 
 
 # --- part 2: memory -------------------------------------------------------------------------------
@@ -200,6 +237,15 @@ def markdown(r: dict[str, Any]) -> str:
             f"{e['loadavg_before'][0]:.2f}/{e['loadavg_after'][0]:.2f}; other processes took "
             f"{100 * e['cpu']['others_share']:.0f}% of the CPUs.\n\n"
             + markdown_table(["workers", "images/s", "views/s", "best", "median"], rows))
+        if "live" in e:
+            lv = e["live"]
+            rows = [[w, f"{v['images_per_s']:.0f}", f"{v['first_pass_images_per_s']:.0f}", f"{v['min_s']:.2f} s"]
+                    for w, v in lv["workers"].items()]
+            parts.append(
+                f"Live path (decode + augment of one training epoch of the same files, batches of {lv['batch']}, "
+                f"no encoding; the first pass starts the persistent workers). Pixels bitwise equal for every number "
+                f"of workers: {lv['bitwise_equal_across_workers']}.\n\n"
+                + markdown_table(["workers", "images/s (later epochs)", "images/s (first epoch)", "best"], rows))
     if "memory" in r:
         m = r["memory"]
         base = m["ram"]["baseline"]["VmRSS"]
@@ -262,6 +308,7 @@ def main() -> None:
     p.add_argument("--gather-batches", type=int, default=1000, help="training reads timed (0: a whole epoch)")
     p.add_argument("--tmp", default=None, help="folder for the synthetic shards (default: the system's)")
     p.add_argument("--no-doc", action="store_true", help="do not update docs/benchmarks.md")
+    p.add_argument("--dry-run", action="store_true", help="print the tables only: write neither results/ nor docs/")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--child-dir", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -273,7 +320,8 @@ def main() -> None:
     info = machine_info(args.threads)
     info["uptime"] = subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
     path = RESULTS_DIR / "cache.json"
-    out: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}  # keep the part not rerun
+    keep = path.is_file() and not args.dry_run  # keep the part not rerun
+    out: dict[str, Any] = json.loads(path.read_text()) if keep else {}
     out["machine"] = info
     if args.part in ("all", "extract"):
         out["extract"] = bench_extract(args)
@@ -282,6 +330,9 @@ def main() -> None:
     finish_info(info)
     info["uptime_end"] = subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
     out["markdown"] = markdown(out)
+    if args.dry_run:
+        print(out["markdown"])
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(out["markdown"])
