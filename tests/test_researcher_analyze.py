@@ -143,3 +143,25 @@ def test_grid_names_datasets_and_writes_paper_tables(image_folder, tmp_path, one
     # `ncprompt tables` on the grid folder writes the same table
     assert main(["tables", str(out), "--output", str(tmp_path / "t")]) == 0
     assert (tmp_path / "t" / "base_to_new.md").read_text() == b2n
+
+
+def test_frozen_image_metrics_are_named_not_plotted(tmp_path, monkeypatch):
+    """A metric constant within each dataset (frozen image encoder) only varies between datasets: it is
+    named in correlations.md and the figure's footnote, not drawn as a panel."""
+    from ncprompt.analysis import correlation
+
+    rows = [{"model": "pocket", "method": "coop", "npt": bool(i % 2), "dataset": ds, "trained": True,
+             "train_nc1": {"a": 0.4, "b": 0.7}[ds], "train_nc3_self_duality": 0.1 * i + (ds == "b"),
+             "acc_all": 50.0 + i} for i, ds in enumerate("aabbab")]
+    assert correlation.between_datasets_only(rows, "train_nc1")
+    assert not correlation.between_datasets_only(rows, "train_nc3_self_duality")
+    drawn = []
+    real = correlation.correlation_plot
+    monkeypatch.setattr(correlation, "correlation_plot",
+                        lambda rows, metrics, *a, **k: drawn.append((list(metrics), k["footnote"])) or real(
+                            rows, metrics, *a, **k))
+    out = write_report(rows, tmp_path / "r")
+    assert drawn == [(["train_nc3_self_duality"], "not plotted, constant within each dataset (frozen image "
+                                                  "features): NC1: within-class variability")]
+    assert out["plots"] == ["correlations_pocket_all.png"]
+    assert "only a dataset effect: NC1: within-class variability" in (tmp_path / "r" / "correlations.md").read_text()

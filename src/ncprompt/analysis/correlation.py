@@ -86,6 +86,16 @@ def correlation_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def between_datasets_only(rows: list[dict[str, Any]], metric: str) -> bool:
+    """True when ``metric`` is the same for every run of each dataset (e.g. image-side NC of a frozen image
+    encoder): it then varies only between datasets, and its correlation with accuracy is a dataset effect."""
+    by_ds: dict[Any, list[float]] = {}
+    for r in rows:
+        if r.get(metric) is not None:
+            by_ds.setdefault(r.get("dataset"), []).append(float(r[metric]))
+    return all(np.ptp(v) <= 1e-9 * max(1.0, float(np.abs(v).max())) for v in by_ds.values())
+
+
 def _slug(s: Any) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(s)).strip("_") or "model"
 
@@ -137,12 +147,18 @@ def write_report(rows: list[dict[str, Any]], out_dir: str | Path) -> dict[str, A
         md.append("")
         entries = [e for e in table if e["model"] == model and e["scope"] == ALL_RUNS]
         nc_cols = list(dict.fromkeys(e["metric"] for e in entries))
+        fixed = [m for m in nc_cols if between_datasets_only(mine, m)]
+        if fixed:
+            md += [f"Constant within each dataset (frozen image features), so only a dataset effect: "
+                   f"{', '.join(nc_label(m) for m in fixed)}; left out of the figures.", ""]
+        note = ("not plotted, constant within each dataset (frozen image features): "
+                + ", ".join(nc_label(m) for m in fixed)) if fixed else ""
         for acc in dict.fromkeys(e["accuracy"] for e in entries):
             path = out / f"correlations_{_slug(model)}_{acc.removeprefix('acc_')}.png"
             stats = {e["metric"]: e for e in entries if e["accuracy"] == acc}
-            if correlation_plot(mine, nc_cols, acc, path, stats=stats,
+            if correlation_plot(mine, [m for m in nc_cols if m not in fixed], acc, path, stats=stats,
                                 title=f"{model}: NC of the training images vs {acc.removeprefix('acc_')} "
-                                      f"accuracy ({len(mine)} runs)") is not None:
+                                      f"accuracy ({len(mine)} runs)", footnote=note) is not None:
                 plots.append(path.name)
     md += ["## Figures", ""] + [f"![{p}]({p})" for p in plots]
     atomic_write_bytes(out / "correlations.md", ("\n".join(md) + "\n").encode())

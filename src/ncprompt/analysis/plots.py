@@ -150,16 +150,19 @@ def training_curves_plot(log: list[dict[str, Any]], path: str | Path, title: str
     for ax in axes.flat[n_panels:]:
         ax.axis("off")
     ax = axes.flat[0]
-    ax.plot(ep, [r["loss"] for r in log], color=OKABE_ITO[0], label="loss")
+    lines = ax.plot(ep, [r["loss"] for r in log], color=OKABE_ITO[0], label="training loss (left axis)")
     ax.set_xlabel("epoch")
     ax.set_ylabel("training loss (lower is better)")
     ax.set_title("(a) training loss", fontsize=9)
     if "lr" in log[0]:
         ax2 = ax.twinx()
-        ax2.plot(ep, [r["lr"] for r in log], color="black", lw=0.8, ls=":", label="learning rate")
+        lines += ax2.plot(ep, [r["lr"] for r in log], color="black", lw=0.8, ls=":",
+                          label="learning rate (right axis)")
         ax2.set_ylabel("learning rate", fontsize=7)
         ax2.tick_params(labelsize=6)
+        ax2.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
         ax2.spines["right"].set_visible(True)
+    ax.legend(handles=lines, fontsize=7, frameon=False)
     ax = axes.flat[1]
     acc_keys = ["train_acc"] + sorted({k for r in log for k in r if k.endswith("_acc") and k != "train_acc"})
     for i, k in enumerate(acc_keys):
@@ -188,18 +191,23 @@ def training_curves_plot(log: list[dict[str, Any]], path: str | Path, title: str
 
 
 # --- class geometry ---------------------------------------------------------------------------
-def _class_ticks(ax: Any, names: Sequence[str] | None, k: int, split_at: int | None = None) -> None:
+def _class_ticks(ax: Any, names: Sequence[str] | None, k: int, split_at: int | None = None,
+                 xlabel: str = "class", ylabel: str = "class") -> None:
+    """Class names (or indices) on both axes; with ``split_at``, a black line between base and new classes
+    and the axes labelled "base | new"."""
     if names is not None and k <= MAX_NAMED_CLASSES:
         ax.set_xticks(range(k))
         ax.set_yticks(range(k))
         ax.set_xticklabels(names, rotation=60, ha="right", fontsize=6.5)
         ax.set_yticklabels(names, fontsize=6.5)
     else:
-        ax.set_xlabel("class index")
-        ax.set_ylabel("class index")
+        xlabel, ylabel = f"{xlabel} index", f"{ylabel} index"
     if split_at is not None and 0 < split_at < k:
         for f in (ax.axhline, ax.axvline):
             f(split_at - 0.5, color="black", lw=1.0)
+        xlabel, ylabel = f"{xlabel}: base | new", f"{ylabel}: base | new"
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
 
 
 def centred_cosine(x: np.ndarray) -> np.ndarray:
@@ -218,15 +226,17 @@ def cosine_heatmaps_plot(before: np.ndarray, after: np.ndarray, path: str | Path
     plt = _plt()
     k = before.shape[0]
     side = 3.2 + 0.13 * min(k, MAX_NAMED_CLASSES)
-    fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1.0, side))
+    fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1.6, side))
     im = None
     for ax, (name, x) in zip(axes, (("before tuning (hand-written prompt)", before), ("after tuning", after))):
         c = centred_cosine(x)
         off = c[~np.eye(k, dtype=bool)]
         im = ax.imshow(c, vmin=-1, vmax=1, cmap="PuOr_r")
         _class_ticks(ax, classnames, k, n_base)
-        ax.set_title(f"text features {name}\nmean off-diagonal {off.mean():+.3f} (ETF: {-1 / (k - 1):+.3f})",
-                     fontsize=8)
+        # the mean of centred cosines stays near -1/(K-1) for any equal-norm set: the spread is what an ETF zeroes
+        ax.set_title(f"text features {name}\noff-diagonal cosine {off.mean():+.3f} ± {off.std():.3f} (std), "
+                     f"max {off.max():+.2f}\nsimplex ETF: {-1 / (k - 1):+.3f} ± 0", fontsize=8)
+    axes[1].set_ylabel("")
     cb = fig.colorbar(im, ax=list(axes), shrink=0.8)
     cb.set_label("cosine of centred class text features")
     if title:
@@ -257,9 +267,7 @@ def geometry_plot(text: np.ndarray, means: np.ndarray, path: str | Path, classna
     side = 3.4 + 0.13 * min(k, MAX_NAMED_CLASSES)
     fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1.5, side))
     im = axes[0].imshow(cross, vmin=-1, vmax=1, cmap="PuOr_r")
-    _class_ticks(axes[0], classnames, k, n_base)
-    axes[0].set_xlabel("image class mean" + ("" if classnames is None or k > MAX_NAMED_CLASSES else ""))
-    axes[0].set_ylabel("text feature of class")
+    _class_ticks(axes[0], classnames, k, n_base, xlabel="image class mean", ylabel="text feature of class")
     axes[0].set_title("cos(text feature, image class mean), centred\n(diagonal high = aligned)", fontsize=8)
     fig.colorbar(im, ax=axes[0], shrink=0.8).set_label("cosine")
     ax = axes[1]
@@ -291,10 +299,11 @@ def geometry_plot(text: np.ndarray, means: np.ndarray, path: str | Path, classna
 
 # --- correlations -----------------------------------------------------------------------------
 def correlation_plot(rows: list[dict[str, Any]], metrics: list[str], accuracy: str, path: str | Path,
-                     stats: dict[str, dict[str, Any]] | None = None, title: str = "") -> Path | None:
+                     stats: dict[str, dict[str, Any]] | None = None, title: str = "",
+                     footnote: str = "") -> Path | None:
     """One accuracy against each NC metric, a labelled panel (a), (b), ... per metric, points coloured
     by dataset and shaped by method, with Pearson r / Spearman rho and n in each panel. ``rows`` must
-    come from ONE model (the caller splits by model)."""
+    come from ONE model (the caller splits by model); ``footnote`` goes under the panels."""
     models = {r.get("model") for r in rows}
     if len(models) > 1:
         raise ValueError(f"correlation_plot got runs of several models {sorted(map(str, models))}: plot each apart")
@@ -335,6 +344,8 @@ def correlation_plot(rows: list[dict[str, Any]], metrics: list[str], accuracy: s
                bbox_to_anchor=(0.5, 1.0))
     fig.suptitle(title or f"NC metrics vs {ACC_LABELS.get(accuracy, accuracy)}", fontsize=10,
                  y=1.0 + 0.035 * (1 + math.ceil(len(handles) / 6)) / nrows, va="bottom")
+    if footnote:
+        fig.text(0.01, -0.01, footnote, fontsize=7, ha="left", va="top", wrap=True)
     return _save(fig, path)
 
 
