@@ -24,12 +24,15 @@ import numpy as np
 import torch
 
 from ncprompt.backbones.openclip import load_backbone
-from ncprompt.config import RunConfig
+from ncprompt.config import RunConfig, preset
 from ncprompt.pocket import suite as S
 from ncprompt.protocols.experiment import run_experiment
 
-COOP = {"n_ctx": 4, "ctx_init": "a photo of a"}
-TRAIN = {"epochs": 20, "batch_size": 32, "lr": 0.01, "views": 1}
+#: CoOp and KgCoOp options and training: the ``pocket_b2n`` preset (CoOp's own 16 random context tokens)
+COOP = {k: v for k, v in preset("pocket_b2n")["method"].items() if k != "name"}
+TRAIN = dict(preset("pocket_b2n")["train"])
+#: fewer epochs for the ImageNet role, as CoOp trains ImageNet for a quarter of the others' epochs
+EPOCHS = {"emoji_generic": 12}
 
 
 def run(bb, dataset: str, method: str, protocol: str, cache: str, seed: int, **extra: Any):
@@ -42,7 +45,8 @@ def run(bb, dataset: str, method: str, protocol: str, cache: str, seed: int, **e
             "imbalance": extra.pop("imbalance", None),
         },
         "method": {"name": method, **extra.pop("options", {})},
-        "train": {**TRAIN, "seed": seed, **extra.pop("train", {})},
+        "train": {**TRAIN, "seed": seed, **({"epochs": EPOCHS[dataset]} if dataset in EPOCHS else {}),
+                  **extra.pop("train", {})},
     }
     t0 = time.time()
     res = run_experiment(RunConfig.from_dict(cfg), out_dir=None, backbone=bb)
@@ -77,6 +81,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip", nargs="*", default=[], help="parts to skip: probe coop kgcoop tail variants xartist")
     ap.add_argument("--epochs", type=int, default=TRAIN["epochs"], help="CoOp / KgCoOp epochs")
+    ap.add_argument("--crop-min", type=float, default=TRAIN["crop_min"], help="random resized crop's smallest area")
+    ap.add_argument("--flip", action=argparse.BooleanOptionalAction, default=TRAIN["flip"], help="random flips")
+    ap.add_argument("--views", type=int, default=TRAIN["views"], help="augmented views per training image")
     ap.add_argument("--merge", nargs="+", help="only print the table of these --json files (parts run in parallel)")
     a = ap.parse_args(argv)
     if a.merge:
@@ -87,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         print_table(rows, merged["shifted"], merged["xartist"])
         return
     torch.set_num_threads(a.threads)
-    TRAIN["epochs"] = a.epochs
+    TRAIN.update(epochs=a.epochs, crop_min=a.crop_min, flip=a.flip, views=a.views)
     bb = load_backbone(f"local-dir:{a.weights}" if a.weights else "pocket", device="cpu")
     datasets = a.datasets or S.SUITE
     variants = S.VARIANTS if a.variants is None else a.variants

@@ -30,7 +30,7 @@ import tempfile
 import warnings
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,16 @@ class Backbone:
             raise BackboneError(str(e)) from None
         if self.precision != "fp32":
             keep_layernorm_fp32(self.model)
+
+    def with_augmentation(self, crop_min: float = 0.08, flip: bool = True) -> Backbone:
+        """The same frozen model (shared, not copied) with training views made by a random resized crop of
+        area fraction in [crop_min, 1] and an optional horizontal flip (the feature cache keys on it)."""
+        from open_clip.transform import PreprocessCfg
+
+        pp = PreprocessCfg(**self.meta["preprocess"]) if "preprocess" in self.meta else None
+        if pp is None:
+            raise BackboneError(f"{self.name}: no preprocess config to build training views from")
+        return replace(self, train_transform=augmentation_transform(pp, scale=(crop_min, 1.0), flip=flip))
 
     @property
     def text_tower(self) -> nn.Module:

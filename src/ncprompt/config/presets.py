@@ -35,11 +35,13 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
                   "batch 4, lr 0.0035",
                   {"method": {"name": "maple", "n_ctx": 2, "depth": 9}, "data": _B2N_16,
                    "train": {"epochs": 5, "batch_size": 4, "lr": 0.0035}}),
-    "pocket_b2n": ("the pocket-suite recipe (docs/results.md): pocket model, base-to-new, 16 shots, CoOp with 4 "
-                   "tokens from 'a photo of a', 100 epochs at lr 0.01, 4 views, 100 test images per class",
+    "pocket_b2n": ("the pocket-suite recipe (docs/results.md): pocket model, base-to-new, 16 shots, CoOp's own "
+                   "default context (16 random tokens), SGD lr 0.002, batch 32, 50 epochs (CoOp's ep50), 1 view "
+                   "cropped to 50-100% of the area, no flip (32 px sprites, arrows), 100 test images per class",
                    {"run": {"model": "pocket"}, "data": {**_B2N_16, "max_test_per_class": 100},
-                    "method": {"name": "coop", "n_ctx": 4, "ctx_init": "a photo of a"},
-                    "train": {"epochs": 100, "batch_size": 32, "lr": 0.01, "views": 4}}),
+                    "method": {"name": "coop", "n_ctx": 16, "ctx_init": ""},
+                    "train": {"epochs": 50, "batch_size": 32, "lr": 0.002, "views": 1, "crop_min": 0.5,
+                              "flip": False}}),
     # issue 11 (published recipes; sources in docs/method.md)
     "linear_probe": ("linear probe (CoOp's lpclip): logistic regression on image features, C searched on held-out "
                      "images, 16 shots, protocol all (no NPT, no new classes)",

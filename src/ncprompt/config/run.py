@@ -104,6 +104,11 @@ class TrainConfig(ConfigModel):
                                "to epochs - 1)")
     warmup_lr: float = Field(1e-5, gt=0, allow_inf_nan=False, description="learning rate during warm-up")
     views: int = Field(8, ge=1, description="augmented views per training image (cached for frozen encoders)")
+    crop_min: float = Field(0.08, gt=0, le=1, allow_inf_nan=False,
+                            description="smallest area fraction of the random resized crop of training views "
+                            "(CoOp: 0.08, for 224 px photos; the pocket presets use 0.5 for 32 px sprites)")
+    flip: bool = Field(True, description="random horizontal flip of training views (off where left and right "
+                       "differ, e.g. arrows and pointing hands)")
     eval_every: int = Field(0, ge=0, description="evaluate on the test split every N epochs (0: at the end)")
     seed: int = Field(1, ge=0, description="seed of sampling, initialisation and order")
     checkpoint_every: int = Field(1, ge=1, description="write a resumable checkpoint every N epochs")

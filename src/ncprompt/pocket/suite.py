@@ -26,7 +26,9 @@ from ncprompt.data.base import ArrayImages, DatasetSplits, LabeledImages
 from ncprompt.data.registry import DATASETS
 from ncprompt.pocket import world as W
 
-TEMPLATES = ["a photo of a {}."]
+TEMPLATES = ["{} emoji"]
+"""The hand-written zero-shot prompt of every suite dataset: the emoji world's counterpart of CoOp's
+per-dataset templates (a frame of the pretraining captions, as "a photo of a {}." is of web alt-text)."""
 SUITE_ARTISTS = ("google", "twitter", "openmoji")
 """The artists the downstream datasets are drawn from (train, val and test alike)."""
 SIZES = (16, 4)
@@ -34,8 +36,8 @@ SIZES = (16, 4)
 
 
 def test_per_class(k: int) -> int:
-    """Test images per class: about 3,000 in all, between 8 and 25 per class."""
-    return int(min(25, max(8, 3000 // k)))
+    """Test images per class: about 3,000 in all, between 8 and 100 per class."""
+    return int(min(100, max(8, 3000 // k)))
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,7 @@ _add(
                 "other objects",
                 "dishware",
             ),
+            limit=100,
         ),
         doc="everyday objects",
     )
@@ -168,7 +171,7 @@ _add(
     SuiteSet(
         "emoji_animals",
         "OxfordPets",
-        _by_subgroup("emoji_animals", ("mammals", "birds", "reptiles", "amphibians", "marine life", "bugs")),
+        _by_subgroup("emoji_animals", ("mammals", "birds", "reptiles", "amphibians", "marine life", "bugs"), limit=37),
         doc="animals",
     )
 )
@@ -200,7 +203,7 @@ _add(
     SuiteSet(
         "emoji_flags",
         "FGVCAircraft",
-        _by_subgroup("emoji_flags", ("country flags", "subdivision flags")),
+        _by_subgroup("emoji_flags", ("country flags", "subdivision flags"), limit=100),
         doc="flags of countries (fine-grained)",
     )
 )
@@ -242,6 +245,7 @@ _add(
                 "keypad characters",
                 "alphanumeric symbols",
             ),
+            limit=47,
         ),
         doc="abstract signs, shapes and symbols",
     )
@@ -251,7 +255,9 @@ _add(
         "emoji_hands",
         "EuroSAT",
         _by_subgroup(
-            "emoji_hands", ("fingers open", "hand signs", "finger pointing", "fingers closed", "hands", "hand props")
+            "emoji_hands",
+            ("fingers open", "hand signs", "finger pointing", "fingers closed", "hands", "hand props"),
+            limit=10,
         ),
         doc="hand gestures (few classes, look alike)",
     )
@@ -260,7 +266,9 @@ _add(
     SuiteSet(
         "emoji_activities",
         "UCF101",
-        _by_subgroup("emoji_activities", ("activities", "athletics", "resting", "sports", "games & hobbies")),
+        _by_subgroup(
+            "emoji_activities", ("activities", "athletics", "resting", "sports", "games & hobbies"), limit=101
+        ),
         doc="people doing things, sports",
     )
 )

@@ -17,15 +17,14 @@ from typing import Any
 from ncprompt.config import ConfigError, preset
 from ncprompt.protocols.grid import MethodSpec, markdown_table, run_grid, summarise
 
-#: a representative part of the emoji suite (docs/datasets.md): the OxfordPets, Food101, StanfordCars and
-#: EuroSAT roles, 22-65 base classes each
-DEMO_DATASETS = ["emoji_animals", "emoji_food", "emoji_transport", "emoji_hands"]
+#: a representative part of the emoji suite (docs/datasets.md): the OxfordPets, StanfordCars, DTD and
+#: EuroSAT roles, 5-36 base classes each
+DEMO_DATASETS = ["emoji_animals", "emoji_transport", "emoji_symbols", "emoji_hands"]
 DEMO_METHODS = ["zeroshot", "coop", "coop+npt", "kgcoop"]
-#: epochs of the demo's trained cells (the preset's 100 are sized for 5-class tasks; 20 keep the demo
-#: under 10 minutes on 2 cores with 22-65 base classes)
-DEMO_EPOCHS = 20
-#: KgCoOp starts from the same 4 words as CoOp (the preset's CoOp options reach the coop cells only)
-DEMO_METHOD_OPTIONS = {"kgcoop": {"n_ctx": 4, "ctx_init": "a photo of a"}}
+#: epochs of the demo's trained cells (None: the preset's 50)
+DEMO_EPOCHS: int | None = None
+#: KgCoOp starts from the same context as CoOp (the preset's CoOp options reach the coop cells only)
+DEMO_METHOD_OPTIONS = {"kgcoop": {"n_ctx": 16, "ctx_init": ""}}
 #: the demo's run settings: the pocket recipe (its CoOp options apply to the coop cells only)
 DEMO_PRESET = "pocket_b2n"
 
@@ -48,7 +47,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
         print("note: the pocket weights are missing: the demo runs on RANDOM weights (numbers mean nothing)")
     methods = [MethodSpec.parse(m, DEMO_METHOD_OPTIONS) for m in (a.methods or DEMO_METHODS)]
     base = preset(DEMO_PRESET)
-    base["train"] = {**base["train"], "epochs": a.epochs or DEMO_EPOCHS}
+    base["train"] = {**base["train"], "epochs": a.epochs or DEMO_EPOCHS or base["train"]["epochs"]}
     t0 = time.time()
     print(f"ncprompt demo: pocket model, base-to-new, {base['data']['shots']} shots, methods "
           f"{[m.label for m in methods]}")
