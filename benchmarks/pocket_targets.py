@@ -28,8 +28,9 @@ from ncprompt.config import RunConfig, preset
 from ncprompt.pocket import suite as S
 from ncprompt.protocols.experiment import run_experiment
 
-#: CoOp and KgCoOp options and training: the ``pocket_b2n`` preset (CoOp's own 16 random context tokens)
+#: CoOp's and KgCoOp's options and training: the ``pocket_b2n`` and ``pocket_kgcoop_b2n`` presets
 COOP = {k: v for k, v in preset("pocket_b2n")["method"].items() if k != "name"}
+KGCOOP = {k: v for k, v in preset("pocket_kgcoop_b2n")["method"].items() if k != "name"}
 TRAIN = dict(preset("pocket_b2n")["train"])
 #: fewer epochs for the ImageNet role, as CoOp trains ImageNet for a quarter of the others' epochs
 EPOCHS = {"emoji_generic": 12}
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
             c = run(bb, d, "coop", "base2new", a.cache, a.seed, options=COOP)
             r["coop_base"], r["coop_new"] = top1(c, "base"), top1(c, "new")
         if "kgcoop" not in a.skip:
-            k = run(bb, d, "kgcoop", "base2new", a.cache, a.seed, options=COOP)
+            k = run(bb, d, "kgcoop", "base2new", a.cache, a.seed, options=KGCOOP)
             r["kg_base"], r["kg_new"] = top1(k, "base"), top1(k, "new")
         if "tail" not in a.skip and (a.tail_datasets is None or d in a.tail_datasets):
             r["tail_006"], r["tail_bal"] = tail_gap(bb, d, a.cache, a.seed, 0.06)

@@ -81,7 +81,7 @@ PUBLISHED: dict[str, dict[str, Any]] = {
                      "data.protocol": "all", "data.shots": 16},
 }
 #: the project's own recipes (not published elsewhere)
-OWN = {"pocket_b2n"}
+OWN = {"pocket_b2n", "pocket_kgcoop_b2n"}
 
 
 def _get(cfg: Any, key: str) -> Any:

@@ -114,6 +114,12 @@ class TrainConfig(ConfigModel):
     checkpoint_every: int = Field(1, ge=1, description="write a resumable checkpoint every N epochs")
     max_grad_norm: float = Field(0.0, ge=0, allow_inf_nan=False, description="clip gradients to this norm (0: off)")
 
+    @property
+    def coop_views(self) -> bool:
+        """Whether training views are CoOp's (crop_min and flip at their defaults)."""
+        fields = type(self).model_fields
+        return (self.crop_min, self.flip) == (fields["crop_min"].default, fields["flip"].default)
+
 
 class NPTConfig(ConfigModel):
     """The NPT regularisers (formulas in :mod:`ncprompt.collapse.regularizers`)."""

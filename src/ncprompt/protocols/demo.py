@@ -23,8 +23,8 @@ DEMO_DATASETS = ["emoji_animals", "emoji_transport", "emoji_symbols", "emoji_han
 DEMO_METHODS = ["zeroshot", "coop", "coop+npt", "kgcoop"]
 #: epochs of the demo's trained cells (None: the preset's 50)
 DEMO_EPOCHS: int | None = None
-#: KgCoOp starts from the same context as CoOp (the preset's CoOp options reach the coop cells only)
-DEMO_METHOD_OPTIONS = {"kgcoop": {"n_ctx": 16, "ctx_init": ""}}
+#: KgCoOp's cells take the pocket_kgcoop_b2n preset's method options (the preset's reach the coop cells only)
+DEMO_METHOD_OPTIONS = {"kgcoop": {k: v for k, v in preset("pocket_kgcoop_b2n")["method"].items() if k != "name"}}
 #: the demo's run settings: the pocket recipe (its CoOp options apply to the coop cells only)
 DEMO_PRESET = "pocket_b2n"
 

@@ -75,7 +75,7 @@ class Experiment:
         if backbone is None:
             check_device(run.device)
             backbone = load_backbone(run.model, run.pretrained, run.device, run.precision)
-        if (cfg.train.crop_min, cfg.train.flip) != (0.08, True):  # else the backbone's own (CoOp's) training views
+        if not cfg.train.coop_views:  # else the backbone's own training views (CoOp's crop and flip)
             backbone = backbone.with_augmentation(cfg.train.crop_min, cfg.train.flip)
         self.backbone = backbone
         if dataset is None:
