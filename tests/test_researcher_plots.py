@@ -63,3 +63,14 @@ def test_summary_and_correlation_plots(tmp_path):
     assert plots.correlation_plot(rows, ["train_nc1"], "acc_hm", tmp_path / "c.png") is not None
     with pytest.raises(ValueError, match="several models"):
         plots.correlation_plot(rows + [{**rows[0], "model": "ViT-B-16"}], ["train_nc1"], "acc_hm", tmp_path / "d.png")
+
+
+def test_untuned_prompts_get_one_heatmap(tmp_path, monkeypatch):
+    """Zero-shot (initial == final text features): one panel, not two identical ones."""
+    figs = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figs.append(fig) or path)
+    x = np.random.default_rng(0).normal(size=(4, 8))
+    plots.cosine_heatmaps_plot(x, x.copy(), tmp_path / "a.png")
+    plots.cosine_heatmaps_plot(x, x + 0.1, tmp_path / "b.png")
+    assert [sum(bool(a.images) for a in f.axes) for f in figs] == [1, 2]
+    assert "not tuned" in figs[0].axes[0].get_title()

@@ -222,13 +222,18 @@ def centred_cosine(x: np.ndarray) -> np.ndarray:
 def cosine_heatmaps_plot(before: np.ndarray, after: np.ndarray, path: str | Path, classnames: Sequence[str] | None
                          = None, n_base: int | None = None, title: str = "") -> Path:
     """Centred cosine between the text features of every pair of classes, before and after tuning
-    (base classes first, then new ones after the black line when ``n_base`` is given)."""
+    (base classes first, then new ones after the black line when ``n_base`` is given). Untuned prompts
+    (``before`` == ``after``, e.g. zero-shot) get one panel."""
     plt = _plt()
     k = before.shape[0]
     side = 3.2 + 0.13 * min(k, MAX_NAMED_CLASSES)
-    fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1.6, side))
+    panels = [("before tuning (hand-written prompt)", before), ("after tuning", after)]
+    if np.allclose(before, after, rtol=0, atol=1e-7):
+        panels = [("of the hand-written prompt (not tuned)", after)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(len(panels) * side + 1.6, side), squeeze=False)
+    axes = list(axes[0])
     im = None
-    for ax, (name, x) in zip(axes, (("before tuning (hand-written prompt)", before), ("after tuning", after))):
+    for ax, (name, x) in zip(axes, panels):
         c = centred_cosine(x)
         off = c[~np.eye(k, dtype=bool)]
         im = ax.imshow(c, vmin=-1, vmax=1, cmap="PuOr_r")
@@ -236,8 +241,9 @@ def cosine_heatmaps_plot(before: np.ndarray, after: np.ndarray, path: str | Path
         # the mean of centred cosines stays near -1/(K-1) for any equal-norm set: the spread is what an ETF zeroes
         ax.set_title(f"text features {name}\noff-diagonal cosine {off.mean():+.3f} ± {off.std():.3f} (std), "
                      f"max {off.max():+.2f}\nsimplex ETF: {-1 / (k - 1):+.3f} ± 0", fontsize=8)
-    axes[1].set_ylabel("")
-    cb = fig.colorbar(im, ax=list(axes), shrink=0.8)
+    for ax in axes[1:]:
+        ax.set_ylabel("")
+    cb = fig.colorbar(im, ax=axes, shrink=0.8)
     cb.set_label("cosine of centred class text features")
     if title:
         fig.suptitle(title, fontsize=10)
@@ -272,20 +278,27 @@ def geometry_plot(text: np.ndarray, means: np.ndarray, path: str | Path, classna
     fig.colorbar(im, ax=axes[0], shrink=0.8).set_label("cosine")
     ax = axes[1]
     nb = k if n_base is None else n_base
+    many = k > MAX_NAMED_CLASSES  # too many classes to tell apart by colour: colour base vs new instead
+    size = 14 if many else 36
     for i in range(k):
-        col = MARKER_COLOURS[i % len(MARKER_COLOURS)]
         hollow = i >= nb
-        ax.plot([pm[i, 0], pt[i, 0]], [pm[i, 1], pt[i, 1]], lw=0.6, color="grey", zorder=1)
-        ax.scatter(pm[i, 0], pm[i, 1], marker="o", s=36, facecolor="none" if hollow else col, edgecolor=col, zorder=2)
-        ax.scatter(pt[i, 0], pt[i, 1], marker="X", s=40, color=col, zorder=3, alpha=0.5 if hollow else 1.0)
-        if classnames is not None and k <= MAX_NAMED_CLASSES:
+        col = OKABE_ITO[int(hollow)] if many else MARKER_COLOURS[i % len(MARKER_COLOURS)]
+        ax.plot([pm[i, 0], pt[i, 0]], [pm[i, 1], pt[i, 1]], lw=0.4 if many else 0.6, color="grey", zorder=1)
+        ax.scatter(pm[i, 0], pm[i, 1], marker="o", s=size, facecolor="none" if hollow else col, edgecolor=col,
+                   zorder=2)
+        ax.scatter(pt[i, 0], pt[i, 1], marker="X", s=size + 4, color=col, zorder=3, alpha=0.5 if hollow else 1.0)
+        if classnames is not None and not many:
             ax.annotate(classnames[i], (pm[i, 0], pm[i, 1]), fontsize=6.5, xytext=(3, 3), textcoords="offset points")
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], marker="o", ls="", color="grey", label="image class mean"),
-               Line2D([], [], marker="X", ls="", color="grey", label="text feature")]
+               Line2D([], [], marker="X", ls="", color="grey", label="text feature"),
+               Line2D([], [], ls="-", lw=0.6, color="grey", label="same class")]
     if nb < k:
-        handles.append(Line2D([], [], marker="o", ls="", markerfacecolor="none", color="grey", label="new class"))
+        handles.append(Line2D([], [], marker="o", ls="", markerfacecolor="none", color=OKABE_ITO[1] if many
+                              else "grey", label=f"new class ({k - nb})"))
+        if many:
+            handles.insert(0, Line2D([], [], marker="o", ls="", color=OKABE_ITO[0], label=f"base class ({nb})"))
     ax.legend(handles=handles, fontsize=7, frameon=False, loc="best")
     ax.set_xlabel(f"principal direction 1 of image means ({var[0]:.0f}% var.)")
     ax.set_ylabel(f"principal direction 2 ({var[1]:.0f}% var.)" if len(var) > 1 else "")
