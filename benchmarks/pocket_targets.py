@@ -33,7 +33,7 @@ COOP = {k: v for k, v in preset("pocket_b2n")["method"].items() if k != "name"}
 KGCOOP = {k: v for k, v in preset("pocket_kgcoop_b2n")["method"].items() if k != "name"}
 TRAIN = dict(preset("pocket_b2n")["train"])
 #: fewer epochs for the ImageNet role, as CoOp trains ImageNet for a quarter of the others' epochs
-EPOCHS = {"emoji_generic": 12}
+EPOCHS = {"emoji_generic": 25}
 
 
 def run(bb, dataset: str, method: str, protocol: str, cache: str, seed: int, **extra: Any):
