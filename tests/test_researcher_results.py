@@ -97,6 +97,15 @@ def test_model_info_of_a_weights_file(tmp_path):
     assert m["weights_file"] == "w.safetensors" and len(m["weights_sha256_16"]) == 16 and not m["random_weights"]
 
 
+def test_model_info_of_the_embedded_pocket_model():
+    """The pocket model loads its shipped weights without a pretrained tag: not "random_weights"."""
+    from ncprompt.backbones import load_backbone
+    from ncprompt.engine.run_info import model_info
+
+    m = model_info(load_backbone("pocket", device="cpu"))
+    assert m["name"] == "pocket" and m["weights_file"] == "pocket.safetensors" and m["random_weights"] is False
+
+
 def test_dataset_specs_one_root_per_dataset(tmp_path):
     from ncprompt.data.specs import DatasetSpec, parse_dataset_spec, parse_dataset_specs
 

@@ -35,7 +35,11 @@ def analyze_run(run_dir: str | Path) -> dict[str, Any]:
                               "accuracy": res.accuracies(), "nc": {}, "plots": []}
     if res.train is not None:
         report["nc"]["train"] = res.train.nc
-        report["nc"]["train_initial_text"] = res.train.nc_initial_text or {}
+        initial = res.train.nc_initial_text or {}
+        # prompts not tuned (zero-shot): the initial text's NC equals the final one's, no second column
+        report["tuned"] = any(res.train.nc.get(k) != v for k, v in initial.items())
+        if report["tuned"]:
+            report["nc"]["train_initial_text"] = initial
     report["nc"].update({k: s.nc for k, s in res.splits.items()})
     series = [r for r in log if r.get("nc_train")]
     if series:
@@ -61,7 +65,10 @@ def markdown(r: dict[str, Any]) -> str:
     splits = [s for s in r["nc"] if r["nc"][s]]
     keys = list(dict.fromkeys(k for s in splits for k in r["nc"][s] if k != "n_samples"))
     if splits:
-        lines.append("| metric | " + " | ".join(NC_SOURCES.get(s, f"{s} test images") for s in splits) + " |")
+        heads = [NC_SOURCES.get(s, f"{s} test images") for s in splits]
+        if not r.get("tuned", True):
+            heads = [h.replace("tuned prompts", "prompts not tuned") for h in heads]
+        lines.append("| metric | " + " | ".join(heads) + " |")
         lines.append("|---|" + "---|" * len(splits))
         for k in keys:
             vals = [r["nc"][s].get(k) for s in splits]

@@ -17,8 +17,11 @@ import numpy as np
 def model_info(backbone: Any, requested: str | None = None) -> dict[str, Any]:
     """The architecture and weights of ``backbone`` (a :class:`~ncprompt.backbones.openclip.Backbone`)."""
     wid = str(getattr(backbone, "weights_id", "") or "")
+    meta = getattr(backbone, "meta", None) or {}
+    # the loader records what it loaded; the embedded pocket model has weights but no pretrained tag
+    random = meta["weights"] == "random" if "weights" in meta else backbone.pretrained is None or wid == "random-init"
     out: dict[str, Any] = {"name": backbone.name, "weights": backbone.pretrained, "weights_id": wid,
-                           "random_weights": backbone.pretrained is None or wid == "random-init"}
+                           "random_weights": random}
     if wid.startswith("file:"):
         _, fname, digest = (wid.split(":", 2) + ["", ""])[:3]
         out.update(weights_file=fname, weights_sha256_16=digest)
