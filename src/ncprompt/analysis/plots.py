@@ -162,7 +162,8 @@ def training_curves_plot(log: list[dict[str, Any]], path: str | Path, title: str
         ax2.tick_params(labelsize=6)
         ax2.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
         ax2.spines["right"].set_visible(True)
-    ax.legend(handles=lines, fontsize=7, frameon=False)
+    # below the panel: a legend inside would cover one of the two curves (they live on two y-axes)
+    ax.legend(handles=lines, fontsize=7, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)
     ax = axes.flat[1]
     acc_keys = ["train_acc"] + sorted({k for r in log for k in r if k.endswith("_acc") and k != "train_acc"})
     for i, k in enumerate(acc_keys):
@@ -181,6 +182,10 @@ def training_curves_plot(log: list[dict[str, Any]], path: str | Path, title: str
         ax.set_title(f"({chr(ord('c') + i)}) {nc_label(k)}", fontsize=8)
         ax.set_xlabel("epoch")
         ax.set_ylabel(f"{nc_label(k).split(':')[0]} (lower is better)", fontsize=7)
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes.flat[:n_panels]:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     if title:
         fig.suptitle(title, fontsize=10)
     if flat:
