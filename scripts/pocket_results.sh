@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 NC=${NC:-.venv/bin/ncprompt}
 OUT=${OUT:-runs/results}
-DATASETS=${DATASETS:-"emoji_animals emoji_transport emoji_symbols emoji_hands"}
+DATASETS=${DATASETS:-"emoji_animals emoji_symbols emoji_hands"}
 SEEDS=${SEEDS:-"1 2 3"}
 for tau in 1.0 0.25 0.06; do
   # shellcheck disable=SC2086
@@ -14,7 +14,8 @@ for tau in 1.0 0.25 0.06; do
       --methods zeroshot coop coop+npt kgcoop kgcoop+npt --seeds $SEEDS --shots 16 --imbalance $tau --output "$OUT/tau$tau"
 done
 VARIANT_DATASETS=${VARIANT_DATASETS:-"emoji_animals emoji_symbols emoji_hands"}
-for v in anchored_procrustes anchored_identity cross_similarity lambda_0.5 lambda_1.0; do
+VARIANTS=${VARIANTS-"anchored_procrustes anchored_identity cross_similarity lambda_0.5 lambda_1.0"}
+for v in $VARIANTS; do
   # shellcheck disable=SC2086
   $NC --no-progress protocol --config "configs/npt_$v.yaml" --datasets $VARIANT_DATASETS \
       --methods coop+npt --seeds $SEEDS --shots 16 --imbalance 0.25 --output "$OUT/variants/$v"

@@ -36,8 +36,9 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
                   {"method": {"name": "maple", "n_ctx": 2, "depth": 9}, "data": _B2N_16,
                    "train": {"epochs": 5, "batch_size": 4, "lr": 0.0035}}),
     "pocket_b2n": ("the pocket-suite recipe (docs/results.md): pocket model, base-to-new, 16 shots, CoOp's own "
-                   "default context (16 random tokens), SGD lr 0.002, batch 32, 100 epochs (KgCoOp's; CoOp's B2N 200), 1 view "
-                   "cropped to 50-100% of the area, no flip (32 px sprites, arrows), 100 test images per class",
+                   "default context (16 random tokens), SGD lr 0.002, batch 32, 100 epochs (KgCoOp's; CoOp's B2N "
+                   "200), 1 view cropped to 50-100% of the area, no flip (32 px sprites, arrows), 100 test images "
+                   "per class",
                    {"run": {"model": "pocket"}, "data": {**_B2N_16, "max_test_per_class": 100},
                     "method": {"name": "coop", "n_ctx": 16, "ctx_init": ""},
                     "train": {"epochs": 100, "batch_size": 32, "lr": 0.002, "views": 1, "crop_min": 0.5,
