@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ncprompt.analysis.plots import correlation_plot, nc_label
+from ncprompt.analysis.plots import ACC_LABELS, correlation_plot, nc_label
 from ncprompt.analysis.run_report import run_model
 from ncprompt.engine.results import read_results
 from ncprompt.utils import atomic_write, atomic_write_bytes
@@ -157,8 +157,9 @@ def write_report(rows: list[dict[str, Any]], out_dir: str | Path) -> dict[str, A
             path = out / f"correlations_{_slug(model)}_{acc.removeprefix('acc_')}.png"
             stats = {e["metric"]: e for e in entries if e["accuracy"] == acc}
             if correlation_plot(mine, [m for m in nc_cols if m not in fixed], acc, path, stats=stats,
-                                title=f"{model}: NC of the training images vs {acc.removeprefix('acc_')} "
-                                      f"accuracy ({len(mine)} runs)", footnote=note) is not None:
+                                title=f"{model}: NC of the training images vs "
+                                      f"{ACC_LABELS.get(acc.removeprefix('acc_'), acc)} ({len(mine)} runs)",
+                                footnote=note) is not None:
                 plots.append(path.name)
     md += ["## Figures", ""] + [f"![{p}]({p})" for p in plots]
     atomic_write_bytes(out / "correlations.md", ("\n".join(md) + "\n").encode())
