@@ -113,6 +113,10 @@ def summary_plot(summary: list[dict[str, Any]], path: str | Path, title: str | N
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(len(methods), 6), frameon=False,
                bbox_to_anchor=(0.5, 1.0))
+    seeds = sorted({int(x["seeds"]) for x in summary if x.get("seeds")})
+    if seeds:
+        fig.text(0.01, -0.02, f"bars: mean over n = {', '.join(map(str, seeds))} seed(s); error bars: sample std "
+                 "over seeds; 'average': mean over the datasets", fontsize=7, ha="left", va="top")
     if title:
         fig.suptitle(title, y=1.1, va="bottom")
     return _save(fig, path)
