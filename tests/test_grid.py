@@ -64,7 +64,7 @@ def test_example_configs_are_valid():
 
     root = Path(__file__).parents[1] / "configs"
     cfg = RunConfig.from_dict(load_yaml(root / "coop_npt.yaml"))
-    assert cfg.npt.enabled and cfg.data.imbalance == 0.25 and cfg.method.ctx_init == "a photo of a"
+    assert cfg.npt.enabled and cfg.data.imbalance == 0.25 and cfg.method.ctx_init == "" and cfg.method.n_ctx == 16
     for f in root.glob("*.yaml"):  # grid bases: per_method options are validated per cell
         base = load_yaml(f)
         options = per_method_options(base)
