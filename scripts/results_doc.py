@@ -42,7 +42,7 @@ def averages(out: Path) -> str:
         if not path.is_file():
             continue
         for r in _average_rows(path):
-            cells = [_fmt(r.get(k)) for k in ("base", "new", "hm", "head", "middle", "tail")]
+            cells = [_fmt(r.get(k)) for k in ("base", "new", "hm", "base_head", "base_middle", "base_tail")]
             lines.append(f"| {tau} | {r['method']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
