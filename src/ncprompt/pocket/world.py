@@ -13,8 +13,8 @@ group, background colour, style), so "caption j is true of image i" is known exa
 
 Artists are mixed with unequal weights (:data:`PRETRAIN_MIX`); the Symbola glyphs never occur in
 pretraining and the OpenMoji line art only rarely: they are the domain-shift targets.  The suite's
-evaluation template "a photo of a {}." is not among the caption frames, so a hand-written prompt is not the
-ideal one (the gap CoOp closes on real CLIP); under 1% of the named captions say "a photo of".
+hand-written prompt "{} emoji" is one of the caption frames (as "a photo of a {}." is a frame of web
+alt-text); under 1% of the named captions say "a photo of", so that prompt scores lower here.
 """
 
 from __future__ import annotations
