@@ -24,13 +24,13 @@ import numpy as np
 import torch
 
 from ncprompt.backbones.openclip import load_backbone
-from ncprompt.config import RunConfig, preset
+from ncprompt.config import RunConfig, method_options, preset
 from ncprompt.pocket import suite as S
 from ncprompt.protocols.experiment import run_experiment
 
 #: CoOp's and KgCoOp's options and training: the ``pocket_b2n`` and ``pocket_kgcoop_b2n`` presets
-COOP = {k: v for k, v in preset("pocket_b2n")["method"].items() if k != "name"}
-KGCOOP = {k: v for k, v in preset("pocket_kgcoop_b2n")["method"].items() if k != "name"}
+COOP = method_options("pocket_b2n")
+KGCOOP = method_options("pocket_kgcoop_b2n")
 TRAIN = dict(preset("pocket_b2n")["train"])
 #: fewer epochs for the ImageNet role, as CoOp trains ImageNet for a quarter of the others' epochs
 EPOCHS = {"emoji_generic": 25}

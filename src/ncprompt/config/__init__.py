@@ -17,7 +17,7 @@ from ncprompt.config.methods import (
     method_config_class,
     parse_method,
 )
-from ncprompt.config.presets import PRESETS, preset
+from ncprompt.config.presets import PRESETS, method_options, preset
 from ncprompt.config.run import (
     DataSection,
     NPTConfig,
@@ -39,4 +39,4 @@ def save_yaml(path, cfg: RunConfig) -> None:
 __all__ = ["METHOD_CONFIGS", "PRESETS", "CoCoOpConfig", "CoOpConfig", "ConfigError", "ConfigModel", "DataSection",
            "KgCoOpConfig", "MaPLeConfig", "MethodConfig", "NPTConfig", "RunConfig", "RunSection", "TrainConfig",
            "ZeroShotConfig", "describe_errors", "dump_yaml", "flatten", "load_yaml", "merge", "merge_layers",
-           "method_config_class", "parse_method", "preset", "save_yaml"]
+           "method_config_class", "method_options", "parse_method", "preset", "save_yaml"]

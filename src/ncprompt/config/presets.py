@@ -82,3 +82,8 @@ def preset(name: str) -> dict[str, Any]:
     if name not in PRESETS:
         raise ConfigError(f"--preset: unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
     return copy.deepcopy(PRESETS[name][1])
+
+
+def method_options(name: str) -> dict[str, Any]:
+    """Preset ``name``'s method options without the method's name (for a grid cell of another method)."""
+    return {k: v for k, v in preset(name)["method"].items() if k != "name"}

@@ -121,27 +121,11 @@ def pretrain(
     caps the wall time: a run that hits it stops early, saves what it has and reports
     ``stopped_early``.  Returns a summary dict (steps done, wall seconds, pairs/s, last loss).
     """
-    output = Path(output)
+    args = dict(locals())
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return _pretrain(
-            output,
-            minutes,
-            seed,
-            steps,
-            batch_size,
-            lr,
-            warmup,
-            weight_decay,
-            log_every,
-            save_every,
-            bf16,
-            device,
-            threads,
-            model_config,
-            stop_after,
-        )
+        return _pretrain(**{**args, "output": Path(output)})
     finally:
         torch.set_num_threads(previous_threads)
 

@@ -94,6 +94,11 @@ def _add(s: SuiteSet) -> None:
     SETS[s.name] = s
 
 
+def _add_theme(name: str, role: str, subgroups: tuple[str, ...], doc: str, limit: int | None = None) -> None:
+    """Register a thematic dataset: the concepts of ``subgroups`` (the first ``limit`` of its seeded order)."""
+    _add(SuiteSet(name, role, _by_subgroup(name, subgroups, limit), doc=doc))
+
+
 _add(SuiteSet("emoji_generic", "ImageNet", _generic, doc="500 concepts of every group but flags"))
 _add(
     SuiteSet(
@@ -135,142 +140,108 @@ _add(
         doc="Fluent 3D renditions (in pretraining, never in the downstream sets)",
     )
 )
-_add(
-    SuiteSet(
-        "emoji_objects",
-        "Caltech101",
-        _by_subgroup(
-            "emoji_objects",
-            (
-                "clothing",
-                "household items",
-                "tools",
-                "office supplies",
-                "musical instruments",
-                "computer",
-                "light, film & video",
-                "books & paper",
-                "mail",
-                "writing",
-                "lock & keys",
-                "science equipment",
-                "medical",
-                "money",
-                "phone",
-                "sound",
-                "music",
-                "other objects",
-                "dishware",
-            ),
-            limit=100,
-        ),
-        doc="everyday objects",
-    )
+_add_theme(
+    "emoji_objects",
+    "Caltech101",
+    (
+        "clothing",
+        "household items",
+        "tools",
+        "office supplies",
+        "musical instruments",
+        "computer",
+        "light, film & video",
+        "books & paper",
+        "mail",
+        "writing",
+        "lock & keys",
+        "science equipment",
+        "medical",
+        "money",
+        "phone",
+        "sound",
+        "music",
+        "other objects",
+        "dishware",
+    ),
+    "everyday objects",
+    limit=100,
 )
-_add(
-    SuiteSet(
-        "emoji_animals",
-        "OxfordPets",
-        _by_subgroup("emoji_animals", ("mammals", "birds", "reptiles", "amphibians", "marine life", "bugs"), limit=37),
-        doc="animals",
-    )
+_add_theme(
+    "emoji_animals",
+    "OxfordPets",
+    ("mammals", "birds", "reptiles", "amphibians", "marine life", "bugs"),
+    "animals",
+    limit=37,
 )
-_add(
-    SuiteSet(
-        "emoji_transport",
-        "StanfordCars",
-        _by_subgroup("emoji_transport", ("ground transportation", "water transportation", "air transportation")),
-        doc="vehicles",
-    )
+_add_theme(
+    "emoji_transport",
+    "StanfordCars",
+    ("ground transportation", "water transportation", "air transportation"),
+    "vehicles",
 )
-_add(
-    SuiteSet(
-        "emoji_plants",
-        "Flowers102",
-        _by_subgroup("emoji_plants", ("flowers", "other plants", "fruit", "vegetables")),
-        doc="flowers, plants, fruit, vegetables",
-    )
+_add_theme(
+    "emoji_plants",
+    "Flowers102",
+    ("flowers", "other plants", "fruit", "vegetables"),
+    "flowers, plants, fruit, vegetables",
 )
-_add(
-    SuiteSet(
-        "emoji_food",
-        "Food101",
-        _by_subgroup("emoji_food", ("cooked / prepared", "asian", "sweets & candy", "drink")),
-        doc="dishes, sweets and drinks",
-    )
+_add_theme(
+    "emoji_food", "Food101", ("cooked / prepared", "asian", "sweets & candy", "drink"), "dishes, sweets and drinks"
 )
-_add(
-    SuiteSet(
-        "emoji_flags",
-        "FGVCAircraft",
-        _by_subgroup("emoji_flags", ("country flags", "subdivision flags"), limit=100),
-        doc="flags of countries (fine-grained)",
-    )
+_add_theme(
+    "emoji_flags",
+    "FGVCAircraft",
+    ("country flags", "subdivision flags"),
+    "flags of countries (fine-grained)",
+    limit=100,
 )
-_add(
-    SuiteSet(
-        "emoji_places",
-        "SUN397",
-        _by_subgroup(
-            "emoji_places",
-            (
-                "buildings",
-                "religious buildings",
-                "other places",
-                "geographic locations",
-                "globes & maps",
-                "weather",
-                "hotel",
-            ),
-        ),
-        doc="places, buildings, sky and weather",
-    )
+_add_theme(
+    "emoji_places",
+    "SUN397",
+    (
+        "buildings",
+        "religious buildings",
+        "other places",
+        "geographic locations",
+        "globes & maps",
+        "weather",
+        "hotel",
+    ),
+    "places, buildings, sky and weather",
 )
-_add(
-    SuiteSet(
-        "emoji_symbols",
-        "DTD",
-        _by_subgroup(
-            "emoji_symbols",
-            (
-                "shapes & colors",
-                "arrows",
-                "audio & video symbols",
-                "zodiac signs",
-                "religious symbols",
-                "transport signs",
-                "warning symbols",
-                "other symbols",
-                "math symbols",
-                "keypad characters",
-                "alphanumeric symbols",
-            ),
-            limit=47,
-        ),
-        doc="abstract signs, shapes and symbols",
-    )
+_add_theme(
+    "emoji_symbols",
+    "DTD",
+    (
+        "shapes & colors",
+        "arrows",
+        "audio & video symbols",
+        "zodiac signs",
+        "religious symbols",
+        "transport signs",
+        "warning symbols",
+        "other symbols",
+        "math symbols",
+        "keypad characters",
+        "alphanumeric symbols",
+    ),
+    "abstract signs, shapes and symbols",
+    limit=47,
 )
-_add(
-    SuiteSet(
-        "emoji_hands",
-        "EuroSAT",
-        _by_subgroup(
-            "emoji_hands",
-            ("fingers open", "hand signs", "finger pointing", "fingers closed", "hands", "hand props"),
-            limit=10,
-        ),
-        doc="hand gestures (few classes, look alike)",
-    )
+_add_theme(
+    "emoji_hands",
+    "EuroSAT",
+    ("fingers open", "hand signs", "finger pointing", "fingers closed", "hands", "hand props"),
+    "hand gestures (few classes, look alike)",
+    limit=10,
 )
-_add(
-    SuiteSet(
-        "emoji_activities",
-        "UCF101",
-        _by_subgroup(
-            "emoji_activities", ("activities", "athletics", "resting", "sports", "games & hobbies"), limit=101
-        ),
-        doc="people doing things, sports",
-    )
+_add_theme(
+    "emoji_activities",
+    "UCF101",
+    ("activities", "athletics", "resting", "sports", "games & hobbies"),
+    "people doing things, sports",
+    limit=101,
 )
 
 _add(

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ncprompt.config import ConfigError, preset
+from ncprompt.config import ConfigError, method_options, preset
 from ncprompt.protocols.grid import MethodSpec, markdown_table, run_grid, summarise
 
 #: a representative part of the emoji suite (docs/datasets.md): the OxfordPets, StanfordCars, DTD and
@@ -24,7 +24,7 @@ DEMO_METHODS = ["zeroshot", "coop", "coop+npt", "kgcoop"]
 #: epochs of the demo's trained cells (None: the preset's 50)
 DEMO_EPOCHS: int | None = None
 #: KgCoOp's cells take the pocket_kgcoop_b2n preset's method options (the preset's reach the coop cells only)
-DEMO_METHOD_OPTIONS = {"kgcoop": {k: v for k, v in preset("pocket_kgcoop_b2n")["method"].items() if k != "name"}}
+DEMO_METHOD_OPTIONS = {"kgcoop": method_options("pocket_kgcoop_b2n")}
 #: the demo's run settings: the pocket recipe (its CoOp options apply to the coop cells only)
 DEMO_PRESET = "pocket_b2n"
 
