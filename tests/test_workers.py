@@ -114,7 +114,7 @@ def test_maple_trains_the_same_prompts_with_0_and_2_workers(tiny_backbone, fmnis
     first, second = (json.loads(line) for line in (tmp_path / "run0" / "metrics.jsonl").read_text().splitlines())
     assert first["loss"] != second["loss"]  # it trained
     # the workers are recorded but do not change the fingerprint: the workers-0 run is this run, finished
-    assert RunFolder(tmp_path / "run0").finished(_maple(tmp_path, 2))
+    assert RunFolder(tmp_path / "run0").finished(_maple(tmp_path, 2), exp.inputs())
 
 
 def test_workers_field_validated_recorded_and_out_of_the_fingerprint():

@@ -1,9 +1,14 @@
-"""A run folder's identity and ownership: its config fingerprint and an exclusive lock.
+"""A run folder's identity and ownership: its config fingerprint, its inputs and an exclusive lock.
 
 * ``config.yaml`` records the whole config; what determines the result is its fingerprint
   (:meth:`RunConfig.fingerprint_items`: every key but the output/cache locations). A run resumes
   (or reuses its results) only when the new config has the same fingerprint; otherwise a
   :class:`RunFolderError` names the differing keys, before anything in the folder is touched.
+* ``inputs.json`` records what the config does not say: the content of the weights and of the data
+  (class names, templates, the sampled training images, every test split; see
+  ``Experiment.inputs``). A finished or checkpointed run is reused only when they are the same
+  again, so new weights or a changed dataset under an unchanged config never return old results;
+  a folder whose run predates this record is refused too (its inputs cannot be proven).
 * One process at a time: ``.lock`` is held with ``fcntl.flock(LOCK_EX | LOCK_NB)`` for the whole
   run; the kernel releases it when the process dies, however it dies.
 """
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -19,10 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from ncprompt.config import ConfigError, RunConfig, load_yaml, save_yaml
+from ncprompt.utils import atomic_write_bytes
 
 LOCK = ".lock"
 #: what a run writes (removed by ``--no-resume``; anything else in the folder is left alone)
-RUN_FILES = ("config.yaml", "train_config.json", "metrics.jsonl", "train.log", "prompt.safetensors",
+INPUTS = "inputs.json"
+RUN_FILES = ("config.yaml", INPUTS, "train_config.json", "metrics.jsonl", "train.log", "prompt.safetensors",
              "text_features.safetensors", "image_means.safetensors", "results.json", "analysis.json", "analysis.md")
 RUN_DIRS = ("checkpoint", "plots")
 
@@ -93,10 +101,43 @@ class RunFolder:
                                  "--no-resume to start it over, or choose another --output")
         return "resume"
 
-    def prepare(self, cfg: RunConfig, resume: bool = True) -> str:
-        """Validate (:meth:`check`), then clear a restarted run's files and record ``cfg``.
-        Call while holding the lock."""
+    def recorded_inputs(self) -> dict[str, str] | None:
+        """The inputs (weights and data digests) a previous run recorded here, or None."""
+        f = self.path / INPUTS
+        if not f.is_file():
+            return None
+        try:
+            data = json.loads(f.read_text())
+            if not isinstance(data, dict):
+                raise ValueError("not a mapping")
+            return {str(k): str(v) for k, v in data.items()}
+        except (OSError, ValueError) as e:
+            raise RunFolderError(f"{f} cannot be read ({e}); rerun with --no-resume to start over, or choose "
+                                 "another --output") from None
+
+    def check_inputs(self, inputs: dict[str, str]) -> None:
+        """Refuse (:class:`RunFolderError`) to reuse this folder's run when it ran on other weights or
+        data than ``inputs``, or when it left results or a checkpoint without recording its inputs."""
+        old = self.recorded_inputs()
+        if old is None:
+            left = [n for n in ("results.json", "prompt.safetensors", "checkpoint") if (self.path / n).exists()]
+            if left:
+                raise RunFolderError(f"{self.path} holds a run ({left[0]}) that recorded no inputs.json (an earlier "
+                                     "ncprompt), so its weights and data cannot be checked; rerun with --no-resume "
+                                     "to start it over, or choose another --output")
+            return
+        diff = [k for k in sorted(set(old) | set(inputs)) if old.get(k) != inputs.get(k)]
+        if diff:
+            what = ", ".join(diff[:4]) + (f" and {len(diff) - 4} more" if len(diff) > 4 else "")
+            raise RunFolderError(f"{self.path} holds a run on other inputs with the same settings (changed: {what}); "
+                                 "rerun with --no-resume to start it over, or choose another --output")
+
+    def prepare(self, cfg: RunConfig, resume: bool = True, inputs: dict[str, str] | None = None) -> str:
+        """Validate (:meth:`check`, and :meth:`check_inputs` when resuming), then clear a restarted run's
+        files and record ``cfg`` and ``inputs``. Call while holding the lock."""
         state = self.check(cfg, resume)
+        if state == "resume" and inputs is not None:
+            self.check_inputs(inputs)
         if state == "restart":
             for name in RUN_FILES:
                 (self.path / name).unlink(missing_ok=True)
@@ -104,11 +145,17 @@ class RunFolder:
                 shutil.rmtree(self.path / name, ignore_errors=True)
         if state != "resume" or not (self.path / "config.yaml").is_file():
             save_yaml(self.path / "config.yaml", cfg)
+        if inputs is not None and (state != "resume" or not (self.path / INPUTS).is_file()):
+            atomic_write_bytes(self.path / INPUTS, (json.dumps(inputs, indent=1) + "\n").encode())
         return state
 
-    def finished(self, cfg: RunConfig) -> bool:
-        """True when this folder holds the finished run of ``cfg`` (same fingerprint, results.json)."""
-        return (self.path / "results.json").is_file() and self.check(cfg) == "resume"
+    def finished(self, cfg: RunConfig, inputs: dict[str, str]) -> bool:
+        """True when this folder holds the finished run of ``cfg`` on ``inputs`` (same fingerprint, same
+        weights and data, results.json); other settings or inputs raise :class:`RunFolderError`."""
+        if not (self.path / "results.json").is_file() or self.check(cfg) != "resume":
+            return False
+        self.check_inputs(inputs)
+        return True
 
     # --- ownership --------------------------------------------------------------------------
     def acquire(self) -> None:
@@ -139,12 +186,12 @@ class RunFolder:
             self._lock_fd = None
 
     @contextlib.contextmanager
-    def open(self, cfg: RunConfig, resume: bool = True) -> Iterator[str]:
-        """Lock, validate and record ``cfg``; yields the state ("new", "resume", "restart")."""
+    def open(self, cfg: RunConfig, resume: bool = True, inputs: dict[str, str] | None = None) -> Iterator[str]:
+        """Lock, validate and record ``cfg`` (and ``inputs``); yields the state ("new", "resume", "restart")."""
         if self.path.exists() and not self.path.is_dir():
             raise RunFolderError(f"--output {self.path} is an existing file; give a folder path")
         self.acquire()
         try:
-            yield self.prepare(cfg, resume)
+            yield self.prepare(cfg, resume, inputs)
         finally:
             self.release()

@@ -12,6 +12,8 @@ image_means.safetensors, results.json (:class:`ncprompt.engine.results.RunResult
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from ncprompt.collapse.regularizers import NPTRegularizer
 from ncprompt.config import ConfigError, RunConfig, load_yaml
 from ncprompt.data import DataError, DatasetSplits, LabeledImages, get_dataset
 from ncprompt.data.cache import FeatureCache
+from ncprompt.data.cache_key import content_digest, weights_digest
 from ncprompt.data.class_split import choose_base_classes
 from ncprompt.data.sampling import class_groups, restrict_classes, sample_train
 from ncprompt.engine import distributed
@@ -144,6 +147,19 @@ class Experiment:
         reg.setup(zero_shot_text=zs, image_class_means=acc.class_means().float().to(self.backbone.device))
         return reg
 
+    def inputs(self) -> dict[str, str]:
+        """What the run reads beyond its config, as digests (recorded in the run folder's inputs.json and
+        checked before a run is resumed or reused): the weights' content, the dataset's class names and
+        templates, the sampled training images, every test split and target (labels and pixels or files;
+        :func:`ncprompt.data.cache_key.content_digest`)."""
+        names = json.dumps([list(self.dataset.classnames), list(self.dataset.templates)]).encode()
+        out = {"weights": f"{self.backbone.weights_id} sha256:{weights_digest(self.backbone.model)[:16]}",
+               "classes": hashlib.sha256(names).hexdigest()[:16],
+               "data.train": content_digest(self.train_images)[:16]}
+        for prefix, sets in (("data.test.", self.eval_sets()), ("data.target.", self.target_sets())):
+            out.update({prefix + name: content_digest(ev.images)[:16] for name, ev in sets.items()})
+        return out
+
     # --- run --------------------------------------------------------------------------------
     def run(self, run_dir: str | Path | None = None, resume: bool = True, stop_after: int | None = None,
             folder: RunFolder | None = None) -> RunResult | dict[str, Any]:
@@ -160,7 +176,7 @@ class Experiment:
         if owned:
             folder.acquire()
         try:
-            folder.prepare(self.cfg, resume)
+            folder.prepare(self.cfg, resume, self.inputs())
             distributed.barrier()  # the other ranks read the folder once it is prepared
             return self._run(folder.path, resume, stop_after)
         finally:

@@ -2,10 +2,12 @@
 
 A method spec is a registered method name, optionally with "+npt" (NPT on), e.g. ``coop+npt``.
 Cells are deduplicated (a dataset, method or seed given twice runs once). Before anything runs,
-every cell's config is validated and checked against its run folder: a finished cell with the same
-fingerprint is reused, one with other settings stops the grid with a one-line error naming the
-keys (``--no-resume`` starts the cells over), so a killed grid resumes where it stopped and a
-rerun with other settings never reports old results. ``workers > 1`` runs cells in parallel
+every cell's config is validated and checked against its run folder; when a cell comes to run, a
+finished one with the same fingerprint and the same inputs (weights and data content, the run
+folder's inputs.json) is reused, and one with other settings or inputs stops the grid with a
+one-line error naming what differs (``--no-resume`` starts the cells over). So a killed grid
+resumes where it stopped, and a rerun with other settings, weights or data never reports old
+results. ``workers > 1`` runs cells in parallel
 processes (cores / workers torch threads each) that die with the grid's process.
 """
 
@@ -61,8 +63,6 @@ def run_one(job: dict[str, Any]) -> RunResult:
     folder = RunFolder(job["run_dir"])
     folder.acquire()
     try:
-        if job.get("resume", True) and folder.finished(cfg):
-            return read_results(folder.path)
         data = cfg.data
         key = repr((job["dataset"], data.dataset, data.root, sorted(data.options.items())))
         if key not in _DATASETS:
@@ -75,7 +75,10 @@ def run_one(job: dict[str, Any]) -> RunResult:
             _DATASETS[key] = replace(get_dataset(data.dataset, data.root, **{"seed": 0, **data.options}),
                                      name=job["dataset"])
         with quiet():  # a run's epochs go to its train.log; the grid shows one line per run
-            res = Experiment(cfg, dataset=_DATASETS[key]).run(resume=job.get("resume", True), folder=folder)
+            exp = Experiment(cfg, dataset=_DATASETS[key])
+            if job.get("resume", True) and folder.finished(cfg, exp.inputs()):  # same settings, weights and data
+                return read_results(folder.path)
+            res = exp.run(resume=job.get("resume", True), folder=folder)
         assert isinstance(res, RunResult)
         return res
     finally:
@@ -142,6 +145,7 @@ def run_grid(base: dict[str, Any], datasets: list[str], methods: list[MethodSpec
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--output {out} is an existing file; give a folder for the grid")
     jobs = grid_jobs(base, datasets, methods, seeds, out, shots, resume)
+    _DATASETS.clear()  # a dataset is read again by each grid: its files may have changed since the last one
     rows: list[dict[str, Any]] = []
     threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
     plog = ProgressLog("grid", len(jobs), out / "grid.log", unit="run")
