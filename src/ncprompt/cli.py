@@ -416,6 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seeds", nargs="+", type=int, default=[1], help="[default 1]")
     s.add_argument("--epochs", type=int, help="[default: the pocket recipe's]")
     s.add_argument("--workers", type=int, default=1, help="parallel runs (processes) [default 1]")
+    s.add_argument("--no-resume", action="store_true", help="run every cell again (even one finished earlier)")
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("protocol", help="a grid of runs (datasets x shots x methods x seeds) with summary tables",

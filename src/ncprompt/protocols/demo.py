@@ -51,7 +51,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
     t0 = time.time()
     print(f"ncprompt demo: pocket model, base-to-new, {base['data']['shots']} shots, methods "
           f"{[m.label for m in methods]}")
-    rows = run_grid(base, a.datasets or DEMO_DATASETS, methods, a.seeds, a.output, workers=a.workers)
+    rows = run_grid(base, a.datasets or DEMO_DATASETS, methods, a.seeds, a.output, workers=a.workers,
+                    resume=not a.no_resume)
     print()
     print(markdown_table(summarise(rows)))
     print(f"done in {time.time() - t0:.0f} s; tables and plot in {a.output}/ (summary.md, summary.csv, summary.png)")
