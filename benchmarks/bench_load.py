@@ -3,7 +3,7 @@
 For each OpenMP wait policy (unset = libgomp's default short spin, PASSIVE, ACTIVE) and inter-op thread
 setting (torch's default, 1) a child process (the policy is read when torch loads OpenMP) times the
 step with 1 and 2 intra-op threads, first on the machine as it is, then with ``--busy`` competing
-processes (``python -c 'while True: pass'``, killed afterwards) keeping the cores busy. Every number is
+processes (a Python spin loop, killed afterwards) keeping the cores busy. Every number is
 stored with the load average and `uptime` at its measurement and the CPU share other processes took.
 
     nice -n 15 .venv/bin/python benchmarks/bench_load.py                 # ~2 minutes on 2 cores
@@ -27,7 +27,14 @@ from _common import RESULTS_DIR, cpu_model, fmt_s, markdown_table, write_json  #
 
 #: (OMP_WAIT_POLICY or None for unset, inter-op threads or None for torch's default)
 CONFIGS: list[tuple[str | None, int | None]] = [(None, None), ("PASSIVE", None), ("ACTIVE", None), ("PASSIVE", 1)]
-BUSY = [sys.executable, "-c", "while True: pass"]
+
+
+def busy_process(seconds: int) -> subprocess.Popen:
+    """A competing process that spins for at most ``seconds``; its output does not go to our stdout (an
+    inherited pipe kept open by a stray child is what hung the first version of this script)."""
+    code = f"import time\nend = time.time() + {seconds}\nwhile time.time() < end: pass"
+    return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
 
 
 def uptime() -> str:
@@ -56,7 +63,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
                            "interop": torch.get_num_interop_threads(), "rows": []}
     for busy in (0, args.busy):
-        procs = [subprocess.Popen(["timeout", str(args.busy_timeout), *BUSY]) for _ in range(busy)]
+        procs = [busy_process(args.busy_timeout) for _ in range(busy)]
         try:
             time.sleep(0.5 if busy else 0.0)
             for threads in (1, 2):
