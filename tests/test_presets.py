@@ -80,8 +80,9 @@ PUBLISHED: dict[str, dict[str, Any]] = {
                      "method.search_steps": 8, "method.max_iter": 1000, "method.val_shots": 4,
                      "data.protocol": "all", "data.shots": 16},
 }
-#: the project's own recipes (not published elsewhere)
-OWN = {"pocket_b2n", "pocket_kgcoop_b2n"}
+#: the project's own recipes (not published elsewhere; the pocket carries: tests/test_pocket_method_presets.py)
+OWN = {"pocket_b2n", "pocket_kgcoop_b2n", "pocket_linear_probe",
+       *(f"pocket_{m}_b2n" for m in ("cocoop", "maple", "ivlp", "promptsrc", "prograd", "tcp"))}
 
 
 def _get(cfg: Any, key: str) -> Any:

@@ -74,6 +74,63 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
                  "data": _B2N_16, "train": {"epochs": 50, "batch_size": 32, "lr": 0.002, "optimizer": "adamw"}}),
 }
 
+#: what every pocket recipe shares (pocket_b2n's): the pocket model, base-to-new at 16 shots, 100 test images per
+#: class, one training view cropped to 50-100% of its area, no flip (32 px sprites; arrows and hands)
+_POCKET_DATA = {**_B2N_16, "max_test_per_class": 100}
+_POCKET_VIEWS = {"views": 1, "crop_min": 0.5, "flip": False}
+#: the caption frames of the pocket world (ncprompt.pocket.world.NAME_FRAMES, tested equal): the emoji world's
+#: counterpart of CLIP's 80 ImageNet templates, which PromptSRC's frozen text features average
+POCKET_FRAMES = ["{}", "{} emoji", "{} icon", "emoji {}", "an emoji of {}", "{} clipart", "{} sticker",
+                 "{} illustration", "cute {} emoji", "{} vector icon", "{} cartoon", "{} symbol", "emoticon: {}",
+                 "the {} emoji", "image of {}", "a photo of {}"]
+_EMOJI_CTX = {"ctx_init": "an emoji of"}  # "a photo of a" in the emoji world (pocket_kgcoop_b2n's words)
+
+
+def _on_pocket(published: str, summary: str, method: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Published preset ``published`` carried to the pocket suite as pocket_b2n carries CoOp: the pocket model,
+    base-to-new at 16 shots, 100 test images per class, 1 view cropped to 50-100%, no flip; the method's own
+    epochs, batch, lr and optimiser kept; ``method``: the options that change (depths scaled from 12 blocks to
+    the 4 of the pocket text tower, the emoji world's words)."""
+    src = PRESETS[published][1]
+    return (summary, {"run": {"model": "pocket"}, "data": dict(_POCKET_DATA), "method": {**src["method"], **method},
+                      "train": {**src["train"], **_POCKET_VIEWS}})
+
+
+_POCKET_SAME = ("pocket model, base-to-new, 16 shots, 1 view cropped to 50-100%, no flip, 100 test images per class "
+                "(as pocket_b2n)")
+PRESETS.update({
+    "pocket_cocoop_b2n": _on_pocket(
+        "cocoop_b2n", f"CoCoOp on the pocket suite: cocoop_b2n's 10 epochs, batch 1, lr 0.002; 3 tokens from 'an "
+        f"emoji of' (as pocket_kgcoop_b2n); {_POCKET_SAME}", {"n_ctx": 3, **_EMOJI_CTX}),
+    "pocket_maple_b2n": _on_pocket(
+        "maple_b2n", f"MaPLe on the pocket suite: maple_b2n's 5 epochs, batch 4, lr 0.0035, 2 learned tokens of 'an "
+        f"emoji of' ('of' stays frozen text); depth 3 of the 4 text blocks (published 9 of 12; the vision tower "
+        f"has 6); {_POCKET_SAME}", {**_EMOJI_CTX, "depth": 3}),
+    "pocket_ivlp_b2n": _on_pocket(
+        "ivlp_b2n", f"IVLP on the pocket suite: ivlp_b2n's 20 epochs, batch 4, lr 0.0025; 3 text tokens from 'an "
+        f"emoji of' + 4 vision tokens; depth 3 + 3 (published 9 + 9 of 12; one depth in both towers as published, "
+        f"3 of the 4 text and of the 6 vision blocks); {_POCKET_SAME}",
+        {"n_ctx_text": 3, **_EMOJI_CTX, "depth_text": 3, "depth_vision": 3}),
+    "pocket_promptsrc_b2n": _on_pocket(
+        "promptsrc_b2n", f"PromptSRC on the pocket suite: promptsrc_b2n's 20 epochs, batch 4, lr 0.0025, weights 25 / "
+        f"10 / 1, GPA mean 15 std 1; pocket_ivlp_b2n's prompts (3 + 4 tokens, depth 3 + 3); frozen text features "
+        f"averaged over the pocket world's 16 caption frames (CLIP's 80 photo templates on real CLIP); "
+        f"{_POCKET_SAME}",
+        {"n_ctx_text": 3, **_EMOJI_CTX, "depth_text": 3, "depth_vision": 3, "templates": POCKET_FRAMES}),
+    "pocket_prograd_b2n": _on_pocket(
+        "prograd_b2n", f"ProGrad on the pocket suite: prograd_b2n's 16 tokens, lambda 1, T 1, 100 epochs, batch 32, "
+        f"lr 0.002, at 16 shots (published base-to-new: 4; 16 as every other method of the table); the emoji "
+        f"template '{{}} emoji' has no words before the class, so the context starts random (CoOp's pocket "
+        f"default); {_POCKET_SAME}", {}),
+    "pocket_tcp_b2n": _on_pocket(
+        "tcp_b2n", f"TCP on the pocket suite: tcp_b2n's 4 random tokens, w 8.0, 50 epochs, batch 32, lr 0.002, "
+        f"AdamW; class tokens before text block 3 of 4 (published 8 of 12); {_POCKET_SAME}", {"class_layer": 3}),
+    "pocket_linear_probe": ("linear probe on the pocket suite: linear_probe's search, protocol all (a probe has "
+                            "no weights for new classes), pocket model, 16 shots, 100 test images per class",
+                            {"run": {"model": "pocket"}, "method": {"name": "linear_probe"},
+                             "data": {"protocol": "all", "shots": 16, "max_test_per_class": 100}}),
+})
+
 
 def preset(name: str) -> dict[str, Any]:
     """A copy of preset ``name``'s partial config."""
