@@ -10,6 +10,11 @@ result records what torch sees.
 
     .venv/bin/python benchmarks/bench_precision.py                 # K = 10 and 100
     .venv/bin/python benchmarks/bench_precision.py --ks 10 --reps 3
+    .venv/bin/python benchmarks/bench_precision.py --accuracy emoji_animals --seeds 1 2 3   # pocket bench accuracy
+
+``--accuracy DATASET`` instead trains CoOp with the ``pocket_b2n`` preset (base-to-new, 16 shots) on a pocket
+dataset under fp32 and under bf16 autocast for each seed, and records base / new / HM and the seconds of each
+run, so the two precisions' difference can be set against the seed-to-seed spread.
 """
 
 from __future__ import annotations
@@ -76,6 +81,48 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def accuracy(args: argparse.Namespace) -> dict[str, Any]:
+    """CoOp (``pocket_b2n``) on a pocket dataset, fp32 vs bf16, per seed (see the module docstring)."""
+    import time
+
+    import ncprompt.pocket.suite  # noqa: F401  (registers the emoji datasets)
+    from ncprompt.config import RunConfig, preset
+    from ncprompt.protocols.experiment import run_experiment
+
+    torch.set_num_threads(args.threads)
+    info = machine_info(args.threads)
+    info.update(cpu_native_bf16=cpu_native_bf16())
+    out: dict[str, Any] = {"dataset": args.accuracy, "recipe": "pocket_b2n (CoOp)", "machine": info, "runs": []}
+    for seed in args.seeds:
+        for precision in ("fp32", "bf16"):
+            cfg = preset("pocket_b2n")
+            cfg["run"] = {**cfg.get("run", {}), "precision": precision, "diagnostics": False,
+                          "cache_dir": str(args.cache)}
+            cfg["data"] = {**cfg["data"], "dataset": args.accuracy}
+            cfg["train"] = {**cfg["train"], "seed": seed}
+            t0 = time.time()
+            res = run_experiment(RunConfig.from_dict(cfg), out_dir=None)
+            row = {"seed": seed, "precision": precision, "base": res.splits["base"].top1,
+                   "new": res.splits["new"].top1, "hm": res.hm, "seconds": round(time.time() - t0, 1),
+                   "loadavg_1m": os.getloadavg()[0]}
+            out["runs"].append(row)
+            print(f"seed {seed} {precision}: base {row['base']:.2f} new {row['new']:.2f} hm {row['hm']:.2f} "
+                  f"({row['seconds']} s, load {row['loadavg_1m']:.2f})", flush=True)
+            write_json(args.out.with_suffix(".partial.json"), out)
+    return out
+
+
+def accuracy_table(result: dict[str, Any]) -> str:
+    import numpy as np
+
+    rows = []
+    for precision in ("fp32", "bf16"):
+        rs = [r for r in result["runs"] if r["precision"] == precision]
+        cells = [f"{np.mean([r[k] for r in rs]):.2f} ± {np.std([r[k] for r in rs]):.2f}" for k in ("base", "new", "hm")]
+        rows.append([precision, str(len(rs)), *cells, f"{np.mean([r['seconds'] for r in rs]):.0f} s"])
+    return markdown_table(["precision", "seeds", "base", "new", "HM", "s / run"], rows)
+
+
 def table(result: dict[str, Any]) -> str:
     rows = []
     for k, r in result["ks"].items():
@@ -100,10 +147,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", type=Path, default=RESULTS_DIR / "precision.json")
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--accuracy", metavar="DATASET", help="pocket dataset: CoOp accuracy under fp32 vs bf16")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--cache", type=Path, default=Path("cache/precision"))
     args = p.parse_args(argv)
-    result = run(args)
-    result["markdown"] = table(result)
+    if args.out is None:
+        args.out = RESULTS_DIR / ("precision_accuracy.json" if args.accuracy else "precision.json")
+    if args.accuracy:
+        result = accuracy(args)
+        result["markdown"] = accuracy_table(result)
+    else:
+        result = run(args)
+        result["markdown"] = table(result)
     print("\n" + result["markdown"])
     write_json(args.out, result)
     args.out.with_suffix(".partial.json").unlink(missing_ok=True)
