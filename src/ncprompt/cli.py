@@ -484,9 +484,44 @@ def _in_trainer(tb: Any) -> bool:
     return False
 
 
+def busy_cores(samples: int = 5, gap_s: float = 0.01, loadavg: str = "/proc/loadavg") -> int | None:
+    """Cores other processes are using now: the fewest runnable tasks over a few samples of
+    ``/proc/loadavg`` (its 4th field, "running/total", counts this process too), minus this process.
+    None where the file does not exist."""
+    import time
+
+    seen = []
+    for i in range(samples):
+        try:
+            with open(loadavg) as f:
+                seen.append(int(f.read().split()[3].split("/")[0]))
+        except (OSError, IndexError, ValueError):
+            return None
+        if i + 1 < samples:
+            time.sleep(gap_s)
+    return max(0, min(seen) - 1)
+
+
+def default_threads(env: dict[str, str] | None = None, busy: int | None = None, cores: int | None = None) -> None:
+    """Torch's intra-op threads when the user did not choose (``OMP_NUM_THREADS`` unset, not under torchrun):
+    all cores on an idle machine (torch's default), the cores left by the processes running now otherwise,
+    at least 1. Measured (docs/benchmarks.md, under load): with 2 competing processes on 2 cores, 1 thread
+    is 1.2x (ViT-B-16) to 1.8x (pocket) faster than 2, whose OpenMP barriers wait on descheduled threads.
+    Must run before torch is imported (OpenMP reads the variable once)."""
+    env = os.environ if env is None else env
+    if "OMP_NUM_THREADS" in env or "WORLD_SIZE" in env or "torch" in sys.modules:
+        return
+    busy = busy_cores() if busy is None else busy
+    cores = len(os.sched_getaffinity(0)) if cores is None and hasattr(os, "sched_getaffinity") else (
+        cores or os.cpu_count() or 1)
+    if busy:
+        env["OMP_NUM_THREADS"] = str(max(1, cores - busy))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     a = p.parse_args(argv)
+    default_threads()
     if getattr(a, "nproc", None) and a.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         from ncprompt.engine.distributed import launch
 
