@@ -133,6 +133,8 @@ def child(model: str, k: int, method: str, reps: int, threads: int) -> dict[str,
 
 def run_all(args: argparse.Namespace) -> dict[str, Any]:
     info = machine_info(args.threads)
+    if args.note:
+        info["note"] = args.note
     info["uptime_start"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     rows = []
     t_start = time.perf_counter()
@@ -161,16 +163,11 @@ def section(data: dict[str, Any]) -> str:
     info = data["machine"]
     lines = [START, "## Issue-11 methods: step time and peak memory (`bench_methods.py`)", "",
              f"CPU ({info['cpu']}, {info['logical_cpus']} logical CPUs), torch threads {info['torch_threads']}, "
-             f"fp32, random inputs; {info['date']}. **The machine was shared** (other helpers' tests and the "
-             "pocket pretraining job ran): `uptime` at start: `" + info["uptime_start"] + "`; at end: `"
-             + info["uptime_end"] + "`. Wall times were useless (mostly waiting for a time slice); the CPU times "
-             "below are far less affected but still inflated by cache and memory contention: compare methods "
-             "within one table only, and rerun on an idle machine for absolute "
-             "numbers. Combinations not listed (or marked 'not run') did not fit the session's time on the "
-             "starved machine.", "",
+             f"fp32, random inputs; {info['date']}. `uptime` at start: `" + info["uptime_start"] + "`; at end: `"
+             + info["uptime_end"] + "`. " + info.get("note", ""), "",
              "Times are the process's **CPU time** per step (one torch thread, so about the wall time of an "
-             "idle core; wall times are in the JSON): with the machine starved, wall time measured mostly the "
-             "wait for a time slice.", "",
+             "idle core, and little affected by other processes on the other core; wall times are in the "
+             "JSON).", "",
              f"Step = forward + loss terms (+ NPT) + backward + SGD step, median of {_reps(data)} timed step(s) "
              "after one warm-up step, at the "
              "published batch size (B; live methods encode B images of the model's size per step). Peak = "
@@ -198,7 +195,7 @@ def section(data: dict[str, Any]) -> str:
              "peak MiB, run"],
             rows), ""]
     if skipped:
-        lines += ["Not measured in this session (time budget on the starved machine): " + ", ".join(skipped) + ".",
+        lines += ["Not measured (the run's --budget ran out): " + ", ".join(skipped) + ".",
                   ""]
     lines.append(END)
     return "\n".join(lines)
@@ -229,13 +226,18 @@ def main() -> None:
     p.add_argument("--budget", type=float, default=0, help="stop starting new measurements after S seconds")
     p.add_argument("--save-each", action="store_true", help="write the JSON and the docs section after each row")
     p.add_argument("--doc", action="store_true", help="only rewrite the docs section from the saved JSON")
+    p.add_argument("--note", help="what else ran on the machine (stored in the JSON, shown in the docs)")
     a = p.parse_args()
     if a.child:
         model, k, method = a.child
         print(json.dumps(child(model, int(k), method, a.reps, a.threads)))
         return
     if a.doc:
-        write_doc(json.loads(RESULT.read_text()))
+        data = json.loads(RESULT.read_text())
+        if a.note is not None:
+            data["machine"]["note"] = a.note
+            write_json(RESULT, data)
+        write_doc(data)
         return
     data = run_all(a)
     write_json(RESULT, data)
