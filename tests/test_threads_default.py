@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+from ncprompt import cli
 from ncprompt.cli import busy_cores, default_threads
 
 
@@ -32,9 +33,10 @@ def _env_after(env: dict[str, str], busy: int | None, cores: int) -> dict[str, s
     return env
 
 
-def test_default_threads_rule():
+def test_default_threads_rule(monkeypatch):
     assert "OMP_NUM_THREADS" not in _env_after({}, busy=0, cores=2)  # idle: torch's own default
-    assert "OMP_NUM_THREADS" not in _env_after({}, busy=None, cores=2)  # cannot tell: torch's own default
+    monkeypatch.setattr(cli, "busy_cores", lambda: None)  # no /proc/loadavg: torch's own default
+    assert "OMP_NUM_THREADS" not in _env_after({}, busy=None, cores=2)
     assert _env_after({}, busy=1, cores=2)["OMP_NUM_THREADS"] == "1"
     assert _env_after({}, busy=5, cores=2)["OMP_NUM_THREADS"] == "1"  # never below 1
     assert _env_after({}, busy=2, cores=16)["OMP_NUM_THREADS"] == "14"
