@@ -484,44 +484,69 @@ def _in_trainer(tb: Any) -> bool:
     return False
 
 
-def busy_cores(samples: int = 5, gap_s: float = 0.01, loadavg: str = "/proc/loadavg") -> int | None:
-    """Cores other processes are using now: the fewest runnable tasks over a few samples of
-    ``/proc/loadavg`` (its 4th field, "running/total", counts this process too), minus this process.
-    None where the file does not exist."""
+def cpu_snapshot(stat: str = "/proc/stat") -> dict[int, tuple[int, int]]:
+    """Per CPU: (all jiffies, idle + iowait jiffies) from ``/proc/stat``'s ``cpuN`` lines."""
+    out: dict[int, tuple[int, int]] = {}
+    with open(stat) as f:
+        for line in f:
+            if line.startswith("cpu") and line[3:4].isdigit():
+                name, *fields = line.split()
+                v = [int(x) for x in fields[:8]]
+                out[int(name[3:])] = (sum(v), v[3] + (v[4] if len(v) > 4 else 0))
+    return out
+
+
+def busy_between(a: dict[int, tuple[int, int]], b: dict[int, tuple[int, int]], cpus: set[int]) -> float:
+    """Cores' worth of time the CPUs ``cpus`` were not idle between two snapshots (steal counts as busy)."""
+    busy = 0.0
+    for c in cpus & a.keys() & b.keys():
+        total, idle = b[c][0] - a[c][0], b[c][1] - a[c][1]
+        if total > 0:
+            busy += 1.0 - idle / total
+    return busy
+
+
+def usable_cpus() -> set[int]:
+    """The CPUs this process may run on (its affinity mask: a container's cpuset, ``taskset``)."""
+    if hasattr(os, "sched_getaffinity"):
+        return set(os.sched_getaffinity(0))
+    return set(range(os.cpu_count() or 1))
+
+
+def busy_cores(interval_s: float = 0.1, stat: str = "/proc/stat") -> float | None:
+    """How many of this process's CPUs other processes keep busy now: the non-idle share of each usable
+    CPU over ``interval_s`` (this process sleeps meanwhile), summed. None where ``/proc/stat`` is missing."""
     import time
 
-    seen = []
-    for i in range(samples):
-        try:
-            with open(loadavg) as f:
-                seen.append(int(f.read().split()[3].split("/")[0]))
-        except (OSError, IndexError, ValueError):
-            return None
-        if i + 1 < samples:
-            time.sleep(gap_s)
-    return max(0, min(seen) - 1)
+    try:
+        a = cpu_snapshot(stat)
+        time.sleep(interval_s)
+        b = cpu_snapshot(stat)
+    except (OSError, ValueError, IndexError):
+        return None
+    return busy_between(a, b, usable_cpus())
 
 
-def default_threads(env: dict[str, str] | None = None, busy: int | None = None, cores: int | None = None) -> None:
+def default_threads(env: dict[str, str] | None = None, busy: float | None = None, cores: int | None = None) -> None:
     """Torch's intra-op threads when the user did not choose (``OMP_NUM_THREADS`` unset, not under torchrun):
-    all cores on an idle machine (torch's default), the cores left by the processes running now otherwise,
-    at least 1. Measured (docs/benchmarks.md, under load): with 2 competing processes on 2 cores, 1 thread
-    is 1.2x (ViT-B-16) to 1.8x (pocket) faster than 2, whose OpenMP barriers wait on descheduled threads.
-    Must run before torch is imported (OpenMP reads the variable once)."""
+    all usable cores on an idle machine (torch's default), otherwise the cores that other processes leave
+    idle (rounded, at least 1). Measured (docs/benchmarks.md, under load): with 2 competing processes on 2
+    cores, 1 thread is 1.2x (ViT-B-16) to 1.8x (pocket) faster than 2, whose OpenMP barriers wait on
+    descheduled threads. Must run before torch is imported (OpenMP reads the variable once)."""
     env = os.environ if env is None else env
     if "OMP_NUM_THREADS" in env or "WORLD_SIZE" in env or "torch" in sys.modules:
         return
     busy = busy_cores() if busy is None else busy
-    cores = len(os.sched_getaffinity(0)) if cores is None and hasattr(os, "sched_getaffinity") else (
-        cores or os.cpu_count() or 1)
-    if busy:
-        env["OMP_NUM_THREADS"] = str(max(1, cores - busy))
+    cores = cores or len(usable_cpus())
+    if busy is not None and busy >= 0.5:
+        env["OMP_NUM_THREADS"] = str(max(1, round(cores - busy)))
 
 
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     a = p.parse_args(argv)
-    default_threads()
+    if a.command in ("zeroshot", "train", "eval", "demo", "protocol", "analyze"):  # the commands that compute
+        default_threads()
     if getattr(a, "nproc", None) and a.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         from ncprompt.engine.distributed import launch
 
