@@ -20,7 +20,6 @@ import argparse
 import json
 import logging
 import os
-import re
 import resource
 import statistics
 import subprocess
@@ -34,10 +33,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import RESULTS_DIR, classnames, fmt_s, machine_info, markdown_table, write_json  # noqa: E402
+from doc_sections import write_sections  # noqa: E402
 
 RESULT = RESULTS_DIR / "bench_methods.json"
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
-START, END = "<!-- bench_methods:start -->", "<!-- bench_methods:end -->"
 
 #: method -> (options for ViT-B-16 (12 + 12 blocks), options for pocket (4 text / 6 vision blocks), batch size)
 METHODS: dict[str, tuple[dict[str, Any], dict[str, Any], int]] = {
@@ -161,7 +160,7 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
 
 def section(data: dict[str, Any]) -> str:
     info = data["machine"]
-    lines = [START, "## Issue-11 methods: step time and peak memory (`bench_methods.py`)", "",
+    lines = ["## Issue-11 methods: step time and peak memory (`bench_methods.py`)", "",
              f"CPU ({info['cpu']}, {info['logical_cpus']} logical CPUs), torch threads {info['torch_threads']}, "
              f"fp32, random inputs; {info['date']}. `uptime` at start: `" + info["uptime_start"] + "`; at end: `"
              + info["uptime_end"] + "`. " + info.get("note", ""), "",
@@ -197,7 +196,6 @@ def section(data: dict[str, Any]) -> str:
     if skipped:
         lines += ["Not measured (the run's --budget ran out): " + ", ".join(skipped) + ".",
                   ""]
-    lines.append(END)
     return "\n".join(lines)
 
 
@@ -206,13 +204,8 @@ def _reps(data: dict[str, Any]) -> int:
 
 
 def write_doc(data: dict[str, Any]) -> None:
-    text = DOC.read_text() if DOC.is_file() else "# Benchmarks\n"
-    block = section(data)
-    if START in text and END in text:
-        text = re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    DOC.write_text(text)
+    """Rewrite the ``bench_methods`` section of docs/benchmarks.md (only it: :mod:`doc_sections`)."""
+    write_sections(DOC, {"bench_methods": section(data)})
 
 
 def main() -> None:

@@ -45,7 +45,7 @@ def _page(stale: str) -> str:
     for i, name in enumerate(write_docs.SECTIONS):
         b, e = markers(name)
         parts.append(f"{b}\n{stale}\n{e}\n\nhand-written paragraph {i} *kept*\n")
-    parts.append("<!-- bench_methods:start -->\nanother script's section\n<!-- bench_methods:end -->\n")
+    parts.append("<!-- bench_methods:begin -->\nanother script's section\n<!-- bench_methods:end -->\n")
     return "\n".join(parts)
 
 
