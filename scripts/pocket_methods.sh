@@ -26,3 +26,6 @@ for tau in $TAUS; do
         --imbalance "$tau" --workers "${WORKERS:-1}" --output "$OUT/tau$tau-methods/$m"
   done
 done
+# the NC / accuracy report over every trained run of both scripts (pocket_results.sh's report covers its own runs)
+$NC --no-progress report "$OUT"/tau*/*/coop* "$OUT"/tau*/*/kgcoop* "$OUT"/tau*-methods/{cocoop,maple,ivlp,promptsrc,prograd,tcp} \
+    --output "$OUT/report"
