@@ -11,6 +11,11 @@ from typing import Any
 from ncprompt.config.base import ConfigError
 
 _B2N_16 = {"protocol": "base2new", "shots": 16}
+#: what every pocket recipe shares (pocket_b2n's): the pocket model, base-to-new at 16 shots, 100 test images per
+#: class, one training view cropped to 50-100% of its area, no flip (32 px sprites; arrows and hands)
+_POCKET_DATA = {**_B2N_16, "max_test_per_class": 100}
+_POCKET_VIEWS = {"views": 1, "crop_min": 0.5, "flip": False}
+_POCKET_TRAIN = {"epochs": 100, "batch_size": 32, "lr": 0.002, **_POCKET_VIEWS}
 
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "zeroshot": ("zero-shot CLIP with the dataset's templates (no training images)",
@@ -39,17 +44,14 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
                    "default context (16 random tokens), SGD lr 0.002, batch 32, 100 epochs (KgCoOp's; CoOp's B2N "
                    "200), 1 view cropped to 50-100% of the area, no flip (32 px sprites, arrows), 100 test images "
                    "per class",
-                   {"run": {"model": "pocket"}, "data": {**_B2N_16, "max_test_per_class": 100},
-                    "method": {"name": "coop", "n_ctx": 16, "ctx_init": ""},
-                    "train": {"epochs": 100, "batch_size": 32, "lr": 0.002, "views": 1, "crop_min": 0.5,
-                              "flip": False}}),
+                   {"run": {"model": "pocket"}, "data": _POCKET_DATA,
+                    "method": {"name": "coop", "n_ctx": 16, "ctx_init": ""}, "train": _POCKET_TRAIN}),
     "pocket_kgcoop_b2n": ("KgCoOp on the pocket suite: the pocket_b2n training with KgCoOp's published context "
                           "design carried to the emoji world (the hand prompt's words: 3 tokens from 'an emoji of', "
                           "as 4 from 'a photo of a' on photos), w = 8.0",
-                          {"run": {"model": "pocket"}, "data": {**_B2N_16, "max_test_per_class": 100},
+                          {"run": {"model": "pocket"}, "data": _POCKET_DATA,
                            "method": {"name": "kgcoop", "n_ctx": 3, "ctx_init": "an emoji of", "kg_weight": 8.0},
-                           "train": {"epochs": 100, "batch_size": 32, "lr": 0.002, "views": 1, "crop_min": 0.5,
-                                     "flip": False}}),
+                           "train": _POCKET_TRAIN}),
     # issue 11 (published recipes; sources in docs/method.md)
     "linear_probe": ("linear probe (CoOp's lpclip): logistic regression on image features, C searched on held-out "
                      "images, 16 shots, protocol all (no NPT, no new classes)",
@@ -74,10 +76,6 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
                  "data": _B2N_16, "train": {"epochs": 50, "batch_size": 32, "lr": 0.002, "optimizer": "adamw"}}),
 }
 
-#: what every pocket recipe shares (pocket_b2n's): the pocket model, base-to-new at 16 shots, 100 test images per
-#: class, one training view cropped to 50-100% of its area, no flip (32 px sprites; arrows and hands)
-_POCKET_DATA = {**_B2N_16, "max_test_per_class": 100}
-_POCKET_VIEWS = {"views": 1, "crop_min": 0.5, "flip": False}
 #: the caption frames of the pocket world (ncprompt.pocket.world.NAME_FRAMES, tested equal): the emoji world's
 #: counterpart of CLIP's 80 ImageNet templates, which PromptSRC's frozen text features average
 POCKET_FRAMES = ["{}", "{} emoji", "{} icon", "emoji {}", "an emoji of {}", "{} clipart", "{} sticker",

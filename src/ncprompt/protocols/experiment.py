@@ -102,6 +102,7 @@ class Experiment:
         self.targets = {spec: self._target_dataset(spec) for spec in data.targets}
         #: class means of the (normalised) training features, set by :meth:`evaluate_all`
         self.train_means: torch.Tensor | None = None
+        self._inputs: dict[str, str] | None = None  # :meth:`inputs`, computed once
 
     @staticmethod
     def _target_dataset(spec: str) -> DatasetSplits:
@@ -151,14 +152,18 @@ class Experiment:
         """What the run reads beyond its config, as digests (recorded in the run folder's inputs.json and
         checked before a run is resumed or reused): the weights' content, the dataset's class names and
         templates, the sampled training images, every test split and target (labels and pixels or files;
-        :func:`ncprompt.data.cache_key.content_digest`)."""
+        :func:`ncprompt.data.cache_key.content_digest`). Computed once: the grid checks them before a cell
+        runs, and :meth:`run` records them."""
+        if self._inputs is not None:
+            return dict(self._inputs)
         names = json.dumps([list(self.dataset.classnames), list(self.dataset.templates)]).encode()
         out = {"weights": f"{self.backbone.weights_id} sha256:{weights_digest(self.backbone.model)[:16]}",
                "classes": hashlib.sha256(names).hexdigest()[:16],
                "data.train": content_digest(self.train_images)[:16]}
         for prefix, sets in (("data.test.", self.eval_sets()), ("data.target.", self.target_sets())):
             out.update({prefix + name: content_digest(ev.images)[:16] for name, ev in sets.items()})
-        return out
+        self._inputs = out
+        return dict(out)
 
     # --- run --------------------------------------------------------------------------------
     def run(self, run_dir: str | Path | None = None, resume: bool = True, stop_after: int | None = None,
