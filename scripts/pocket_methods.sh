@@ -6,12 +6,8 @@
 # each is its own grid: OUT/tau<tau>-methods/<method>/<dataset>/<method>[+npt]/seed<s>/ (new folders only: a grid
 # reuses a finished cell only with the same settings, weights and data, so it resumes where it stopped).
 # Then `python scripts/results_doc.py OUT` merges them into docs/results.md. On 16 cores: WORKERS=14.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-NC=${NC:-.venv/bin/ncprompt}
-OUT=${OUT:-runs/results}
-DATASETS=${DATASETS:-"emoji_animals emoji_symbols emoji_hands"}
-SEEDS=${SEEDS:-"1 2 3"}
+# shellcheck source=scripts/pocket_env.sh
+source "$(dirname "$0")/pocket_env.sh"
 TAUS=${TAUS:-"1.0 0.25"}
 METHODS=${METHODS:-"cocoop maple ivlp promptsrc prograd tcp linear_probe"}
 for tau in $TAUS; do

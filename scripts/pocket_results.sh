@@ -2,12 +2,8 @@
 # Reproduces the numbers of docs/results.md on the pocket emoji suite: zero-shot, CoOp, CoOp+NPT,
 # KgCoOp, KgCoOp+NPT, base-to-new, 16 shots, tau = 1, 0.25 and 0.06, seeds 1-3; NPT variants and
 # lambdas under imbalance; then the cross-run correlation report. Finished runs are skipped, so it resumes.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-NC=${NC:-.venv/bin/ncprompt}
-OUT=${OUT:-runs/results}
-DATASETS=${DATASETS:-"emoji_animals emoji_symbols emoji_hands"}
-SEEDS=${SEEDS:-"1 2 3"}
+# shellcheck source=scripts/pocket_env.sh
+source "$(dirname "$0")/pocket_env.sh"
 for tau in 1.0 0.25 0.06; do
   # shellcheck disable=SC2086
   $NC --no-progress protocol --config configs/pocket_b2n.yaml --datasets $DATASETS \
