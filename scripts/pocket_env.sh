@@ -4,5 +4,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 NC=${NC:-.venv/bin/ncprompt}
 OUT=${OUT:-runs/results}
+# the datasets docs/results.md was made from: the DTD and EuroSAT roles' first (artist-mix) sets; the suite's
+# current ones are emoji_symbols_openmoji and emoji_hands_openmoji (docs/datasets.md)
 DATASETS=${DATASETS:-"emoji_animals emoji_symbols emoji_hands"}
 SEEDS=${SEEDS:-"1 2 3"}

@@ -4,7 +4,8 @@ Registered in :data:`ncprompt.data.registry.DATASETS` (importing this module reg
 mapping and the split rule are in ``docs/datasets.md``.  Every dataset is a set of emoji concepts
 (class names are the emojibase labels, in a seeded order whose first half is CoOp's base set).
 Within a dataset, train (16 per class), val (4 per class) and test images are drawn i.i.d. from
-the same mix of artists (:data:`SUITE_ARTISTS`: Noto, Twemoji, OpenMoji colour), each a fresh
+the same mix of artists (:data:`SUITE_ARTISTS`: Noto, Twemoji, OpenMoji colour; OpenMoji alone in
+the DTD and EuroSAT roles, a source rare in pretraining, see ``_add_theme``), each a fresh
 render (background, scale, position, rotation, blur, noise: :data:`~ncprompt.pocket.world.SUITE_RENDER`)
 seeded by ``(dataset, seed, split)``; pretraining draws from another random stream.  The four
 shifted variants of ``emoji_generic`` keep its classes (or the subset an artist drew) and change
@@ -52,6 +53,7 @@ class SuiteSet:
     source: str | None = None
     doc: str = ""
     test_artists: tuple[str, ...] | None = None  # None: the same artists as train and val
+    in_suite: bool = True  # False: the artist-mix version of a role now played by a one-artist set
 
 
 def _order(name: str, idx: list[int]) -> list[int]:
@@ -94,9 +96,22 @@ def _add(s: SuiteSet) -> None:
     SETS[s.name] = s
 
 
-def _add_theme(name: str, role: str, subgroups: tuple[str, ...], doc: str, limit: int | None = None) -> None:
-    """Register a thematic dataset: the concepts of ``subgroups`` (the first ``limit`` of its seeded order)."""
-    _add(SuiteSet(name, role, _by_subgroup(name, subgroups, limit), doc=doc))
+def _add_theme(
+    name: str, role: str, subgroups: tuple[str, ...], doc: str, limit: int | None = None, artist: str | None = None
+) -> None:
+    """Register a thematic dataset: the concepts of ``subgroups`` (the first ``limit`` of its seeded order).
+
+    With ``artist``, the role is played by ``{name}_{artist}``: the same classes (same order, so the same
+    base/new split) drawn by that one artist, a source pretraining saw rarely, as EuroSAT's satellite tiles
+    and DTD's texture close-ups are rare on the web; ``name`` stays registered with the artist mix, outside
+    the suite (the earlier version of the role, which docs/results.md's grids use)."""
+    select = _by_subgroup(name, subgroups, limit)
+    if artist is None:
+        _add(SuiteSet(name, role, select, doc=doc))
+        return
+    _add(SuiteSet(name, f"{role}, artist mix (earlier version)", select, doc=doc, in_suite=False))
+    _add(SuiteSet(f"{name}_{artist}", role, _variant_of(select, (artist,)), artists=(artist,),
+                  doc=f"{doc}, drawn by {artist} alone"))
 
 
 _add(SuiteSet("emoji_generic", "ImageNet", _generic, doc="500 concepts of every group but flags"))
@@ -228,6 +243,7 @@ _add_theme(
     ),
     "abstract signs, shapes and symbols",
     limit=47,
+    artist="openmoji",
 )
 _add_theme(
     "emoji_hands",
@@ -235,6 +251,7 @@ _add_theme(
     ("fingers open", "hand signs", "finger pointing", "fingers closed", "hands", "hand props"),
     "hand gestures (few classes, look alike)",
     limit=10,
+    artist="openmoji",
 )
 _add_theme(
     "emoji_activities",
@@ -256,7 +273,7 @@ _add(
     )
 )
 
-SUITE = [n for n, s in SETS.items() if s.source is None]
+SUITE = [n for n, s in SETS.items() if s.source is None and s.in_suite]
 """The 11 datasets (ImageNet role first)."""
 VARIANTS = [n for n, s in SETS.items() if s.source is not None and s.test_artists is None]
 """The shifted variants of ``emoji_generic``."""

@@ -19,7 +19,7 @@ from ncprompt.protocols.grid import MethodSpec, markdown_table, run_grid, summar
 
 #: a representative part of the emoji suite (docs/datasets.md): the OxfordPets, StanfordCars, DTD and
 #: EuroSAT roles, 5-36 base classes each
-DEMO_DATASETS = ["emoji_animals", "emoji_transport", "emoji_symbols", "emoji_hands"]
+DEMO_DATASETS = ["emoji_animals", "emoji_transport", "emoji_symbols_openmoji", "emoji_hands_openmoji"]
 DEMO_METHODS = ["zeroshot", "coop", "coop+npt", "kgcoop"]
 #: epochs of the demo's trained cells (None: the preset's 50)
 DEMO_EPOCHS: int | None = None
