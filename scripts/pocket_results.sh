@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Reproduces the numbers of docs/results.md on the pocket emoji suite: zero-shot, CoOp, CoOp+NPT,
-# KgCoOp, KgCoOp+NPT, base-to-new, 16 shots, tau = 1, 0.25 and 0.06, seeds 1-3; NPT variants and
-# lambdas under imbalance; then the cross-run correlation report. Finished runs are skipped, so it resumes.
+# Reproduces the numbers of docs/results.md (with the current suite's DATASETS: docs/results-openmoji.md) on
+# the pocket emoji suite: zero-shot, CoOp, CoOp+NPT, KgCoOp, KgCoOp+NPT, base-to-new, 16 shots, tau = 1, 0.25
+# and 0.06, seeds 1-3; NPT variants and lambdas under imbalance; then the cross-run correlation report.
+# Finished runs are skipped, so it resumes.
 # WORKERS=N runs N cells at a time (one thread each is best on shared cores, docs/benchmarks.md).
 # shellcheck source=scripts/pocket_env.sh
 source "$(dirname "$0")/pocket_env.sh"
