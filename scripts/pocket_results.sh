@@ -12,7 +12,7 @@ for tau in 1.0 0.25 0.06; do
       --methods zeroshot coop coop+npt kgcoop kgcoop+npt --seeds $SEEDS --shots 16 --imbalance $tau \
       --workers "${WORKERS:-1}" --output "$OUT/tau$tau"
 done
-VARIANT_DATASETS=${VARIANT_DATASETS:-"emoji_animals emoji_symbols emoji_hands"}
+VARIANT_DATASETS=${VARIANT_DATASETS:-$DATASETS}
 VARIANTS=${VARIANTS-"anchored_procrustes anchored_identity cross_similarity lambda_0.5 lambda_1.0"}
 for v in $VARIANTS; do
   # shellcheck disable=SC2086
