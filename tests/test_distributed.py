@@ -204,10 +204,13 @@ def test_sharded_encoding_and_cache_build_equal_one_process(two_ranks, backbone)
     feats = encode_images(backbone, images13(), views=2, seed=1, train=True)
     cache = FeatureCache(two_ranks / "cache", shard_rows=4)
     again = cache.features(backbone, images13(), views=2, seed=1, train=True)  # written by rank 0: a hit
-    assert cache.hits == 1 and torch.equal(again, feats)
+    # the cache was written by the two ranks (other processes, shard splits and batch compositions): equal to
+    # fp32 tolerance (a few ulps; kernels and reduction order depend on the CPU and the batch), not bitwise
+    assert cache.hits == 1
+    torch.testing.assert_close(again, feats, atol=1e-6, rtol=1e-5)
     for got in _ranks(two_ranks):
         torch.testing.assert_close(got["encode_with"], ref, atol=1e-6, rtol=0)
-        assert torch.equal(got["cache"], feats)
+        torch.testing.assert_close(got["cache"], feats, atol=1e-6, rtol=1e-5)
 
 
 def test_nc_metrics_reduced_over_two_ranks_equal_one_process(two_ranks):

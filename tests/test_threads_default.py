@@ -69,3 +69,47 @@ def test_a_cli_process_beside_busy_ones_uses_fewer_threads():
         for p in spin:
             p.kill()
             p.wait()
+
+
+@pytest.mark.parametrize("args, want", [
+    (["train", "--threads", "3"], "3"),
+    (["train", "--set", "run.threads=1"], "1"),
+    (["protocol", "--threads", "2", "--datasets", "x", "--methods", "coop", "--output", "g"], "2"),
+    (["train"], None),
+])
+def test_run_threads_pins_omp_before_torch_loads(args, want):
+    env: dict[str, str] = {}
+    cli.pin_threads(cli.build_parser().parse_args(args), env)
+    assert env.get("OMP_NUM_THREADS") == want
+    # a pinned count is the user's choice: the load-aware default leaves it alone
+    _env = _env_after(env, busy=1.9, cores=2)
+    assert _env.get("OMP_NUM_THREADS") == (want or "1")
+
+
+def test_run_threads_is_validated_and_not_in_the_fingerprint():
+    from ncprompt.config import ConfigError, RunConfig
+
+    a, b = RunConfig.from_dict({"run": {"threads": 1}}), RunConfig.from_dict({})
+    assert a.run.threads == 1 and a.fingerprint() == b.fingerprint()  # rounding only: a resumed run may pin it
+    with pytest.raises(ConfigError, match="run.threads"):
+        RunConfig.from_dict({"run": {"threads": 0}})
+
+
+def test_a_run_records_its_thread_count_and_kernels(tmp_path):
+    import torch
+
+    from ncprompt.config import RunConfig
+    from ncprompt.protocols.experiment import run_experiment
+
+    before = torch.get_num_threads()
+    try:
+        cfg = RunConfig.from_dict({"run": {"model": "pocket", "threads": 1},
+                                   "data": {"dataset": "emoji_hands_openmoji", "protocol": "base2new", "shots": 1,
+                                            "max_test_per_class": 2},
+                                   "method": {"name": "zeroshot"}})
+        res = run_experiment(cfg, tmp_path / "run")
+    finally:
+        torch.set_num_threads(before)
+    num = res.info["numerics"]
+    assert num["threads"] == 1 and num["torch"] == torch.__version__
+    assert num["cpu_capability"] == torch.backends.cpu.get_cpu_capability()

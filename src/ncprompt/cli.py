@@ -542,10 +542,26 @@ def default_threads(env: dict[str, str] | None = None, busy: float | None = None
         env["OMP_NUM_THREADS"] = str(max(1, round(cores - busy)))
 
 
+def pin_threads(a: argparse.Namespace, env: dict[str, str] | None = None) -> None:
+    """``run.threads`` given (flag, --set, YAML, preset) -> ``OMP_NUM_THREADS`` before torch loads, so OpenMP
+    starts with it (the run also sets torch's count: :class:`~ncprompt.protocols.experiment.Experiment`)."""
+    env = os.environ if env is None else env
+    try:
+        merged, _ = layers_from_args(a)
+    except Exception:  # noqa: BLE001  (a bad layer is reported by the command itself, in one line)
+        return
+    threads = (merged.get("run") or {}).get("threads") if isinstance(merged.get("run"), dict) else None
+    if isinstance(threads, bool) or not isinstance(threads, (int, str)) or not str(threads).strip().isdigit():
+        return  # unset, or not a count: validation names run.threads
+    if int(threads) >= 1:
+        env["OMP_NUM_THREADS"] = str(int(threads))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     a = p.parse_args(argv)
     if a.command in ("zeroshot", "train", "eval", "demo", "protocol", "analyze"):  # the commands that compute
+        pin_threads(a)
         default_threads()
     if getattr(a, "nproc", None) and a.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         from ncprompt.engine.distributed import launch

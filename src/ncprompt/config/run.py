@@ -31,6 +31,8 @@ class RunSection(ConfigModel):
                                   "$NCPROMPT_CACHE)")
     use_cache: bool = Field(True, description="read and write the feature cache")
     diagnostics: bool = Field(True, description="neural-collapse metrics per epoch and at the end")
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: $OMP_NUM_THREADS, else "
+                                "the cores other processes leave idle); pin it for bit-identical reruns")
 
     @field_validator("output", "cache_dir")
     @classmethod
@@ -148,7 +150,8 @@ class NPTConfig(ConfigModel):
 _RUN_KEYS = tuple(RunSection.model_fields)
 _DATA_KEYS = ("dataset", "root", "protocol", "shots", "imbalance", "max_test_per_class", "targets")
 #: keys that do not change what a run computes (left out of its fingerprint)
-NOT_IN_FINGERPRINT = ("run.output", "run.cache_dir", "run.use_cache", "train.checkpoint_every", "data.workers")
+NOT_IN_FINGERPRINT = ("run.output", "run.cache_dir", "run.use_cache", "run.threads", "train.checkpoint_every",
+                      "data.workers")
 
 
 def upgrade_legacy(d: dict[str, Any]) -> dict[str, Any]:

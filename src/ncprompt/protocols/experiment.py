@@ -74,6 +74,8 @@ class Experiment:
     def __init__(self, cfg: RunConfig, backbone: Backbone | None = None, dataset: DatasetSplits | None = None) -> None:
         self.cfg = cfg
         run, data = cfg.run, cfg.data
+        if run.threads is not None:  # pinned (the default follows the machine's load: cli.default_threads)
+            torch.set_num_threads(run.threads)
         seed_everything(cfg.seed)
         if backbone is None:
             check_device(run.device)
