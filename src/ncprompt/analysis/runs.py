@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ncprompt.config.setting import setting_id, setting_items, setting_key
+from ncprompt.config.setting import describe, differing, setting_id, setting_items, setting_key
 
 
 def results_files(dirs: list[str | Path]) -> list[Path]:
@@ -40,7 +40,7 @@ def run_setting(results: Path, res: dict[str, Any]) -> dict[str, Any]:
 
 
 #: the fields that stand for a setting in rows made by hand (no ``setting`` items)
-ROW_FIELDS = ("dataset", "model", "method", "shots", "tau", "epochs", "options", "protocol")
+ROW_FIELDS = ("dataset", "model", "method", "npt", "shots", "tau", "epochs", "options", "protocol")
 
 
 def row_setting(row: dict[str, Any]) -> dict[str, Any]:
@@ -53,10 +53,11 @@ def drop_repeated_seeds(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]
     """``rows`` with each (setting, seed) once (the first, in path order), and one warning per repeat.
 
     A row holds its setting (:func:`row_setting`), ``seed``, and ``run`` (its folder), ``dataset`` and
-    ``method`` for the warning."""
+    ``method`` for the warning; a row without a seed is never taken for a repeat."""
     seen: dict[tuple[str, Any], list[dict[str, Any]]] = {}
-    for r in rows:
-        seen.setdefault((setting_key(row_setting(r)), r.get("seed")), []).append(r)
+    for i, r in enumerate(rows):
+        seed = r.get("seed") if r.get("seed") is not None else ("no seed", i)
+        seen.setdefault((setting_key(row_setting(r)), seed), []).append(r)
     warnings = []
     for (_, seed), same in seen.items():
         if len(same) > 1:
@@ -66,3 +67,21 @@ def drop_repeated_seeds(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]
             warnings.append(f"warning: seed {seed} of {r.get('method')} on {r.get('dataset')} (setting {sid}) is in "
                             f"{len(same)} runs ({where}); counted once ({r.get('run', 'the first')})")
     return [same[0] for same in seen.values()], warnings
+
+
+def setting_labels(entries: list[tuple[Any, Any, dict[str, Any]]], skip: tuple[str, ...] = ()) -> dict[Any, str]:
+    """{id: "crop_min=0.5, flip=False"}: the keys in which each entry's setting differs from the other
+    entries of its family (``skip`` left out); ``entries``: (id, family, setting items). Content digests
+    are named only where nothing else tells two entries apart."""
+    fam: dict[Any, list[tuple[Any, dict[str, Any]]]] = {}
+    for i, f, items in entries:
+        fam.setdefault(f, []).append((i, items))
+    out: dict[Any, str] = {}
+    for same in fam.values():
+        items = [s for _, s in same]
+        keys = differing(items, skip)
+        plain = [k for k in keys if not k.startswith("inputs.")]
+        if len({describe(s, plain) for s in items}) == len(items):
+            keys = plain
+        out.update({i: describe(s, keys) for i, s in same})
+    return out

@@ -31,8 +31,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ncprompt.analysis.runs import ROW_FIELDS, drop_repeated_seeds, results_files, row_setting, run_files
-from ncprompt.config.setting import describe, differing, setting_items, setting_key, split_data
+from ncprompt.analysis.runs import (
+    ROW_FIELDS,
+    drop_repeated_seeds,
+    results_files,
+    row_setting,
+    run_files,
+    setting_labels,
+)
+from ncprompt.config.setting import setting_items, setting_key, split_data
 
 #: setting columns shown when they vary within a table, and their headers
 SETTING_HEADERS = {"model": "Model", "shots": "Shots", "tau": "τ", "epochs": "Epochs"}
@@ -287,24 +294,6 @@ def _groups(rows: list[dict[str, Any]]) -> list[Group]:
     return sorted(seen, key=lambda g: (models.index(g[0]), methods.index(g[1]), *(_num(x) for x in g[2:5]), g[5]))
 
 
-def _labels(entries: list[tuple[Any, Any, dict[str, Any]]]) -> dict[Any, str]:
-    """{id: "crop_min=0.5, flip=False"}: the keys in which each entry's setting differs from the other
-    entries of its family; ``entries``: (id, family, setting items). Content digests are named only where
-    nothing else tells two entries apart."""
-    fam: dict[Any, list[tuple[Any, dict[str, Any]]]] = {}
-    for i, f, items in entries:
-        fam.setdefault(f, []).append((i, items))
-    out: dict[Any, str] = {}
-    for same in fam.values():
-        items = [s for _, s in same]
-        keys = differing(items, SHOWN_ITEMS)
-        plain = [k for k in keys if not k.startswith("inputs.")]
-        if len({describe(s, plain) for s in items}) == len(items):
-            keys = plain
-        out.update({i: describe(s, keys) for i, s in same})
-    return out
-
-
 def _values(rows: list[dict[str, Any]], key: str) -> list[float]:
     return [float(r[key]) for r in rows if r.get(key) is not None]
 
@@ -342,8 +331,9 @@ def _long_table(name: str, caption: str, rows: list[dict[str, Any]], metrics: li
     order = {g: i for i, g in enumerate(groups)}
     entries = {e: keyed[e] for e in sorted(keyed, key=lambda e: (datasets.index(e[1]), order[e[0]]))}
     by_group = {g: split_data(row_setting(sel[0]))[0] for (g, _, _), sel in entries.items()}
-    method_labels = _labels([(g, g[:2], items) for g, items in by_group.items()])
-    data_labels = _labels([(e, e[:2], split_data(row_setting(sel[0]))[1]) for e, sel in entries.items()])
+    method_labels = setting_labels([(g, g[:2], items) for g, items in by_group.items()], SHOWN_ITEMS)
+    data_labels = setting_labels([(e, e[:2], split_data(row_setting(sel[0]))[1]) for e, sel in entries.items()],
+                                 SHOWN_ITEMS)
     labels = {e: ", ".join(filter(None, [method_labels[e[0]], data_labels[e]])) for e in entries}
     with_setting = any(labels.values())
     header = ["Dataset", "Method", *[SETTING_HEADERS[k] for k in shown], *(["Setting"] if with_setting else []), "n",
