@@ -485,8 +485,8 @@ def main(argv: list[str] | None = None) -> int:
         print(t.markdown())
     for w in warnings:
         print(f"ncprompt tables: {w}", file=sys.stderr)
-    counted = f" ({len(rows) - len(warnings and drop_repeated_seeds(rows)[0])} repeated seeds counted once)" \
-        if warnings else ""
+    repeats = len(rows) - len(drop_repeated_seeds(rows)[0])
+    counted = f" ({repeats} repeated seeds counted once)" if repeats else ""
     print(f"{len(rows)} runs{counted}; {len(paths)} files in {a.output}/ (.md, .csv, .tex)")
     return 0
 
