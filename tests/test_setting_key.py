@@ -74,9 +74,8 @@ def test_setting_key_leaves_out_the_seed_and_bookkeeping_only():
                    {"data": {"max_test_per_class": 30}}, {"npt": {"enabled": True}}, {"run": {"precision": "bf16"}}):
         assert setting_key(setting_items(RunConfig.from_dict(change))) != setting_key(setting_items(b)), change
     # randomly initialised weights are drawn from the seed: no digest; real weights: their digest, not their path
-    w = {"data.train": "x"}
-    assert setting_items(b, {**w, "weights": "random-init sha256:1"}) == setting_items(b, {**w, "weights": "random-init "
-                                                                                              "sha256:2"})
+    rand1, rand2 = ({"data.train": f"x{i}", "weights": f"random-init sha256:{i}"} for i in (1, 2))
+    assert setting_items(b, rand1) == setting_items(b, rand2)  # the sampled training images are the seed's too
     assert setting_items(b, {"weights": "f sha256:1"})["inputs.weights"] != setting_items(
         b, {"weights": "f sha256:2"})["inputs.weights"]
 
