@@ -227,3 +227,13 @@ def test_report_command_pool_flag_and_repeated_seed(tmp_path, capsys):
     assert json.loads((tmp_path / "r" / "correlations.json").read_text())["repeated_seeds"]
     assert cli(["report", str(root), "--output", str(tmp_path / "p"), "--pool"]) == 0
     assert json.loads((tmp_path / "p" / "correlations.json").read_text())["pooled"] is True
+
+
+def test_an_unreadable_inputs_file_is_one_line_naming_it(tmp_path, capsys):
+    from ncprompt.cli import main as cli
+
+    run = fake_run(tmp_path / "r", 40.0)
+    (run / "inputs.json").write_text("{not json")
+    assert cli(["tables", str(tmp_path), "--output", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{run / 'inputs.json'} cannot be read" in err

@@ -24,13 +24,21 @@ def results_files(dirs: list[str | Path]) -> list[Path]:
 
 
 def run_files(results: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """(config.yaml, inputs.json) beside ``results`` as dicts, None where absent."""
+    """(config.yaml, inputs.json) beside ``results`` as dicts, None where absent; a file that cannot be
+    read is a :class:`ResultsError` naming it."""
     import yaml
 
-    cfg_file, inputs_file = results.parent / "config.yaml", results.parent / "inputs.json"
-    cfg = yaml.safe_load(cfg_file.read_text()) if cfg_file.is_file() else None
-    inputs = json.loads(inputs_file.read_text()) if inputs_file.is_file() else None
-    return (cfg if isinstance(cfg, dict) else None), (inputs if isinstance(inputs, dict) else None)
+    from ncprompt.engine.results import ResultsError
+
+    out: list[dict[str, Any] | None] = []
+    for f, load in ((results.parent / "config.yaml", yaml.safe_load), (results.parent / "inputs.json", json.loads)):
+        try:
+            data = load(f.read_text()) if f.is_file() else None
+        except (yaml.YAMLError, ValueError, UnicodeDecodeError) as e:
+            raise ResultsError(f"{f} cannot be read ({type(e).__name__}); fix it, or move its run folder out of the "
+                               "folders given") from None
+        out.append(data if isinstance(data, dict) else None)
+    return out[0], out[1]
 
 
 def run_setting(results: Path, res: dict[str, Any]) -> dict[str, Any]:
