@@ -62,8 +62,8 @@ def setting_items(config: RunConfig | dict[str, Any] | None, inputs: dict[str, A
     ``config``: the run's config.yaml (a :class:`RunConfig` or its dict; None: keyed by what results.json
     states, marked ``config: missing``); ``inputs``: its inputs.json; ``results``: its results.json dict."""
     res = results or {}
-    marks: dict[str, Any] = {}
     known = config is not None
+    marks: dict[str, Any] = {"config": "config.yaml" if known else "missing (results.json only)"}
     if isinstance(config, RunConfig):
         cfg: RunConfig | None = config
         raw = config.to_dict()
@@ -74,11 +74,9 @@ def setting_items(config: RunConfig | dict[str, Any] | None, inputs: dict[str, A
         try:
             cfg = RunConfig.from_dict(raw)
         except ConfigError as e:  # e.g. a plugin method not imported here: its keys as written
-            cfg, marks["config"] = None, f"not valid here ({str(e)[:80]})"
+            cfg, marks["config"] = None, f"config.yaml not valid here ({str(e)[:60]})"
     # without config.yaml only what results.json states (defaults would claim settings nobody recorded)
     items = _drop(flatten(cfg.to_dict() if cfg is not None and known else raw), NOT_IN_SETTING)
-    if not known:
-        marks["config"] = "missing (results.json only)"
     if cfg is not None:
         unused = list(cfg.method.unused_keys(cfg))
         if not cfg.npt.enabled:
