@@ -82,9 +82,9 @@ def test_all_class_run_has_no_new_class_text(tiny_backbone, fmnist_small, tmp_pa
     assert set(load_file(str(tmp_path / "lp" / "image_means.safetensors"))) == {"train_means"}
 
 
-def _result(model, method, nc1, hm, trained=True, train_nc=True):
+def _result(model, method, nc1, hm, trained=True, train_nc=True, seed=0):
     split = SplitResult(top1=hm, classnames=["a", "b"], nc={"nc1": nc1 + 5.0})
-    return RunResult(method=method, npt=False, dataset="d", model=model, protocol="base2new", shots=4,
+    return RunResult(method=method, npt=False, dataset="d", model=model, protocol="base2new", shots=4, seed=seed,
                      epochs_run=3 if trained else 0, splits={"base": split, "new": SplitResult(top1=hm)},
                      train=SplitResult(top1=hm, nc={"nc1": nc1}) if train_nc else None)
 
@@ -96,10 +96,10 @@ def test_report_is_per_model_and_names_its_runs(tmp_path):
         for model, slope in (("pocket", 1.0), ("ViT-B-16", -1.0)):
             x = float(rng.uniform(0, 1))
             write_results(runs / f"{model}-{i}" / "results.json",
-                          _result(model, "coop", x, 50 + slope * 10 * x + float(rng.normal(0, 0.5))))
+                          _result(model, "coop", x, 50 + slope * 10 * x + float(rng.normal(0, 0.5)), seed=i))
     write_results(runs / "zs" / "results.json", _result("pocket", "zeroshot", 0.5, 40.0, trained=False))
     write_results(runs / "zs0" / "results.json", _result("pocket", "zeroshot", 0.5, 41.0, trained=False,
-                                                         train_nc=False))
+                                                         train_nc=False, seed=1))
     rows = collect_runs([runs])
     zs0 = next(r for r in rows if r["run"].endswith("zs0"))
     assert "train_nc1" not in zs0 and zs0["test_nc1"] == 5.5  # test-split NC is never labelled "train"
@@ -119,12 +119,12 @@ def test_report_is_per_model_and_names_its_runs(tmp_path):
                 and e["accuracy"] == "acc_hm")["n"] == 6  # the zero-shot run with training NC counts there
 
     out = write_report(rows, tmp_path / "report")
-    assert sorted(out["plots"]) == sorted(f"correlations_{m}_{a}.png" for m in ("pocket", "ViT-B-16")
-                                          for a in ("base", "hm", "new"))
+    assert sorted(out["plots"]) == sorted(f"correlations_{m}_d_base2new_4_shots_{a}.png"
+                                          for m in ("pocket", "ViT-B-16") for a in ("base", "hm", "new"))
     assert all((tmp_path / "report" / p).stat().st_size > 1000 for p in out["plots"])
     md = (tmp_path / "report" / "correlations.md").read_text()
     assert "## pocket" in md and "## ViT-B-16" in md and "2 untrained" in md and "1 without training images" in md
-    assert "| ViT-B-16 | coop |" in (tmp_path / "report" / "nc_by_method.md").read_text()
+    assert "| ViT-B-16 | d | coop |" in (tmp_path / "report" / "nc_by_method.md").read_text()
 
 
 def test_grid_names_datasets_and_writes_paper_tables(image_folder, tmp_path, one_thread, capsys):
@@ -160,8 +160,8 @@ def test_frozen_image_metrics_are_named_not_plotted(tmp_path, monkeypatch):
     monkeypatch.setattr(correlation, "correlation_plot",
                         lambda rows, metrics, *a, **k: drawn.append((list(metrics), k["footnote"])) or real(
                             rows, metrics, *a, **k))
-    out = write_report(rows, tmp_path / "r")
+    out = write_report(rows, tmp_path / "r", pool=True)  # pooled over datasets: the dataset effect shows
     assert drawn == [(["train_nc3_self_duality"], "not plotted, constant within each dataset (frozen image "
                                                   "features): NC1: within-class variability")]
-    assert out["plots"] == ["correlations_pocket_all.png"]
+    assert out["plots"] == ["correlations_pocket_pooled_all.png"]
     assert "only a dataset effect: NC1: within-class variability" in (tmp_path / "r" / "correlations.md").read_text()

@@ -140,8 +140,10 @@ def test_run_row_from_results_and_writing(tmp_path):
     row = run_row(res, {"method_options": {"n_ctx": 4}, "npt": {"lambda_lc": 0.1}})
     assert row["model"] == "pocket" and row["method"] == "coop+npt" and row["tau"] == 0.25
     assert row["options"] == "n_ctx=4, npt.lambda_lc=0.1" and row["base_tail"] == 70.0
-    zs = run_row({**res, "method": "zeroshot", "npt": False, "epochs_run": 0})
+    zs = run_row({**res, "method": "zeroshot", "npt": False, "epochs_run": 0, "imbalance": None})
     assert zs["shots"] is None and zs["epochs"] is None and zs["options"] == ""
+    # under class imbalance the shots (n_max) shape zero-shot's head/middle/tail groups, so they stay
+    assert run_row({**res, "method": "zeroshot", "npt": False, "epochs_run": 0})["shots"] == 16
     files = write_paper_tables([row, zs], tmp_path)
     assert {p.name for p in files} >= {"base_to_new.md", "base_to_new.csv", "base_to_new.tex", "long_tail.tex"}
     assert Cell.of([1.0, 3.0]).std == pytest.approx(2 ** 0.5)

@@ -443,7 +443,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("report", help="correlation of NC metrics with base/new/HM accuracy across runs")
     s.add_argument("dirs", nargs="+", help="run folders or folders holding them")
     s.add_argument("--output", default="report",
-                   help="folder for runs.csv, correlations.{csv,md}, correlations_MODEL_ACCURACY.png")
+                   help="folder for runs.csv, correlations.{csv,json,md}, correlations_FAMILY_ACCURACY.png")
+    s.add_argument("--pool", action="store_true",
+                   help="correlate each model's runs over datasets, protocols and shots together (default: each "
+                        "family of one model, dataset, protocol and shots apart; no r below 5 runs)")
     s.set_defaults(func=lambda a: _call("ncprompt.analysis.cli", "cmd_report", a))
     return p
 

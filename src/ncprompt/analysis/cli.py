@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
-from typing import Any
 
 
 def cmd_analyze(a: argparse.Namespace) -> int:
@@ -23,18 +23,11 @@ def cmd_report(a: argparse.Namespace) -> int:
     rows = collect_runs(a.dirs)
     if not rows:
         raise FileNotFoundError(f"no results.json found under {a.dirs}; pass run folders of `ncprompt train`")
-    out = write_report(rows, a.output)
+    out = write_report(rows, a.output, pool=a.pool)
     print((Path(a.output) / "correlations.md").read_text())
-    print(f"{out['runs']} runs; tables and {len(out['plots'])} figures (one per model and accuracy) in {a.output}")
+    for w in out["repeated_seeds"]:
+        print(f"ncprompt report: {w}", file=sys.stderr)
+    print(f"{out['runs']} runs; tables and {len(out['plots'])} figures (one per family and accuracy with n >= "
+          f"{out['min_n']}) in {a.output}")
     return 0
 
-
-def add_commands(sub: Any) -> None:
-    s = sub.add_parser("analyze", help="NC report (JSON + markdown) and plots of run folders")
-    s.add_argument("run_dirs", nargs="+")
-    s.set_defaults(func=cmd_analyze)
-    s = sub.add_parser("report", help="correlation of NC metrics with base/new/HM accuracy across runs")
-    s.add_argument("dirs", nargs="+", help="run folders or folders holding them")
-    s.add_argument("--output", default="report",
-                   help="folder for runs.csv, correlations.{csv,md}, correlations_MODEL_ACCURACY.png")
-    s.set_defaults(func=cmd_report)

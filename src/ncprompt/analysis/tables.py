@@ -1,9 +1,13 @@
 """Tables laid out as in the CoOp / CoCoOp / MaPLe papers, from the results of many runs.
 
-Input: one flat row per run (:func:`run_row` makes one from a ``results.json``). Runs are pooled
-over seeds only: a *group* is (model, method, shots, tau, epochs, method options, protocol), so
-different models or settings are never averaged together; the columns that tell groups apart
-(model, shots, tau, epochs, options) are shown whenever they vary within a table.
+Input: one flat row per run (:func:`run_row` makes one from a ``results.json``, its ``config.yaml`` and
+``inputs.json``). Runs are pooled over seeds only: a row of a table holds the runs of one *setting*
+(:mod:`ncprompt.config.setting`: the resolved config but the seed, the model and the weights' and data's
+content digests), so runs that differ in anything else (augmentation, templates, test cap, epochs, method
+or NPT options, weights, data) are never averaged together. A seed found in two runs of one setting (a
+copied or repeated run) is counted once, with a warning on stderr and in the table's notes. The columns
+Model, Shots, τ and Epochs are shown when they vary within a table; whatever else tells two rows of one
+method apart is listed in a "Setting" column (``crop_min=0.5, flip=False``). Rows sort numerically.
 
 Cells are mean ± sample std (ddof = 1) over the seeds, with the number of seeds n. HM of a dataset
 is the harmonic mean of its mean base and mean new accuracy (as the papers report it; the ± is the
@@ -22,14 +26,26 @@ import csv
 import io
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-#: columns that make a group (pooled over seeds only), and their headers when shown
-GROUP_KEYS = ("model", "method", "shots", "tau", "epochs", "options", "protocol")
-SETTING_HEADERS = {"model": "Model", "shots": "Shots", "tau": "τ", "epochs": "Epochs", "options": "Options"}
-ORDER_KEYS = ("model", "method", "shots", "tau", "epochs", "options")
+from ncprompt.analysis.runs import (
+    ROW_FIELDS,
+    drop_repeated_seeds,
+    results_files,
+    row_setting,
+    run_files,
+    setting_labels,
+)
+from ncprompt.config.setting import setting_items, setting_key, split_data
+
+#: setting columns shown when they vary within a table, and their headers
+SETTING_HEADERS = {"model": "Model", "shots": "Shots", "tau": "τ", "epochs": "Epochs"}
+#: setting items shown elsewhere (the columns above, Method, Dataset): never repeated in "Setting"
+SHOWN_ITEMS = ("run.model", "data.shots", "data.imbalance", "train.epochs", "method.name", "npt.enabled", "dataset",
+               *ROW_FIELDS)
 
 
 # --- rows from results ------------------------------------------------------------------------
@@ -37,30 +53,34 @@ def _options_text(opts: dict[str, Any] | None) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted((opts or {}).items()) if v is not None)
 
 
-def run_row(res: dict[str, Any], config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """One flat row from a run's results (and its config, for the method options).
+def run_row(res: dict[str, Any], config: dict[str, Any] | None = None, inputs: dict[str, Any] | None = None,
+            run: str | Path | None = None) -> dict[str, Any]:
+    """One flat row from a run's results (with its config.yaml and inputs.json, for the setting).
 
-    Keys: dataset, model, method (with "+npt"), shots, tau, epochs, options, protocol, seed, then
-    the metrics base / new / hm / all, ``{split}_{head,middle,tail}`` and ``target:{name}``."""
-    config = config or res.get("config") or {}
+    Keys: dataset, model, method (with "+npt"), shots, tau, epochs (from the setting: None where the
+    method does not read them, e.g. zero-shot CLIP; the linear probe keeps its shots), options (method
+    options off their defaults), protocol, seed, run, setting (:func:`~ncprompt.config.setting.setting_items`),
+    then the metrics base / new / hm / all, ``{split}_{head,middle,tail}`` and ``target:{name}``."""
+    config = config or res.get("config") or None
     info = res.get("info") or {}
-    model = (info.get("model") or {}).get("name") or res.get("model")
-    epochs = res.get("epochs_run") or None
-    trained = bool(epochs)
-    opts = _method_options(config)
-    npt = config.get("npt") or {}
+    setting = setting_items(config, inputs, res)
+    opts = _method_options(config or {})
+    npt = (config or {}).get("npt") or {}
     if res.get("npt") and isinstance(npt, dict):
         opts.update({f"npt.{k}": v for k, v in npt.items() if k in ("lambda_lc", "lambda_mi", "lc_form", "mi_form")})
+    tau = setting.get("data.imbalance")
     row: dict[str, Any] = {
         "dataset": (info.get("dataset") or {}).get("name") or res.get("dataset"),
-        "model": model,
+        "model": setting.get("run.model") or res.get("model"),
         "method": f"{res.get('method')}{'+npt' if res.get('npt') else ''}",
-        "shots": res.get("shots") if trained else None,
-        "tau": res.get("imbalance") if res.get("imbalance") not in (None, 1, 1.0) else None,
-        "epochs": epochs,
-        "options": _options_text(opts) if trained else "",
+        "shots": setting.get("data.shots"),
+        "tau": tau if tau not in (None, 1, 1.0) else None,
+        "epochs": setting.get("train.epochs"),
+        "options": _options_text(opts),
         "protocol": res.get("protocol"),
         "seed": res.get("seed"),
+        "run": str(run) if run is not None else None,
+        "setting": setting,
     }
     for split in ("all", "base", "new"):
         if isinstance(res.get(split), dict):
@@ -91,16 +111,11 @@ def _method_options(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def collect_rows(dirs: list[str | Path]) -> list[dict[str, Any]]:
-    """:func:`run_row` of every results.json under the given folders (config.yaml beside it)."""
-    import yaml
-
+    """:func:`run_row` of every results.json under the given folders (config.yaml, inputs.json beside it)."""
     rows = []
-    for d in dirs:
-        p = Path(d)
-        for f in [p] if p.is_file() else sorted(p.rglob("results.json")):
-            cfg_file = f.parent / "config.yaml"
-            cfg = yaml.safe_load(cfg_file.read_text()) if cfg_file.is_file() else None
-            rows.append(run_row(json.loads(f.read_text()), cfg))
+    for f in results_files(dirs):
+        cfg, inputs = run_files(f)
+        rows.append(run_row(json.loads(f.read_text()), cfg, inputs, run=f.parent))
     return rows
 
 
@@ -237,8 +252,27 @@ def _tex_escape(s: str) -> str:
 
 
 # --- grouping ---------------------------------------------------------------------------------
-def _group(row: dict[str, Any]) -> tuple[Any, ...]:
-    return tuple(row.get(k) for k in GROUP_KEYS)
+#: a group: (model, method label, shots, tau, epochs, the method's setting as text) - pooled over seeds
+Group = tuple[Any, ...]
+
+
+def _num(v: Any) -> tuple[int, float, str]:
+    """Sort key: None first, then numbers by value (2 before 10 before 200), then text."""
+    if v is None or v == "":
+        return (0, 0.0, "")
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return (1, float(v), "")
+    return (2, 0.0, str(v))
+
+
+def _group(row: dict[str, Any]) -> Group:
+    method_items, _ = split_data(row_setting(row))
+    return (row.get("model"), row["method"], row.get("shots"), row.get("tau"), row.get("epochs"),
+            setting_key(method_items))
+
+
+def _data_key(row: dict[str, Any]) -> str:
+    return setting_key(split_data(row_setting(row))[1])
 
 
 def _varying(rows: list[dict[str, Any]]) -> list[str]:
@@ -247,18 +281,17 @@ def _varying(rows: list[dict[str, Any]]) -> list[str]:
             or (k == "model" and len({r.get("model") for r in rows}) > 1)]
 
 
-def _setting_cells(g: tuple[Any, ...], shown: list[str]) -> list[str | Cell | None]:
-    d = dict(zip(GROUP_KEYS, g))
+def _setting_cells(g: Group, shown: list[str]) -> list[str | Cell | None]:
+    d = dict(zip(("model", "method", "shots", "tau", "epochs"), g))
     return [None if d[k] in (None, "") else str(d[k]) for k in shown]
 
 
-def _groups(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
-    """Groups in a stable order: by model, then method as first seen, then settings."""
+def _groups(rows: list[dict[str, Any]]) -> list[Group]:
+    """Groups in a stable order: by model, then method as first seen, then shots, tau, epochs by value."""
     seen = list(dict.fromkeys(_group(r) for r in rows))
     models = list(dict.fromkeys(g[0] for g in seen))
     methods = list(dict.fromkeys(g[1] for g in seen))
-    return sorted(seen, key=lambda g: (models.index(g[0]), methods.index(g[1]),
-                                       *(str(x) for x in g[2:])))
+    return sorted(seen, key=lambda g: (models.index(g[0]), methods.index(g[1]), *(_num(x) for x in g[2:5]), g[5]))
 
 
 def _values(rows: list[dict[str, Any]], key: str) -> list[float]:
@@ -287,34 +320,45 @@ def _n_text(cells: list[Cell]) -> str:
 def _long_table(name: str, caption: str, rows: list[dict[str, Any]], metrics: list[str],
                 headers: list[str], average: bool = True) -> Table:
     """Dataset blocks of (group rows), one block per (dataset, model) when models differ (best values
-    are marked within a block, so never across models); then the Average blocks."""
+    are marked within a block, so never across models); then the Average blocks. Within a dataset, runs
+    of one group on other data (another test cap, changed files) are rows of their own."""
     shown = _varying(rows)
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     groups = _groups(rows)
-    header = ["Dataset", "Method", *[SETTING_HEADERS[k] for k in shown], "n", *headers]
+    keyed: dict[tuple[Group, str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        keyed.setdefault((_group(r), r["dataset"], _data_key(r)), []).append(r)
+    order = {g: i for i, g in enumerate(groups)}
+    entries = {e: keyed[e] for e in sorted(keyed, key=lambda e: (datasets.index(e[1]), order[e[0]]))}
+    by_group = {g: split_data(row_setting(sel[0]))[0] for (g, _, _), sel in entries.items()}
+    method_labels = setting_labels([(g, g[:2], items) for g, items in by_group.items()], SHOWN_ITEMS)
+    data_labels = setting_labels([(e, e[:2], split_data(row_setting(sel[0]))[1]) for e, sel in entries.items()],
+                                 SHOWN_ITEMS)
+    labels = {e: ", ".join(filter(None, [method_labels[e[0]], data_labels[e]])) for e in entries}
+    with_setting = any(labels.values())
+    header = ["Dataset", "Method", *[SETTING_HEADERS[k] for k in shown], *(["Setting"] if with_setting else []), "n",
+              *headers]
     t = Table(name, caption, header, [])
-    per: dict[tuple[Any, ...], dict[str, dict[str, Cell]]] = {}
-    model = object()
+    per: dict[Group, dict[str, dict[str, Cell] | None]] = {}
     for ds in datasets:
         model = object()
-        for g in groups:
-            sel = [r for r in rows if r["dataset"] == ds and _group(r) == g]
-            if not sel:
+        for (g, d, dk), sel in entries.items():
+            if d != ds:
                 continue
             if g[0] != model:
                 t.blocks.append(len(t.rows))
                 model = g[0]
             cells = _cells(sel, metrics)
-            per.setdefault(g, {})[ds] = cells
-            t.rows.append([ds, g[1], *_setting_cells(g, shown), _n_text(list(cells.values())),
-                           *[cells.get(m) for m in metrics]])
+            per.setdefault(g, {})[ds] = cells if ds not in per.get(g, {}) else None  # two data: no average
+            t.rows.append([ds, g[1], *_setting_cells(g, shown), *([labels[(g, d, dk)]] if with_setting else []),
+                           _n_text(list(cells.values())), *[cells.get(m) for m in metrics]])
     if average and len(datasets) > 1:
         model = object()
         for g in groups:
             if g[0] != model:
                 t.blocks.append(len(t.rows))
                 model = g[0]
-            have = per.get(g, {})
+            have = {ds: c for ds, c in per.get(g, {}).items() if c is not None}
             avg: dict[str, Cell] = {}
             for m in metrics:
                 vals = [c[m].mean for c in have.values() if m in c]
@@ -323,10 +367,18 @@ def _long_table(name: str, caption: str, rows: list[dict[str, Any]], metrics: li
             if "hm" in metrics and "base" in avg and "new" in avg:
                 avg["hm"] = Cell(_hm(avg["base"].mean, avg["new"].mean))
             label = "Average" if len(have) == len(datasets) else f"Average ({len(have)}/{len(datasets)} datasets)"
-            t.rows.append([label, g[1], *_setting_cells(g, shown), "", *[avg.get(m) for m in metrics]])
+            t.rows.append([label, g[1], *_setting_cells(g, shown),
+                           *([method_labels[g]] if with_setting else []), "", *[avg.get(m) for m in metrics]])
         t.notes.append(f"Average: mean over the {len(datasets)} datasets of the per-dataset means"
-                       + ("; HM of the averaged base and new." if "hm" in metrics else "."))
-    t.notes.insert(0, "Mean ± sample std over n seeds; untrained rows (zero-shot) have no shots/epochs.")
+                       + ("; HM of the averaged base and new." if "hm" in metrics else ".")
+                       + (" A dataset whose runs of one setting used other data (rows of their own) is left out "
+                          "of that setting's average." if any(c is None for p in per.values() for c in p.values())
+                          else ""))
+    t.notes.insert(0, "Mean ± sample std over n seeds of one setting; untrained rows (zero-shot) have no "
+                      "shots/epochs.")
+    if with_setting:
+        t.notes.insert(1, "Setting: the config keys in which rows of one method differ (short key names; "
+                          "content digests cut to 8 hex digits; ? = not recorded).")
     return t
 
 
@@ -358,17 +410,18 @@ def few_shot_table(rows: list[dict[str, Any]], metric: str | None = None) -> Tab
     """CoOp's few-shot results: one column per number of shots (zero-shot as its own row)."""
     metric = metric or ("all" if any(r.get("all") is not None for r in rows) else "base")
     rows = [r for r in rows if r.get(metric) is not None]
-    shots = sorted({r["shots"] for r in rows if r.get("shots")})
+    shots = sorted({r["shots"] for r in rows if r.get("shots") is not None})
     if len(shots) < 2:
         return None
-    pivot = [{**r, "shots": None, f"s{r['shots']}" if r.get("shots") else "zs": r[metric]} for r in rows]
-    zs_rows = [r for r in pivot if "zs" in r]
+    # shots is the column, so not part of a row's setting; a method without shots (zero-shot) fills every column
+    pivot = [{**r, "shots": None, f"s{r['shots']}" if r.get("shots") is not None else "zs": r[metric],
+              "setting": {k: v for k, v in row_setting(r).items() if k not in ("data.shots", "shots")}} for r in rows]
     keys = [f"s{s}" for s in shots]
-    for r in zs_rows:  # an untrained method is the same at every number of shots
-        r.update({k: r["zs"] for k in keys})
-    t = _long_table("few_shot", f"Few-shot accuracy ({metric} classes, top-1 %) by shots per class", pivot, keys,
-                    [f"{s} shots" for s in shots])
-    return t
+    for r in pivot:
+        if "zs" in r:
+            r.update({k: r["zs"] for k in keys})
+    return _long_table("few_shot", f"Few-shot accuracy ({metric} classes, top-1 %) by shots per class", pivot, keys,
+                       [f"{s} shots" if s else "all images" for s in shots])
 
 
 def transfer_table(rows: list[dict[str, Any]], kind: str = "cross_dataset") -> Table | None:
@@ -390,18 +443,27 @@ def transfer_table(rows: list[dict[str, Any]], kind: str = "cross_dataset") -> T
                        average=False)
 
 
-def all_tables(rows: list[dict[str, Any]]) -> list[Table]:
-    """Every layout that the rows have data for."""
+def all_tables(rows: list[dict[str, Any]], warnings: list[str] | None = None) -> list[Table]:
+    """Every layout that the rows have data for; a seed repeated within a setting is counted once and
+    named in each table's notes (and appended to ``warnings``)."""
+    rows, repeated = drop_repeated_seeds(rows)
+    if warnings is not None:
+        warnings += repeated
     found = [base_to_new_table(rows), few_shot_table(rows), long_tail_table(rows), transfer_table(rows)]
     if not any(t is not None for t in found) and any(r.get("all") is not None for r in rows):
         found.append(_long_table("accuracy", "Accuracy (top-1 %)", [r for r in rows if r.get("all") is not None],
                                  ["all"], ["Top-1"]))
-    return [t for t in found if t is not None]
+    tables = [t for t in found if t is not None]
+    for t in tables:
+        t.notes += [w[0].upper() + w[1:] for w in repeated]
+    return tables
 
 
-def write_paper_tables(rows: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
-    """``out_dir/{layout}.{md,csv,tex}`` for every layout with data; returns the files written."""
-    return [p for t in all_tables(rows) for p in t.write(out_dir)]
+def write_paper_tables(rows: list[dict[str, Any]], out_dir: str | Path,
+                       warnings: list[str] | None = None) -> list[Path]:
+    """``out_dir/{layout}.{md,csv,tex}`` for every layout with data; returns the files written (repeated
+    seeds: see :func:`all_tables`)."""
+    return [p for t in all_tables(rows, warnings) for p in t.write(out_dir)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -416,10 +478,16 @@ def main(argv: list[str] | None = None) -> int:
     if not rows:
         print(f"ncprompt tables: error: no results.json under {' '.join(a.dirs)}; pass run or grid folders")
         return 2
-    paths = write_paper_tables(rows, a.output)
-    for t in all_tables(rows):
+    warnings: list[str] = []
+    tables = all_tables(rows, warnings)
+    paths = [p for t in tables for p in t.write(a.output)]
+    for t in tables:
         print(t.markdown())
-    print(f"{len(rows)} runs; {len(paths)} files in {a.output}/ (.md, .csv, .tex)")
+    for w in warnings:
+        print(f"ncprompt tables: {w}", file=sys.stderr)
+    repeats = len(rows) - len(drop_repeated_seeds(rows)[0])
+    counted = f" ({repeats} repeated seeds counted once)" if repeats else ""
+    print(f"{len(rows)} runs{counted}; {len(paths)} files in {a.output}/ (.md, .csv, .tex)")
     return 0
 
 

@@ -43,6 +43,11 @@ class MethodConfig(ConfigModel):
         each as "key: problem and fix"; checked at load, before any model or data is touched."""
         return []
 
+    def unused_keys(self, run: Any) -> tuple[str, ...]:
+        """Config keys (a key ending in "." names all it starts) this method never reads under ``run`` (the
+        :class:`RunConfig`): left out of the run's setting, so tables do not split runs by them."""
+        return ()
+
 
 def method_names() -> list[str]:
     return sorted(METHOD_CONFIGS)
@@ -83,6 +88,10 @@ class ZeroShotConfig(MethodConfig):
             return ["npt.enabled: zeroshot trains nothing, so NPT has nothing to regularise; drop --npt "
                     "or choose a trainable method"]
         return []
+
+    def unused_keys(self, run: Any) -> tuple[str, ...]:
+        # no training: the shots only shape the head/middle/tail groups under class imbalance
+        return ("train.", "npt.", *(("data.shots",) if run.data.imbalance is None else ()))
 
 
 class CoOpConfig(MethodConfig):
@@ -173,6 +182,10 @@ class LinearProbeConfig(MethodConfig):
             problems.append("data.protocol: a linear probe has one weight row per training class and cannot score "
                             "new classes; use protocol all without targets")
         return problems
+
+    def unused_keys(self, run: Any) -> tuple[str, ...]:
+        # fitted in closed form on the centre view (no epochs, optimiser or augmented views); the shots count
+        return ("train.", "npt.")
 
 
 class IVLPConfig(MethodConfig):

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ncprompt.analysis.runs import run_setting
 from ncprompt.config import ConfigError, RunConfig, merge_layers
 from ncprompt.engine.progress import ProgressLog, quiet
 from ncprompt.engine.results import RunResult, read_results
@@ -153,7 +154,8 @@ def run_grid(base: dict[str, Any], datasets: list[str], methods: list[MethodSpec
 
     def record(job: dict[str, Any], res: RunResult) -> None:
         row: dict[str, Any] = {"dataset": job["dataset"], "shots": job["shots"], "method": job["label"],
-                               "seed": job["seed"]}
+                               "seed": job["seed"], "run": job["run_dir"],
+                               "setting": run_setting(Path(job["run_dir"]) / "results.json", res.to_dict())}
         for k, split in res.splits.items():
             row[k] = split.top1
             for g, v in (split.groups or {}).items():
@@ -195,18 +197,27 @@ def run_grid(base: dict[str, Any], datasets: list[str], methods: list[MethodSpec
     from ncprompt.analysis.tables import collect_rows, write_paper_tables
 
     # the paper tables of this grid's cells (not of other runs left in the folder)
-    write_paper_tables(collect_rows([Path(job["run_dir"]) for job in jobs]), out / "tables")
+    repeated: list[str] = []
+    write_paper_tables(collect_rows([Path(job["run_dir"]) for job in jobs]), out / "tables", repeated)
+    for w in repeated:  # e.g. zero-shot CLIP at several shots: one setting (it reads no training images)
+        plog.note(w)
+        if log is not None:
+            log(w)
     return rows
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and std over seeds of each (dataset, method), plus an "average" row per method."""
+    """Mean and std over the seeds of each (dataset, shots, method) cell of one setting (runs of other
+    settings are never pooled: :mod:`ncprompt.config.setting`), plus an "average" row per method."""
+    from ncprompt.config.setting import setting_key
+
     metrics = _metric_columns(rows)
     out = []
     multi_shot = len({r.get("shots") for r in rows}) > 1
-    keys = list(dict.fromkeys((r["dataset"], r.get("shots"), r["method"]) for r in rows))
-    for ds, n, m in keys:
-        cell = [r for r in rows if r["dataset"] == ds and r["method"] == m and r.get("shots") == n]
+    key = {id(r): (r["dataset"], r.get("shots"), r["method"], setting_key(r.get("setting") or {})) for r in rows}
+    for k in dict.fromkeys(key.values()):
+        ds, n, m, _ = k
+        cell = [r for r in rows if key[id(r)] == k]
         s: dict[str, Any] = {"dataset": f"{ds} ({n} shots)" if multi_shot else ds, "method": m,
                              "seeds": len(cell)}
         for k in metrics:
@@ -254,11 +265,15 @@ def markdown_table(summary: list[dict[str, Any]]) -> str:
 
 def write_tables(rows: list[dict[str, Any]], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    cols = list(dict.fromkeys(k for r in rows for k in r))
+    from ncprompt.config.setting import setting_id
+
+    flat = [{**{k: v for k, v in r.items() if k != "setting"}, "setting_id": setting_id(r.get("setting") or {})}
+            for r in rows]
+    cols = list(dict.fromkeys(k for r in flat for k in r))
     with open(out / "runs.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
-        w.writerows(rows)
+        w.writerows(flat)
     summary = summarise(rows)
     scols = list(dict.fromkeys(k for s in summary for k in s))
     with open(out / "summary.csv", "w", newline="") as f:

@@ -1,0 +1,95 @@
+"""Run folders read for tables and reports: each run's results with its setting, and seeds counted once.
+
+A run's setting (:func:`ncprompt.config.setting.setting_items`) comes from its ``config.yaml``,
+``inputs.json`` and ``results.json``; runs are pooled only within one setting, and a seed that two run
+folders of one setting hold (a copied or repeated run) is counted once, with a warning that names them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ncprompt.config.setting import describe, differing, setting_id, setting_items, setting_key
+
+
+def results_files(dirs: list[str | Path]) -> list[Path]:
+    """Every results.json under the given folders (a results.json given itself), in path order."""
+    out: list[Path] = []
+    for d in dirs:
+        p = Path(d)
+        out += [p] if p.is_file() else sorted(p.rglob("results.json"))
+    return out
+
+
+def run_files(results: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(config.yaml, inputs.json) beside ``results`` as dicts, None where absent; a file that cannot be
+    read is a :class:`ResultsError` naming it."""
+    import yaml
+
+    from ncprompt.engine.results import ResultsError
+
+    out: list[dict[str, Any] | None] = []
+    for f, load in ((results.parent / "config.yaml", yaml.safe_load), (results.parent / "inputs.json", json.loads)):
+        try:
+            data = load(f.read_text()) if f.is_file() else None
+        except (yaml.YAMLError, ValueError, UnicodeDecodeError) as e:
+            raise ResultsError(f"{f} cannot be read ({type(e).__name__}); fix it, or move its run folder out of the "
+                               "folders given") from None
+        out.append(data if isinstance(data, dict) else None)
+    return out[0], out[1]
+
+
+def run_setting(results: Path, res: dict[str, Any]) -> dict[str, Any]:
+    """The setting items of the run whose results.json is ``results`` (read as ``res``)."""
+    cfg, inputs = run_files(results)
+    return setting_items(cfg, inputs, res)
+
+
+#: the fields that stand for a setting in rows made by hand (no ``setting`` items)
+ROW_FIELDS = ("dataset", "model", "method", "npt", "shots", "tau", "epochs", "options", "protocol")
+
+
+def row_setting(row: dict[str, Any]) -> dict[str, Any]:
+    """A row's setting items; a row made without them is keyed by its :data:`ROW_FIELDS`."""
+    s = row.get("setting")
+    return s if isinstance(s, dict) else {k: row[k] for k in ROW_FIELDS if row.get(k) not in (None, "")}
+
+
+def drop_repeated_seeds(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """``rows`` with each (setting, seed) once (the first, in path order), and one warning per repeat.
+
+    A row holds its setting (:func:`row_setting`), ``seed``, and ``run`` (its folder), ``dataset`` and
+    ``method`` for the warning; a row without a seed is never taken for a repeat."""
+    seen: dict[tuple[str, Any], list[dict[str, Any]]] = {}
+    for i, r in enumerate(rows):
+        seed = r.get("seed") if r.get("seed") is not None else ("no seed", i)
+        seen.setdefault((setting_key(row_setting(r)), seed), []).append(r)
+    warnings = []
+    for (_, seed), same in seen.items():
+        if len(same) > 1:
+            r = same[0]
+            where = ", ".join(str(x.get("run", "?")) for x in same)
+            sid = setting_id(row_setting(r))
+            warnings.append(f"warning: seed {seed} of {r.get('method')} on {r.get('dataset')} (setting {sid}) is in "
+                            f"{len(same)} runs ({where}); counted once ({r.get('run', 'the first')})")
+    return [same[0] for same in seen.values()], warnings
+
+
+def setting_labels(entries: list[tuple[Any, Any, dict[str, Any]]], skip: tuple[str, ...] = ()) -> dict[Any, str]:
+    """{id: "crop_min=0.5, flip=False"}: the keys in which each entry's setting differs from the other
+    entries of its family (``skip`` left out); ``entries``: (id, family, setting items). Content digests
+    are named only where nothing else tells two entries apart."""
+    fam: dict[Any, list[tuple[Any, dict[str, Any]]]] = {}
+    for i, f, items in entries:
+        fam.setdefault(f, []).append((i, items))
+    out: dict[Any, str] = {}
+    for same in fam.values():
+        items = [s for _, s in same]
+        keys = differing(items, skip)
+        plain = [k for k in keys if not k.startswith("inputs.")]
+        if len({describe(s, plain) for s in items}) == len(items):
+            keys = plain
+        out.update({i: describe(s, keys) for i, s in same})
+    return out
