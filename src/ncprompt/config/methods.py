@@ -196,8 +196,9 @@ class PromptSRCConfig(IVLPConfig):
     gpa: bool = Field(True, description="Gaussian-weighted aggregation of the prompts over epochs")
     gpa_mean: float = Field(15.0, description="GPA Gaussian mean (epoch, 1-based)")
     gpa_std: float = Field(1.0, gt=0, description="GPA Gaussian standard deviation (epochs)")
-    templates: str | list[str] = Field("ensemble", description='templates of the frozen text features: "ensemble" '
-                                                               '(CLIP\'s 80), "dataset" or a list')
+    templates: str | list[str] = Field("promptsrc", description='templates of the frozen text features: '
+                                       '"promptsrc" (its 60 of CLIP\'s 80, as published), "ensemble" (CLIP\'s 80), '
+                                       '"dataset" or a list')
 
 
 class ProGradConfig(CoOpConfig):
@@ -205,8 +206,19 @@ class ProGradConfig(CoOpConfig):
     name: Literal["prograd"] = "prograd"  # type: ignore[assignment]
     prograd_lambda: float = Field(1.0, ge=0, description="lambda: share of the conflicting component removed")
     temperature: float = Field(1.0, gt=0, description="KL temperature T")
-    template_init: bool = Field(True, description="initialise the last context vectors from the dataset template's "
-                                                  "words (zero-padded in front), as published")
+    template_init: bool = Field(True, description="initialise the last context vectors from the template's words "
+                                                  "(zero-padded in front; first word-count tokens learned, the rest "
+                                                  "frozen text), as published")
+    templates: str = Field("prograd", description='teacher template and init: "prograd" (ProGrad\'s table, as '
+                           'published; the dataset\'s own for datasets it does not list), "dataset", or "... {} ..."')
+
+
+    @model_validator(mode="after")
+    def _one_template(self) -> ProGradConfig:
+        if self.templates not in ("prograd", "dataset") and "{}" not in self.templates:
+            raise ValueError(f"templates: {self.templates!r} is not 'prograd', 'dataset' or a template with '{{}}' "
+                             "where the class name goes")
+        return self
 
 
 class TCPConfig(CoOpConfig):
