@@ -69,15 +69,16 @@ PUBLISHED: dict[str, dict[str, Any]] = {
                     "method.prograd_lambda": 1.0, "method.temperature": 1.0, "data.protocol": "base2new",
                     "data.shots": 4, "train.optimizer": "sgd", "train.epochs": 100, "train.batch_size": 32,
                     "train.lr": 0.002, **_DASSL},
-    # TCP vit_b16_ep100_ctxv1.yaml: adam (here adamw: docs/method.md), lr 0.002, 50 epochs, batch 32, CTX_INIT False;
+    # TCP vit_b16_ep100_ctxv1.yaml: adam (Dassl: torch.optim.Adam), lr 0.002, 50 epochs, batch 32, CTX_INIT False;
     # base2new_train.sh: NCTX 4, W 8.0, SHOTS 16; clip_text/model.py: class tokens before block 8, weight 1.0
     "tcp_b2n": {"method.name": "tcp", "method.n_ctx": 4, "method.ctx_init": "", "method.kg_weight": 8.0,
-                "method.class_layer": 8, "method.class_weight": 1.0, **_B2N, "train.optimizer": "adamw",
+                "method.class_layer": 8, "method.class_weight": 1.0, **_B2N, "train.optimizer": "adam",
                 "train.epochs": 50, "train.batch_size": 32, "train.lr": 0.002, "train.warmup_epochs": 1,
                 "train.warmup_lr": 1e-5, "train.weight_decay": 5e-4},
-    # lpclip linear_probe.py: C grid {1e6 .. 1e-6}, 8 search steps, max_iter 1000, 4 val shots at 16 shots
+    # lpclip linear_probe.py: C grid {1e6 .. 1e-6}, 8 search steps, max_iter 1000 (its 4 val shots from the val split:
+    # here 4-fold cross-validation on the training shots, docs/method.md)
     "linear_probe": {"method.name": "linear_probe", "method.c_grid": [1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6],
-                     "method.search_steps": 8, "method.max_iter": 1000, "method.val_shots": 4,
+                     "method.search_steps": 8, "method.max_iter": 1000, "method.cv_folds": 4,
                      "data.protocol": "all", "data.shots": 16},
 }
 #: the project's own recipes (not published elsewhere; the pocket carries: tests/test_pocket_method_presets.py)

@@ -4,6 +4,9 @@ method under test).
 
 Sources: PromptSRC  muzairkhattak/PromptSRC trainers/promptsrc.py, trainers/imagenet_templates.py
          ProGrad    BeierZhu/Prompt-align ProGrad.public/trainers/prograd.py (CUSTOM_TEMPLATES, PromptLearner, CLIP)
+         lpclip     KaiyangZhou/CoOp lpclip/linear_probe.py (sklearn LogisticRegression, lbfgs, l2, C search)
+         TCP        htyao89/Textual-based_Class-aware_prompt_tuning configs/trainers/TCP/vit_b16_ep100_ctxv1.yaml
+                    (OPTIM.NAME adam), KaiyangZhou/Dassl.pytorch dassl/optim/optimizer.py (torch.optim.Adam)
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from ncprompt.data.templates import COOP_TEMPLATES, PROGRAD_TEMPLATES, PROMPTSRC_TEMPLATES
 from ncprompt.methods import build_method
 from ncprompt.methods.base import MethodConfigError, MethodContext
+from ncprompt.methods.linear_probe import cv_folds, fit_logistic_regression
 from ncprompt.methods.templates import PromptOverflowError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -132,3 +136,103 @@ def test_prograd_template_options(tiny_backbone):
 
     with pytest.raises(ConfigError, match="templates"):
         parse_method({"name": "prograd", "templates": "ensemble"})
+
+
+# --- linear probe (lpclip: sklearn's LogisticRegression) ----------------------------------------------------
+
+def _blobs(n: int, k: int, e: int, noise: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % k
+    return torch.randn(k, e, generator=g)[y] + noise * torch.randn(n, e, generator=g), y
+
+
+@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("c", [1e-4, 1e-2, 1.0, 1e2, 1e4, 1e6])
+@pytest.mark.parametrize("data", [(200, 8, 2.0), (40, 16, 1.0)], ids=["overlapping", "separable"])
+def test_probe_probabilities_equal_sklearn_over_c(k, c, data):
+    import warnings
+
+    linear_model = pytest.importorskip("sklearn.linear_model")
+    x, y = _blobs(data[0], k, data[1], data[2])
+    w, b = fit_logistic_regression(x, y, k, c, tol=1e-10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn's own convergence notes at tol 1e-12
+        clf = linear_model.LogisticRegression(C=c, max_iter=10000, tol=1e-12).fit(x.double().numpy(), y.numpy())
+    p = torch.softmax(x.double() @ w.T + b, -1).numpy()
+    # tolerance: both solved to a gradient tolerance (1e-10 here, 1e-12 there) of the same objective; observed gap
+    # <= 3.3e-7 over these C and data. At the method's default tol 1e-4 the gap is up to ~1e-3 (docs/method.md)
+    assert abs(p - clf.predict_proba(x.double().numpy())).max() < 1e-6
+    if k == 2:  # one weight vector, as sklearn's binary model: rows -w/2, w/2
+        assert torch.equal(w[0], -w[1])
+        if c <= 1e2:  # (at larger C on separable data the objective is nearly flat along w: equal probabilities only)
+            assert abs((w[1] - w[0]).numpy() - clf.coef_[0]).max() < 1e-4 * abs(clf.coef_).max()
+
+
+def test_probe_c_search_never_fits_on_one_image_per_class_at_4_shots(tiny_backbone, monkeypatch):
+    import ncprompt.methods.linear_probe as lp
+
+    names = ["a", "b", "c", "d", "e"]
+    x, y = _blobs(20, 5, tiny_backbone.embed_dim, 1.0)  # 4 shots of 5 classes
+    seen: list[int] = []
+    real = lp.fit_logistic_regression
+
+    def recording(xx, yy, *args, **kwargs):
+        seen.append(int(torch.bincount(yy, minlength=5).min()))
+        return real(xx, yy, *args, **kwargs)
+
+    monkeypatch.setattr(lp, "fit_logistic_regression", recording)
+    m = build_method("linear_probe", tiny_backbone, names, {"c_grid": [1.0, 1e-2], "search_steps": 1})
+    c = m.fit(x, y, seed=3)
+    assert c in [cc for cc, _ in m.search_trace] and len(m.search_trace) >= 2
+    # every search fit sees 3 images of each class (4-fold CV), the final refit all 4
+    assert set(seen[:-1]) == {3} and seen[-1] == 4
+    assert len(seen) == 4 * len(m.search_trace) + 1
+    one_shot = build_method("linear_probe", tiny_backbone, names, {})
+    assert one_shot.fit(x[:5], y[:5]) == 1.0 and one_shot.search_trace == []  # nothing to hold out: C = 1
+
+
+def test_probe_folds_deal_each_class_round_robin():
+    labels = torch.tensor([0] * 6 + [1] * 4 + [2])
+    fold = cv_folds(labels, 4, seed=0)
+    assert sorted(fold[:6].tolist()) == [0, 0, 1, 1, 2, 3] and sorted(fold[6:10].tolist()) == [0, 1, 2, 3]
+    assert fold[10] == -1  # a single image stays in every fit
+    assert torch.equal(fold, cv_folds(labels, 4, seed=0)) and not torch.equal(fold, cv_folds(labels, 4, seed=1))
+
+
+def test_earlier_val_shots_key_still_loads():
+    from ncprompt.config.methods import parse_method
+
+    cfg = parse_method({"name": "linear_probe", "val_shots": 4})
+    assert cfg.cv_folds == 4 and "val_shots" not in cfg.model_dump()
+
+
+# --- TCP: Adam (Dassl's "adam": L2 weight decay in the gradient) ---------------------------------------------
+
+def test_tcp_trains_with_its_published_adam_unless_told_otherwise():
+    from ncprompt.config.methods import TCPConfig
+    from ncprompt.config.presets import preset
+    from ncprompt.config.run import RunConfig, TrainConfig
+
+    assert RunConfig.from_dict({"method": "tcp"}).train.optimizer == "adam"
+    assert RunConfig(method=TCPConfig()).train.optimizer == "adam"
+    assert RunConfig(method=TCPConfig(), train=TrainConfig(epochs=3)).train.optimizer == "adam"
+    assert RunConfig.from_dict({"method": "tcp", "train": {"optimizer": "sgd"}}).train.optimizer == "sgd"
+    assert RunConfig.from_dict({"method": "coop"}).train.optimizer == "sgd"  # CoOp's SGD stays the global default
+    assert RunConfig.from_dict(preset("tcp_b2n")).train.optimizer == "adam"
+    cfg = RunConfig.from_dict({"method": "tcp"})
+    assert RunConfig.from_dict(cfg.to_dict()).fingerprint() == cfg.fingerprint()  # a run folder reloads the same
+
+
+def test_adam_is_dassls_adam_with_l2_decay():
+    from ncprompt.config.run import TrainConfig
+    from ncprompt.engine.trainer import make_optimizer
+
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.5]))
+    opt = make_optimizer([p], TrainConfig(optimizer="adam", lr=0.1, weight_decay=0.5))
+    assert type(opt) is torch.optim.Adam
+    g = torch.tensor([0.3, 0.0, -1.0])
+    p.grad = g.clone()
+    before = p.detach().clone()
+    opt.step()
+    g2 = g + 0.5 * before  # the decay enters the gradient (coupled), then Adam's first step: lr * g / (|g| + eps)
+    assert torch.allclose(p.detach(), before - 0.1 * g2 / (g2.abs() + 1e-8), atol=1e-7)

@@ -25,6 +25,9 @@ class MethodConfig(ConfigModel):
     name: str = Field(description="prompt method (see `ncprompt methods`)")
     #: one-line description shown by `ncprompt methods` and --help
     summary: ClassVar[str] = ""
+    #: the method's published training settings where they differ from ``TrainConfig``'s defaults (CoOp's); a run
+    #: takes them for the ``train`` keys it does not set (``RunConfig``), so they show in its config.yaml
+    train_defaults: ClassVar[dict[str, Any]] = {}
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
@@ -55,6 +58,15 @@ def method_config_class(name: str) -> type[MethodConfig]:
     if key not in METHOD_CONFIGS:
         raise ConfigError(f"method: unknown method {name!r}; known methods: {', '.join(method_names())}")
     return METHOD_CONFIGS[key]
+
+
+def method_config_defaults(value: Any) -> dict[str, Any]:
+    """The ``train_defaults`` of the method named by ``value`` (a name, a mapping, a config; {} when unknown)."""
+    if isinstance(value, MethodConfig):
+        return dict(value.train_defaults)
+    name = value.get("name", "coop") if isinstance(value, dict) else value
+    cls = METHOD_CONFIGS.get(str(name).lower()) if isinstance(name, str) else None
+    return dict(cls.train_defaults) if cls is not None else {}
 
 
 def parse_method(value: Any, prefix: str = "method") -> MethodConfig:
@@ -157,7 +169,17 @@ class LinearProbeConfig(MethodConfig):
     max_iter: int = Field(1000, ge=1, description="L-BFGS iterations per fit")
     tol: float = Field(1e-4, gt=0, description="L-BFGS tolerance on max |gradient| of J/N (scikit-learn's default)")
     normalize: bool = Field(False, description="L2-normalise the image features first (lpclip: raw features)")
-    val_shots: int = Field(4, ge=1, description="held-out images per class used to choose C (lpclip: min(shots, 4))")
+    cv_folds: int = Field(4, ge=2, description="folds of the cross-validation that scores C on the training images "
+                          "(lpclip scores it on the dataset's val split, min(shots, 4) per class; docs/method.md)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _earlier_search(cls, d: Any) -> Any:
+        """``val_shots`` (a single held-out part, before issue 19) only set how C was searched; a run folder that
+        records it still loads (eval), and its fingerprint no longer matches, so a rerun searches anew."""
+        if isinstance(d, dict) and "val_shots" in d:
+            d = {k: v for k, v in d.items() if k != "val_shots"}
+        return d
 
     @model_validator(mode="after")
     def _positive_grid(self) -> LinearProbeConfig:
@@ -223,6 +245,8 @@ class ProGradConfig(CoOpConfig):
 
 class TCPConfig(CoOpConfig):
     summary: ClassVar[str] = "TCP: class-aware tokens from the frozen class text embeddings at a middle text layer"
+    #: vit_b16_ep100_ctxv1.yaml: OPTIM.NAME "adam" (Dassl: torch.optim.Adam, L2 weight decay 5e-4)
+    train_defaults: ClassVar[dict[str, Any]] = {"optimizer": "adam"}
     name: Literal["tcp"] = "tcp"  # type: ignore[assignment]
     n_ctx: int = Field(4, ge=1, description="context tokens (and class-aware tokens)")
     kg_weight: float = Field(8.0, ge=0, description="weight of the KgCoOp-style consistency term")
