@@ -88,7 +88,8 @@ class ZeroShotConfig(MethodConfig):
     summary: ClassVar[str] = "zero-shot CLIP with hand-written templates (no training)"
     name: Literal["zeroshot"] = "zeroshot"
     templates: str | list[str] = Field(
-        "dataset", description='"dataset" (its own), "ensemble" (CLIP\'s 80), "simple", one "... {} ..." or a list')
+        "dataset", description='"dataset" (its own), "ensemble" (CLIP\'s 80), "promptsrc" (PromptSRC\'s 60 of them), '
+        '"simple", one "... {} ..." or a list')
 
     def conflicts(self, run: Any) -> list[str]:
         if run.npt.enabled:
