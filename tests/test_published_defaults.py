@@ -236,3 +236,13 @@ def test_adam_is_dassls_adam_with_l2_decay():
     opt.step()
     g2 = g + 0.5 * before  # the decay enters the gradient (coupled), then Adam's first step: lr * g / (|g| + eps)
     assert torch.allclose(p.detach(), before - 0.1 * g2 / (g2.abs() + 1e-8), atol=1e-7)
+
+
+def test_an_experiment_hands_prograd_its_dataset_name(tiny_backbone, fmnist_small, tmp_path):
+    from ncprompt.config.run import RunConfig
+    from ncprompt.protocols.experiment import Experiment
+
+    cfg = RunConfig.from_dict({"run": {"model": "tiny-clip", "cache_dir": str(tmp_path)},
+                               "data": {"dataset": "oxford_pets", "shots": 2}, "method": {"name": "prograd"}})
+    m = Experiment(cfg, backbone=tiny_backbone, dataset=fmnist_small).build()
+    assert m.context.dataset == "oxford_pets" and m.template == PROGRAD_TEMPLATES["oxford_pets"]
