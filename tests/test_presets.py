@@ -81,7 +81,7 @@ PUBLISHED: dict[str, dict[str, Any]] = {
     # lpclip linear_probe.py: C grid {1e6 .. 1e-6}, 8 search steps, max_iter 1000 (its 4 val shots from the val split:
     # here 4-fold cross-validation on the training shots, docs/method.md)
     "linear_probe": {"method.name": "linear_probe", "method.c_grid": [1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6],
-                     "method.search_steps": 8, "method.max_iter": 1000, "method.cv_folds": 4,
+                     "method.search_steps": 8, "method.max_iter": 1000, "method.cv_folds": 4, "method.val_shots": 0,
                      "data.protocol": "all", "data.shots": 16},
 }
 #: the project's own recipes (not published elsewhere; the pocket carries: tests/test_pocket_method_presets.py)

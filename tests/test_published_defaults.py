@@ -19,7 +19,7 @@ from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from ncprompt.data.templates import COOP_TEMPLATES, PROGRAD_TEMPLATES, PROMPTSRC_TEMPLATES
 from ncprompt.methods import build_method
 from ncprompt.methods.base import MethodConfigError, MethodContext
-from ncprompt.methods.linear_probe import cv_folds, fit_logistic_regression
+from ncprompt.methods.linear_probe import cv_folds, fit_logistic_regression, held_out_folds
 from ncprompt.methods.templates import PromptOverflowError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -199,11 +199,16 @@ def test_probe_folds_deal_each_class_round_robin():
     assert torch.equal(fold, cv_folds(labels, 4, seed=0)) and not torch.equal(fold, cv_folds(labels, 4, seed=1))
 
 
-def test_earlier_val_shots_key_still_loads():
-    from ncprompt.config.methods import parse_method
+def test_earlier_held_out_recipe_stays_an_option_and_is_not_mistaken_for_the_default(tiny_backbone):
+    from ncprompt.config.run import RunConfig
 
-    cfg = parse_method({"name": "linear_probe", "val_shots": 4})
-    assert cfg.cv_folds == 4 and "val_shots" not in cfg.model_dump()
+    old = RunConfig.from_dict({"method": {"name": "linear_probe", "val_shots": 4}})  # as earlier config.yaml files
+    assert old.fingerprint() != RunConfig.from_dict({"method": "linear_probe"}).fingerprint()  # never reused as new
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 2])
+    assert held_out_folds(labels, 4, seed=0).tolist().count(0) == 6  # min(4, n_k - 1): at 4 shots 1 image left
+    x, y = _blobs(20, 5, tiny_backbone.embed_dim, 1.0)
+    m = build_method("linear_probe", tiny_backbone, list("abcde"), {"val_shots": 4, "c_grid": [1.0], "search_steps": 0})
+    assert m.fit(x, y) == 1.0 and len(m.search_trace) == 1
 
 
 # --- TCP: Adam (Dassl's "adam": L2 weight decay in the gradient) ---------------------------------------------

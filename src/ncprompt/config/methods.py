@@ -172,15 +172,9 @@ class LinearProbeConfig(MethodConfig):
     normalize: bool = Field(False, description="L2-normalise the image features first (lpclip: raw features)")
     cv_folds: int = Field(4, ge=2, description="folds of the cross-validation that scores C on the training images "
                           "(lpclip scores it on the dataset's val split, min(shots, 4) per class; docs/method.md)")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _earlier_search(cls, d: Any) -> Any:
-        """``val_shots`` (a single held-out part, before issue 19) only set how C was searched; a run folder that
-        records it still loads (eval), and its fingerprint no longer matches, so a rerun searches anew."""
-        if isinstance(d, dict) and "val_shots" in d:
-            d = {k: v for k, v in d.items() if k != "val_shots"}
-        return d
+    val_shots: int = Field(0, ge=0, description="0: C by cross-validation (cv_folds); N > 0: the recipe before issue "
+                           "19, one held-out part of min(N, n_k - 1) images per class (at 4 shots its fits see one "
+                           "image per class)")
 
     @model_validator(mode="after")
     def _positive_grid(self) -> LinearProbeConfig:

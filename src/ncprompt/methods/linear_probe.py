@@ -25,7 +25,8 @@ validation accuracy of C is F-fold cross-validated on them (F = ``cv_folds``, 4)
 image j goes to fold j mod F; fold f is predicted by the probe fitted on the other folds, and the accuracy counts
 every held-out image once. At 4 shots each fit sees 3 images per class (a single 4-image hold-out would leave 1),
 at 16 shots 12. A class with one image is never held out (it stays in every fit); with no class to hold out
-(1 shot), C = 1. The probe is then refit on all training images with the chosen C.
+(1 shot), C = 1. The probe is then refit on all training images with the chosen C. ``val_shots: N`` (> 0) keeps the
+earlier recipe (one seeded held-out part of min(N, n_k - 1) images per class; run folders that record it keep it).
 Predictions use the image features only: NPT (a regulariser on text features) does not apply and is refused
 (``conflicts`` of its config), and so is base-to-new (no weights for new classes).
 """
@@ -91,6 +92,18 @@ def cv_folds(labels: torch.Tensor, folds: int, seed: int) -> torch.Tensor:
         idx = (labels == k).nonzero().squeeze(1)
         if len(idx) > 1:
             fold[idx[torch.randperm(len(idx), generator=g)]] = torch.arange(len(idx)) % folds
+    return fold
+
+
+def held_out_folds(labels: torch.Tensor, per_class: int, seed: int) -> torch.Tensor:
+    """Fold (N,) of the single held-out part (``val_shots``): 0 for min(per_class, n_k - 1) seeded images of each
+    class k, -1 (always trained on) for the rest; the same draw as :func:`cv_folds`' order."""
+    g = torch.Generator().manual_seed(int(seed) + 104729)
+    fold = torch.full((len(labels),), -1, dtype=torch.long)
+    for k in labels.unique().tolist():
+        idx = (labels == k).nonzero().squeeze(1)
+        if len(idx) > 1:
+            fold[idx[torch.randperm(len(idx), generator=g)[: min(per_class, len(idx) - 1)]]] = 0
     return fold
 
 
@@ -171,10 +184,10 @@ class LinearProbe(PromptMethod):
         return F.normalize(f, dim=-1) if self.cfg.normalize else f
 
     def fit(self, features: torch.Tensor, labels: torch.Tensor, seed: int = 0) -> float:
-        """Search C by cross-validation on ``features`` (folds seeded by ``seed``), refit W, b on all of them with
-        it; returns the chosen C."""
+        """Search C by cross-validation on ``features`` (folds seeded by ``seed``; with ``val_shots`` one held-out
+        part), refit W, b on all of them with it; returns the chosen C."""
         cfg, x = self.cfg, self._prep(features)
-        fold = cv_folds(labels, cfg.cv_folds, seed)
+        fold = held_out_folds(labels, cfg.val_shots, seed) if cfg.val_shots else cv_folds(labels, cfg.cv_folds, seed)
         self.search_trace = []
         c = 1.0
         if (fold >= 0).any():
@@ -213,5 +226,5 @@ class LinearProbe(PromptMethod):
             self.bias.copy_(state["bias"])
 
 
-__all__ = ["LPCLIP_C_GRID", "LinearProbe", "cv_accuracy", "cv_folds", "fit_logistic_regression", "holdout_score",
-           "search_c"]
+__all__ = ["LPCLIP_C_GRID", "LinearProbe", "cv_accuracy", "cv_folds", "fit_logistic_regression", "held_out_folds",
+           "holdout_score", "search_c"]
