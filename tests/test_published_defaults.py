@@ -251,3 +251,21 @@ def test_an_experiment_hands_prograd_its_dataset_name(tiny_backbone, fmnist_smal
                                "data": {"dataset": "oxford_pets", "shots": 2}, "method": {"name": "prograd"}})
     m = Experiment(cfg, backbone=tiny_backbone, dataset=fmnist_small).build()
     assert m.context.dataset == "oxford_pets" and m.template == PROGRAD_TEMPLATES["oxford_pets"]
+
+
+def test_a_run_folder_without_a_newer_option_is_not_reused(tmp_path):
+    """A ProGrad run recorded before ``templates`` existed used CoOp's table: it must not pass for the new default."""
+    import yaml
+
+    from ncprompt.config.run import RunConfig
+    from ncprompt.engine.run_folder import RunFolder, RunFolderError
+
+    cfg = RunConfig.from_dict({"method": "prograd"})
+    old = cfg.to_dict()
+    del old["method"]["templates"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    (tmp_path / "results.json").write_text("{}")
+    with pytest.raises(RunFolderError, match="earlier ncprompt without method.templates.*--no-resume"):
+        RunFolder(tmp_path).check(cfg)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    assert RunFolder(tmp_path).check(cfg) == "resume"
