@@ -269,3 +269,16 @@ def test_a_run_folder_without_a_newer_option_is_not_reused(tmp_path):
         RunFolder(tmp_path).check(cfg)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
     assert RunFolder(tmp_path).check(cfg) == "resume"
+
+
+def test_templates_flag_takes_several_for_promptsrc_and_one_for_prograd(capsys):
+    import yaml
+
+    from ncprompt.cli import main
+
+    assert main(["train", "--method", "promptsrc", "--templates", "a {}.", "b {}.", "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["method"]["templates"] == ["a {}.", "b {}."]
+    assert main(["train", "--method", "prograd", "--templates", "dataset", "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["method"]["templates"] == "dataset"
+    assert main(["train", "--method", "prograd", "--templates", "a {}.", "b {}.", "--print-config"]) != 0
+    assert "one template" in capsys.readouterr().err

@@ -11,7 +11,7 @@ from __future__ import annotations
 import typing
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ncprompt.config.base import ConfigError, ConfigModel, validate
 
@@ -226,16 +226,21 @@ class ProGradConfig(CoOpConfig):
     template_init: bool = Field(True, description="initialise the last context vectors from the template's words "
                                                   "(zero-padded in front; first word-count tokens learned, the rest "
                                                   "frozen text), as published")
-    templates: str = Field("prograd", description='teacher template and init: "prograd" (ProGrad\'s table, as '
-                           'published; the dataset\'s own for datasets it does not list), "dataset", or "... {} ..."')
+    templates: str | list[str] = Field(
+        "prograd", description='teacher template and init: "prograd" (ProGrad\'s table, as published; the dataset\'s '
+        'own for datasets it does not list), "dataset", or one "... {} ..."')
 
 
-    @model_validator(mode="after")
-    def _one_template(self) -> ProGradConfig:
-        if self.templates not in ("prograd", "dataset") and "{}" not in self.templates:
-            raise ValueError(f"templates: {self.templates!r} is not 'prograd', 'dataset' or a template with '{{}}' "
-                             "where the class name goes")
-        return self
+    @field_validator("templates")
+    @classmethod
+    def _one_template(cls, v: str | list[str]) -> str:
+        if isinstance(v, list):  # the --templates flag is a list for the methods that average several
+            if len(v) != 1:
+                raise ValueError(f"ProGrad's teacher is one template, got {len(v)}; give one")
+            v = v[0]
+        if v not in ("prograd", "dataset") and "{}" not in v:
+            raise ValueError(f"{v!r} is not 'prograd', 'dataset' or a template with '{{}}' where the class name goes")
+        return v
 
 
 class TCPConfig(CoOpConfig):
