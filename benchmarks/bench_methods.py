@@ -74,7 +74,7 @@ def child(model: str, k: int, method: str, reps: int, threads: int) -> dict[str,
                            "build_s": time.perf_counter() - t0, "peak_mib_backbone": mem_backbone}
     e = backbone.embed_dim
     if method == "linear_probe":
-        from ncprompt.methods.linear_probe import search_c
+        from ncprompt.methods.linear_probe import holdout_score, search_c
 
         g = torch.Generator().manual_seed(0)
         y = torch.arange(k).repeat_interleave(16)
@@ -82,7 +82,7 @@ def child(model: str, k: int, method: str, reps: int, threads: int) -> dict[str,
         yv = torch.arange(k).repeat_interleave(4)
         xv = torch.randn(k, e, generator=g)[yv] + 2.0 * torch.randn(len(yv), e, generator=g)
         t0, c0 = time.perf_counter(), time.process_time()
-        c, *_ = search_c(x, y, xv, yv, k, m.cfg.c_grid, m.cfg.search_steps, m.cfg.max_iter, m.cfg.tol)
+        c, _ = search_c(holdout_score(x, y, xv, yv, k, m.cfg.max_iter, m.cfg.tol), m.cfg.c_grid, m.cfg.search_steps)
         out.update({"fit_s": time.perf_counter() - t0, "fit_cpu_s": time.process_time() - c0, "chosen_c": c,
                     "peak_mib": _peak_mib()})
         return out

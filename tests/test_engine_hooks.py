@@ -38,7 +38,7 @@ def test_train_step_calls_backward_step(tiny_backbone):
 
 
 @pytest.mark.parametrize("method,options", [
-    ("prograd", {"n_ctx": 2}),
+    ("prograd", {"n_ctx": 4}),  # ProGrad asserts n_ctx >= the template's words ("a photo of a": 4)
     ("promptsrc", {"gpa": True, "depth_text": 1, "depth_vision": 1}),
 ])
 def test_hooked_methods_train_end_to_end(method, options, tiny_backbone, fmnist_small, tmp_path):

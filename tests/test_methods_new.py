@@ -11,7 +11,7 @@ from ncprompt.config.base import ConfigError
 from ncprompt.config.methods import parse_method
 from ncprompt.methods import build_method
 from ncprompt.methods.base import MethodConfigError
-from ncprompt.methods.linear_probe import fit_logistic_regression, held_out_split, search_c
+from ncprompt.methods.linear_probe import cv_folds, fit_logistic_regression, holdout_score, search_c
 from ncprompt.methods.prograd import project_conflicting
 from ncprompt.methods.promptsrc import gpa_weights
 
@@ -50,12 +50,11 @@ def test_c_search_follows_lpclip_grid_then_bisection():
     x, y = _blobs(n=80)
     xv, yv = _blobs(n=40, seed=1)
     grid = [1.0, 1e-2]
-    c, w, b, trace = search_c(x, y, xv, yv, 5, grid, steps=1, tol=1e-6)
+    c, trace = search_c(holdout_score(x, y, xv, yv, 5, tol=1e-6), grid, steps=1)
     assert [t[0] for t in trace[:2]] == grid and c in [t[0] for t in trace]
     assert len(trace) <= 2 + 2
-    assert torch.allclose(w, fit_logistic_regression(x, y, 5, c, tol=1e-6)[0])
-    mask = held_out_split(torch.tensor([0, 0, 0, 1, 2, 2]), 4, seed=0)
-    assert mask.tolist().count(True) == 3 and not mask[3]  # min(4, n_k - 1) per class; singletons kept
+    fold = cv_folds(torch.tensor([0, 0, 0, 1, 2, 2]), 4, seed=0)
+    assert fold[3] == -1 and sorted(fold[:3].tolist()) == [0, 1, 2] and sorted(fold[4:].tolist()) == [0, 1]
 
 
 def test_linear_probe_refuses_npt_and_new_classes(tiny_backbone):

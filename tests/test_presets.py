@@ -57,27 +57,31 @@ PUBLISHED: dict[str, dict[str, Any]] = {
                  "method.ctx_init": "a photo of a", "method.depth_text": 9, "method.depth_vision": 9, **_B2N,
                  "train.optimizer": "sgd", "train.epochs": 20, "train.batch_size": 4, "train.lr": 0.0025, **_DASSL},
     # PromptSRC vit_b16_c2_ep20_batch4_4+4ctx.yaml: as IVLP + TEXT_LOSS_WEIGHT 25, IMAGE_LOSS_WEIGHT 10,
-    # GPA_MEAN 15, GPA_STD 1
+    # GPA_MEAN 15, GPA_STD 1; promptsrc.py: frozen text over imagenet_templates.py's IMAGENET_TEMPLATES (60)
     "promptsrc_b2n": {"method.name": "promptsrc", "method.n_ctx_text": 4, "method.n_ctx_vision": 4,
                       "method.ctx_init": "a photo of a", "method.depth_text": 9, "method.depth_vision": 9,
                       "method.text_loss_weight": 25.0, "method.image_loss_weight": 10.0, "method.gpa": True,
-                      "method.gpa_mean": 15.0, "method.gpa_std": 1.0, **_B2N, "train.optimizer": "sgd",
-                      "train.epochs": 20, "train.batch_size": 4, "train.lr": 0.0025, **_DASSL},
-    # ProGrad rn50_ep100.yaml: batch 32, lr 0.002, 100 epochs, LOSS.T 1.0, CTX_INIT True (template words);
+                      "method.gpa_mean": 15.0, "method.gpa_std": 1.0, "method.templates": "promptsrc", **_B2N,
+                      "train.optimizer": "sgd", "train.epochs": 20, "train.batch_size": 4, "train.lr": 0.0025,
+                      **_DASSL},
+    # ProGrad rn50_ep100.yaml: batch 32, lr 0.002, 100 epochs, LOSS.T 1.0, CTX_INIT True (the words of prograd.py's
+    # CUSTOM_TEMPLATES);
     # base2new_train_prograd.sh: NCTX 16, SHOTS 4, LAMBDA 1.0
     "prograd_b2n": {"method.name": "prograd", "method.n_ctx": 16, "method.template_init": True,
-                    "method.prograd_lambda": 1.0, "method.temperature": 1.0, "data.protocol": "base2new",
+                    "method.templates": "prograd", "method.prograd_lambda": 1.0, "method.temperature": 1.0,
+                    "data.protocol": "base2new",
                     "data.shots": 4, "train.optimizer": "sgd", "train.epochs": 100, "train.batch_size": 32,
                     "train.lr": 0.002, **_DASSL},
-    # TCP vit_b16_ep100_ctxv1.yaml: adam (here adamw: docs/method.md), lr 0.002, 50 epochs, batch 32, CTX_INIT False;
+    # TCP vit_b16_ep100_ctxv1.yaml: adam (Dassl: torch.optim.Adam), lr 0.002, 50 epochs, batch 32, CTX_INIT False;
     # base2new_train.sh: NCTX 4, W 8.0, SHOTS 16; clip_text/model.py: class tokens before block 8, weight 1.0
     "tcp_b2n": {"method.name": "tcp", "method.n_ctx": 4, "method.ctx_init": "", "method.kg_weight": 8.0,
-                "method.class_layer": 8, "method.class_weight": 1.0, **_B2N, "train.optimizer": "adamw",
+                "method.class_layer": 8, "method.class_weight": 1.0, **_B2N, "train.optimizer": "adam",
                 "train.epochs": 50, "train.batch_size": 32, "train.lr": 0.002, "train.warmup_epochs": 1,
                 "train.warmup_lr": 1e-5, "train.weight_decay": 5e-4},
-    # lpclip linear_probe.py: C grid {1e6 .. 1e-6}, 8 search steps, max_iter 1000, 4 val shots at 16 shots
+    # lpclip linear_probe.py: C grid {1e6 .. 1e-6}, 8 search steps, max_iter 1000 (its 4 val shots from the val split:
+    # here 4-fold cross-validation on the training shots, docs/method.md)
     "linear_probe": {"method.name": "linear_probe", "method.c_grid": [1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6],
-                     "method.search_steps": 8, "method.max_iter": 1000, "method.val_shots": 4,
+                     "method.search_steps": 8, "method.max_iter": 1000, "method.cv_folds": 4, "method.val_shots": 0,
                      "data.protocol": "all", "data.shots": 16},
 }
 #: the project's own recipes (not published elsewhere; the pocket carries: tests/test_pocket_method_presets.py)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import typing
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ncprompt.config.base import ConfigError, ConfigModel, validate
 
@@ -25,6 +25,9 @@ class MethodConfig(ConfigModel):
     name: str = Field(description="prompt method (see `ncprompt methods`)")
     #: one-line description shown by `ncprompt methods` and --help
     summary: ClassVar[str] = ""
+    #: the method's published training settings where they differ from ``TrainConfig``'s defaults (CoOp's); a run
+    #: takes them for the ``train`` keys it does not set (``RunConfig``), so they show in its config.yaml
+    train_defaults: ClassVar[dict[str, Any]] = {}
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
@@ -62,6 +65,15 @@ def method_config_class(name: str) -> type[MethodConfig]:
     return METHOD_CONFIGS[key]
 
 
+def method_config_defaults(value: Any) -> dict[str, Any]:
+    """The ``train_defaults`` of the method named by ``value`` (a name, a mapping, a config; {} when unknown)."""
+    if isinstance(value, MethodConfig):
+        return dict(value.train_defaults)
+    name = value.get("name", "coop") if isinstance(value, dict) else value
+    cls = METHOD_CONFIGS.get(str(name).lower()) if isinstance(name, str) else None
+    return dict(cls.train_defaults) if cls is not None else {}
+
+
 def parse_method(value: Any, prefix: str = "method") -> MethodConfig:
     """A method config from a name (``"coop"``) or a mapping (``{name: coop, n_ctx: 4}``)."""
     if isinstance(value, MethodConfig):
@@ -81,7 +93,8 @@ class ZeroShotConfig(MethodConfig):
     summary: ClassVar[str] = "zero-shot CLIP with hand-written templates (no training)"
     name: Literal["zeroshot"] = "zeroshot"
     templates: str | list[str] = Field(
-        "dataset", description='"dataset" (its own), "ensemble" (CLIP\'s 80), "simple", one "... {} ..." or a list')
+        "dataset", description='"dataset" (its own), "ensemble" (CLIP\'s 80), "promptsrc" (PromptSRC\'s 60 of them), '
+        '"simple", one "... {} ..." or a list')
 
     def conflicts(self, run: Any) -> list[str]:
         if run.npt.enabled:
@@ -166,7 +179,11 @@ class LinearProbeConfig(MethodConfig):
     max_iter: int = Field(1000, ge=1, description="L-BFGS iterations per fit")
     tol: float = Field(1e-4, gt=0, description="L-BFGS tolerance on max |gradient| of J/N (scikit-learn's default)")
     normalize: bool = Field(False, description="L2-normalise the image features first (lpclip: raw features)")
-    val_shots: int = Field(4, ge=1, description="held-out images per class used to choose C (lpclip: min(shots, 4))")
+    cv_folds: int = Field(4, ge=2, description="folds of the cross-validation that scores C on the training images "
+                          "(lpclip scores it on the dataset's val split, min(shots, 4) per class; docs/method.md)")
+    val_shots: int = Field(0, ge=0, description="0: C by cross-validation (cv_folds); N > 0: the recipe before issue "
+                           "19, one held-out part of min(N, n_k - 1) images per class (at 4 shots its fits see one "
+                           "image per class)")
 
     @model_validator(mode="after")
     def _positive_grid(self) -> LinearProbeConfig:
@@ -209,8 +226,9 @@ class PromptSRCConfig(IVLPConfig):
     gpa: bool = Field(True, description="Gaussian-weighted aggregation of the prompts over epochs")
     gpa_mean: float = Field(15.0, description="GPA Gaussian mean (epoch, 1-based)")
     gpa_std: float = Field(1.0, gt=0, description="GPA Gaussian standard deviation (epochs)")
-    templates: str | list[str] = Field("ensemble", description='templates of the frozen text features: "ensemble" '
-                                                               '(CLIP\'s 80), "dataset" or a list')
+    templates: str | list[str] = Field("promptsrc", description='templates of the frozen text features: '
+                                       '"promptsrc" (its 60 of CLIP\'s 80, as published), "ensemble" (CLIP\'s 80), '
+                                       '"dataset" or a list')
 
 
 class ProGradConfig(CoOpConfig):
@@ -218,12 +236,30 @@ class ProGradConfig(CoOpConfig):
     name: Literal["prograd"] = "prograd"  # type: ignore[assignment]
     prograd_lambda: float = Field(1.0, ge=0, description="lambda: share of the conflicting component removed")
     temperature: float = Field(1.0, gt=0, description="KL temperature T")
-    template_init: bool = Field(True, description="initialise the last context vectors from the dataset template's "
-                                                  "words (zero-padded in front), as published")
+    template_init: bool = Field(True, description="initialise the last context vectors from the template's words "
+                                                  "(zero-padded in front; first word-count tokens learned, the rest "
+                                                  "frozen text), as published")
+    templates: str | list[str] = Field(
+        "prograd", description='teacher template and init: "prograd" (ProGrad\'s table, as published; the dataset\'s '
+        'own for datasets it does not list), "dataset", or one "... {} ..."')
+
+
+    @field_validator("templates")
+    @classmethod
+    def _one_template(cls, v: str | list[str]) -> str:
+        if isinstance(v, list):  # the --templates flag is a list for the methods that average several
+            if len(v) != 1:
+                raise ValueError(f"ProGrad's teacher is one template, got {len(v)}; give one")
+            v = v[0]
+        if v not in ("prograd", "dataset") and "{}" not in v:
+            raise ValueError(f"{v!r} is not 'prograd', 'dataset' or a template with '{{}}' where the class name goes")
+        return v
 
 
 class TCPConfig(CoOpConfig):
     summary: ClassVar[str] = "TCP: class-aware tokens from the frozen class text embeddings at a middle text layer"
+    #: vit_b16_ep100_ctxv1.yaml: OPTIM.NAME "adam" (Dassl: torch.optim.Adam, L2 weight decay 5e-4)
+    train_defaults: ClassVar[dict[str, Any]] = {"optimizer": "adam"}
     name: Literal["tcp"] = "tcp"  # type: ignore[assignment]
     n_ctx: int = Field(4, ge=1, description="context tokens (and class-aware tokens)")
     kg_weight: float = Field(8.0, ge=0, description="weight of the KgCoOp-style consistency term")

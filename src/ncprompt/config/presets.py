@@ -71,9 +71,9 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
                      "data": {"protocol": "base2new", "shots": 4},
                      "train": {"epochs": 100, "batch_size": 32, "lr": 0.002}}),
     "tcp_b2n": ("TCP base-to-new as published (vit_b16_ep100_ctxv1): 4 random tokens, class tokens at text block 8, "
-                "w 8.0, 50 epochs, batch 32, lr 0.002 (published Adam with L2; here AdamW)",
+                "w 8.0, 50 epochs, batch 32, lr 0.002, Adam with L2 weight decay 5e-4 (Dassl's 'adam')",
                 {"method": {"name": "tcp", "n_ctx": 4, "kg_weight": 8.0, "class_layer": 8},
-                 "data": _B2N_16, "train": {"epochs": 50, "batch_size": 32, "lr": 0.002, "optimizer": "adamw"}}),
+                 "data": _B2N_16, "train": {"epochs": 50, "batch_size": 32, "lr": 0.002, "optimizer": "adam"}}),
 }
 
 #: the caption frames of the pocket world (ncprompt.pocket.world.NAME_FRAMES, tested equal): the emoji world's
@@ -122,7 +122,7 @@ PRESETS.update({
         f"default); {_POCKET_SAME}", {}),
     "pocket_tcp_b2n": _on_pocket(
         "tcp_b2n", f"TCP on the pocket suite: tcp_b2n's 4 random tokens, w 8.0, 50 epochs, batch 32, lr 0.002, "
-        f"AdamW; class tokens before text block 3 of 4 (published 8 of 12); {_POCKET_SAME}", {"class_layer": 3}),
+        f"Adam; class tokens before text block 3 of 4 (published 8 of 12); {_POCKET_SAME}", {"class_layer": 3}),
     "pocket_linear_probe": ("linear probe on the pocket suite: linear_probe's search, protocol all (a probe has "
                             "no weights for new classes), pocket model, 16 shots, 100 test images per class",
                             {"run": {"model": "pocket"}, "method": {"name": "linear_probe"},

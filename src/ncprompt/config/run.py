@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import Field, SerializeAsAny, field_validator, model_validator
 
 from ncprompt.config.base import ConfigError, ConfigModel, validate
-from ncprompt.config.methods import CoOpConfig, MethodConfig, parse_method
+from ncprompt.config.methods import CoOpConfig, MethodConfig, method_config_defaults, parse_method
 
 
 class RunSection(ConfigModel):
@@ -99,7 +99,9 @@ class TrainConfig(ConfigModel):
     epochs: int = Field(50, ge=1, description="training epochs")
     batch_size: int = Field(32, ge=1, description="images per step")
     lr: float = Field(0.002, gt=0, allow_inf_nan=False, description="peak learning rate")
-    optimizer: Literal["sgd", "adamw"] = Field("sgd", description="optimiser")
+    optimizer: Literal["sgd", "adam", "adamw"] = Field(
+        "sgd", description="optimiser: sgd (with momentum), adam (L2 weight decay, Dassl's 'adam'), adamw (decoupled "
+        "weight decay); default sgd, or the method's published one (tcp: adam)")
     momentum: float = Field(0.9, ge=0, allow_inf_nan=False, description="SGD momentum")
     weight_decay: float = Field(5e-4, ge=0, allow_inf_nan=False, description="weight decay")
     warmup_epochs: int = Field(1, ge=0, description="epochs at the constant warmup_lr before the cosine (clipped "
@@ -175,6 +177,19 @@ def upgrade_legacy(d: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
+def with_method_train_defaults(d: dict[str, Any]) -> dict[str, Any]:
+    """``d`` with the method's published training defaults (``MethodConfig.train_defaults``, e.g. TCP's Adam) in
+    the ``train`` keys it does not set; keys set anywhere (preset, YAML, flags, a run's config.yaml) win."""
+    defaults = method_config_defaults(d.get("method", "coop"))
+    train = d.get("train")
+    if not defaults or not (train is None or isinstance(train, dict | TrainConfig)):
+        return d
+    if isinstance(train, TrainConfig):
+        return {**d, "train": train.model_copy(
+            update={k: v for k, v in defaults.items() if k not in train.model_fields_set})}
+    return {**d, "train": {**defaults, **(train or {})}}
+
+
 class RunConfig(ConfigModel):
     """Everything one run needs; ``from_dict`` is the one way in (YAML, flags, presets, run folders)."""
 
@@ -187,7 +202,7 @@ class RunConfig(ConfigModel):
     @model_validator(mode="before")
     @classmethod
     def _legacy(cls, d: Any) -> Any:
-        return upgrade_legacy(d) if isinstance(d, dict) else d
+        return with_method_train_defaults(upgrade_legacy(d)) if isinstance(d, dict) else d
 
     @field_validator("method", mode="before")
     @classmethod

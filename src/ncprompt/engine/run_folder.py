@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ncprompt.config import ConfigError, RunConfig, load_yaml, save_yaml
+from ncprompt.config.run import flatten
 from ncprompt.utils import atomic_write_bytes
 
 LOCK = ".lock"
@@ -71,7 +72,12 @@ class RunFolder:
             if "method_options" in data or "model" in data:  # flat keys: written before the typed tree
                 raise ConfigError("it was written by an earlier ncprompt whose defaults may differ, so a match "
                                   "cannot be proven")
-            return RunConfig.from_dict(data, where=str(f))
+            cfg = RunConfig.from_dict(data, where=str(f))
+            unset = sorted(set(cfg.fingerprint_items()) - set(flatten(data)))
+            if unset:  # an option added since (e.g. prograd's templates): its then-behaviour may not be its default
+                raise ConfigError(f"it was written by an earlier ncprompt without {', '.join(unset[:3])}, so a "
+                                  "match cannot be proven")
+            return cfg
         except ConfigError as e:
             raise RunFolderError(f"{self.path} holds a config.yaml that cannot be read ({e}); rerun with "
                                  "--no-resume to start over, or choose another --output") from None

@@ -69,8 +69,12 @@ def lr_at(cfg: TrainConfig, epoch: int) -> float:
 
 
 def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with momentum, Adam (weight decay as an L2 term in the gradient) or AdamW (decoupled), as Dassl builds
+    them (Adam's betas (0.9, 0.999): Dassl's defaults and torch's)."""
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 

@@ -38,11 +38,13 @@ class MethodConfigError(ConfigError):
 
 @dataclass(frozen=True)
 class MethodContext:
-    """What a method is built on: the frozen backbone, the class names, the dataset's templates."""
+    """What a method is built on: the frozen backbone, the class names, the dataset's templates and its registered
+    name (``data.dataset``; methods with published per-dataset tables, e.g. ProGrad's templates, look it up)."""
 
     backbone: Backbone
     classnames: list[str]
     templates: list[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
+    dataset: str = ""
 
     def with_classnames(self, classnames: list[str]) -> MethodContext:
         return replace(self, classnames=list(classnames))

@@ -149,7 +149,11 @@ class CoOp(PromptMethod):
 
     def __init__(self, context: MethodContext, cfg: CoOpConfig | None = None, ctx: nn.Parameter | None = None) -> None:
         super().__init__(context, cfg)
-        self.prompt_learner = PromptLearner(self.backbone, self.classnames, self.cfg, ctx=ctx)
+        self.prompt_learner = PromptLearner(self.backbone, self.classnames, self.learner_config(), ctx=ctx)
+
+    def learner_config(self) -> CoOpConfig:
+        """The options the prompt learner is built from: the method's own (ProGrad: its template as ctx_init)."""
+        return self.cfg
 
     def text_features(self) -> torch.Tensor:
         with self.backbone.autocast():

@@ -12,8 +12,13 @@ tensor p, with g = dL_ce/dp and g_kl = dL_kl/dp, u = g_kl / ||g_kl||:
     g <- g - lambda (g . u) u     if g . u < 0     (else g unchanged)
 
 and the optimiser steps on g (+ the gradients of any other loss terms, e.g. NPT, added unprojected). With no
-conflict (g . u >= 0) the step is CoOp's. Published defaults: lambda = 1, T = 1, 16 context tokens whose last
-ones start from the template's words (zero-padded in front), SGD lr 0.002, batch 32.
+conflict (g . u >= 0) the step is CoOp's. Published defaults: lambda = 1, T = 1, SGD lr 0.002, batch 32, and the
+teacher template and context initialisation from ProGrad's own template table (``templates: prograd``:
+:data:`ncprompt.data.templates.PROGRAD_TEMPLATES` for the datasets it lists, else the dataset's template).
+Initialisation as its code: with w_1 .. w_m the m space-separated words before "{}" (e.g. "a type of pet, a photo of
+a", m = 8), the prompt text is "X .. X w_1 .. w_m name." with n - m placeholders; the n context vectors are
+[0, .., 0, e_1, .., e_m], e_1 .. e_m the embeddings of the first m BPE tokens of the words, and the words' further
+tokens (here the last "a", after the comma's own token) stay frozen text.
 """
 
 from __future__ import annotations
@@ -21,9 +26,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ncprompt.config.methods import ProGradConfig
+from ncprompt.config.methods import CoOpConfig, ProGradConfig
+from ncprompt.data.templates import PROGRAD_TEMPLATES
 from ncprompt.methods.base import MethodConfigError, MethodContext, MethodOutput, register_method
 from ncprompt.methods.coop import CoOp
+from ncprompt.methods.templates import resolve_templates
 from ncprompt.methods.zeroshot import zero_shot_classifier
 
 _EPS = 1e-12
@@ -45,24 +52,39 @@ class ProGrad(CoOp):
     def __init__(self, context: MethodContext, cfg: ProGradConfig | None = None, ctx=None) -> None:
         super().__init__(context, cfg, ctx=ctx)
         self.register_buffer("zs_text", F.normalize(
-            zero_shot_classifier(self.backbone, self.classnames, self.templates[:1]).float(), dim=-1),
+            zero_shot_classifier(self.backbone, self.classnames, [self.template]).float(), dim=-1),
             persistent=False)
-        if ctx is None and self.cfg.template_init and not self.cfg.ctx_init and not self.cfg.class_specific:
-            self._init_from_template(self.templates[0])
+        words = self._init_words()
+        n_zero = self.prompt_learner.n_ctx - len(words.split(" ")) if words else 0
+        if ctx is None and n_zero > 0:
+            with torch.no_grad():
+                self.prompt_learner.ctx[:n_zero] = 0.0  # ProGrad's zero vectors before the template's words
 
-    @torch.no_grad()
-    def _init_from_template(self, template: str) -> None:
-        """ctx = [0, .., 0, e(w_1), .., e(w_m)]: the words before "{}" in the last m positions (m <= n_ctx)."""
-        words = template.split("{}")[0].strip()
+    @property
+    def template(self) -> str:
+        """The teacher's template: ProGrad's for the dataset (``templates: prograd``), the dataset's own, or given."""
+        spec = self.cfg.templates
+        if spec == "prograd":
+            return PROGRAD_TEMPLATES.get(self.context.dataset, self.templates[0])
+        return resolve_templates(spec, self.templates)[0]
+
+    def _init_words(self) -> str:
+        """The template's words before "{}" when the context starts from them (template_init), else ""."""
+        cfg = self.cfg
+        if not cfg.template_init or cfg.ctx_init or cfg.class_specific:
+            return ""
+        return self.template.split("{}")[0].strip()
+
+    def learner_config(self) -> CoOpConfig:
+        """CoOp's options with ctx_init "X .. X w_1 .. w_m" (n - m placeholders) whose first n tokens are learned."""
+        words = self._init_words()
         if not words:
-            return  # nothing before the class name: keep the random initialisation
-        pl = self.prompt_learner
-        tokens = self.backbone.tokenizer([words]).to(pl.ctx.device)
-        m = int(pl.encoder.pool_index(tokens)[0]) - 1
-        emb = pl.encoder.token_embeddings(tokens)[0, 1 : 1 + m].to(pl.ctx.dtype)
-        m = min(m, pl.n_ctx)
-        pl.ctx.zero_()
-        pl.ctx[pl.n_ctx - m :] = emb[len(emb) - m :]
+            return self.cfg  # nothing before the class name: the random initialisation
+        m, n = len(words.split(" ")), self.cfg.n_ctx
+        if m > n:
+            raise MethodConfigError(f"prograd: the template {self.template!r} starts with {m} words but n_ctx is {n}; "
+                                    f"set n_ctx >= {m} (published: 16), or template_init false")
+        return self.cfg.model_copy(update={"ctx_init": " ".join(["X"] * (n - m) + [words]), "ctx_init_length": "n_ctx"})
 
     def forward(self, image_features: torch.Tensor) -> MethodOutput:
         out = super().forward(image_features)

@@ -10,7 +10,8 @@ features over several templates: textual diversity), s the logit scale:
 Gaussian prompt aggregation (GPA): after epoch e = 1..E the prompts theta_e enter a running sum with weight
 g_e = N(e; mu, sigma) / sum_{e'} N(e'; mu, sigma); after the last epoch the prompts are set to sum_e g_e theta_e.
 Published defaults (base-to-new, ViT-B/16): IVLP's (4 + 4 tokens, depth 9), w_t = 25, w_i = 10, w_kl = 1,
-GPA mu = 15, sigma = 1, 20 epochs, lr 0.0025, batch 4; templates: CLIP's ImageNet ensemble.
+GPA mu = 15, sigma = 1, 20 epochs, lr 0.0025, batch 4; templates: PromptSRC's 60 of CLIP's 80 ImageNet templates
+(``templates: promptsrc``; class names with underscores as spaces, as in its code).
 With w_t = w_i = w_kl = 0 and GPA off it is IVLP.
 """
 
@@ -23,6 +24,7 @@ from ncprompt.config.methods import PromptSRCConfig
 from ncprompt.methods.base import MethodConfigError, MethodContext, MethodOutput, register_method
 from ncprompt.methods.ivlp import IVLP
 from ncprompt.methods.templates import resolve_templates
+from ncprompt.methods.zeroshot import template_features
 
 
 def gpa_weights(epochs: int, mean: float, std: float) -> torch.Tensor:
@@ -35,10 +37,9 @@ def gpa_weights(epochs: int, mean: float, std: float) -> torch.Tensor:
 
 @torch.no_grad()
 def mean_template_features(backbone, classnames: list[str], templates: list[str], batch: int = 256) -> torch.Tensor:
-    """normalise( mean_templates encode_text(template(name_k)) ), the raw features averaged (PromptSRC's z)."""
-    texts = [t.format(c) for c in classnames for t in templates]
-    feats = torch.cat([backbone.encode_texts(texts[i : i + batch]) for i in range(0, len(texts), batch)]).float()
-    return F.normalize(feats.view(len(classnames), len(templates), -1).mean(dim=1), dim=-1)
+    """normalise( mean_templates encode_text(template(name_k)) ), the raw features averaged (PromptSRC's z); class
+    names and the overflow check as every prompt path (:func:`template_features`)."""
+    return F.normalize(template_features(backbone, classnames, templates, batch).float().mean(dim=1), dim=-1)
 
 
 @register_method

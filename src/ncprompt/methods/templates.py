@@ -7,7 +7,7 @@ from typing import Any
 
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
 
-from ncprompt.data.templates import DEFAULT_TEMPLATE
+from ncprompt.data.templates import DEFAULT_TEMPLATE, PROMPTSRC_TEMPLATES
 from ncprompt.methods.base import MethodConfigError
 
 
@@ -26,12 +26,14 @@ def simple_imagenet_templates() -> list[str]:
 
 
 def resolve_templates(spec: str | list[str] | None, dataset_templates: list[str] | None = None) -> list[str]:
-    """``None``/"dataset" -> the dataset's own; "ensemble" -> CLIP's 80; "simple" -> open_clip's
-    short ensemble; a string with ``{}`` -> that one template; a list -> as given."""
+    """``None``/"dataset" -> the dataset's own; "ensemble" -> CLIP's 80; "promptsrc" -> PromptSRC's 60 of them;
+    "simple" -> open_clip's short ensemble; a string with ``{}`` -> that one template; a list -> as given."""
     if spec is None or spec == "dataset":
         return list(dataset_templates or [DEFAULT_TEMPLATE])
     if spec == "ensemble":
         return openai_imagenet_templates()
+    if spec == "promptsrc":
+        return list(PROMPTSRC_TEMPLATES)
     if spec == "simple":
         return simple_imagenet_templates()
     templates = [spec] if isinstance(spec, str) else list(spec)

@@ -11,15 +11,21 @@ from ncprompt.methods.templates import check_templates_fit, prompt_classname, re
 
 
 @torch.no_grad()
-def zero_shot_classifier(backbone, classnames: list[str], templates: list[str], batch: int = 256) -> torch.Tensor:
-    """Class text features (K, E): one template gives the raw feature; several give the mean of
-    the normalised features (CLIP's ensemble), re-scaled to unit norm. A filled template longer than
-    the text context is a :class:`PromptOverflowError` (never silently cut)."""
+def template_features(backbone, classnames: list[str], templates: list[str], batch: int = 256) -> torch.Tensor:
+    """Raw text features (K, T, E) of every template filled with every class name (underscores as spaces). A
+    filled template longer than the text context is a :class:`PromptOverflowError` (never silently cut)."""
     length = min(backbone.context_length, int(getattr(backbone.tokenizer, "context_length", 10**9)))
     check_templates_fit(backbone.tokenizer, length, backbone.name, classnames, templates)
     texts = [t.format(prompt_classname(c)) for c in classnames for t in templates]
     feats = torch.cat([backbone.encode_texts(texts[i : i + batch]) for i in range(0, len(texts), batch)])
-    feats = feats.view(len(classnames), len(templates), -1)
+    return feats.view(len(classnames), len(templates), -1)
+
+
+@torch.no_grad()
+def zero_shot_classifier(backbone, classnames: list[str], templates: list[str], batch: int = 256) -> torch.Tensor:
+    """Class text features (K, E): one template gives the raw feature; several give the mean of
+    the normalised features (CLIP's ensemble), re-scaled to unit norm (:func:`template_features`)."""
+    feats = template_features(backbone, classnames, templates, batch)
     if len(templates) == 1:
         return feats[:, 0]
     return F.normalize(F.normalize(feats, dim=-1).mean(dim=1), dim=-1)

@@ -127,7 +127,8 @@ class Experiment:
 
     # --- method -----------------------------------------------------------------------------
     def context(self) -> MethodContext:
-        return MethodContext(self.backbone, list(self.train_ds.classnames), list(self.train_ds.templates))
+        return MethodContext(self.backbone, list(self.train_ds.classnames), list(self.train_ds.templates),
+                             dataset=self.cfg.data.dataset)
 
     def build(self) -> PromptMethod:
         return build_method(self.cfg.method, self.context())
