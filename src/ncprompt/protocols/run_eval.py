@@ -77,11 +77,12 @@ def check_json_target(run_dir: Path, json_path: str | None) -> None:
         return
     j = Path(json_path).expanduser().resolve()
     own = Path(run_dir).expanduser().resolve()
-    in_dirs = any(j.is_relative_to(folder / d) for folder in (own, j.parent) for d in RUN_DIRS)
-    run_folder = j.parent == own or (j.parent / "config.yaml").is_file()
-    if (run_folder and j.name in (*RUN_FILES, LOCK)) or in_dirs:
-        raise RunFolderError(f"--json {json_path} would replace {j.name} of the run folder {j.parent}; eval never "
-                             f"overwrites a run's files: write elsewhere, e.g. --json {own / 'eval.json'}")
+    for folder in (j.parent, j.parent.parent):  # a run file, or a file in a run's checkpoint/ or plots/
+        if folder != own and not (folder / "config.yaml").is_file():
+            continue
+        if (folder == j.parent and j.name in (*RUN_FILES, LOCK)) or any(j.is_relative_to(folder / d) for d in RUN_DIRS):
+            raise RunFolderError(f"--json {json_path} would replace a file of the run folder {folder}; eval never "
+                                 f"overwrites a run's files: write elsewhere, e.g. --json {own / 'eval.json'}")
 
 
 def prepare_eval(run_dir: str | Path, over: dict[str, Any], json_path: str | None = None) -> EvalPlan:
