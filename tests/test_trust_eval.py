@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -146,3 +147,40 @@ def test_an_unfinished_run_is_evaluated_with_a_warning(run, capsys, caplog, one_
     (run / "prompt.safetensors").unlink()
     code, _, _ = _eval(run, capsys=capsys)
     assert code == 0 and "is unfinished: evaluating the prompt of its checkpoint (epoch 2/2)" in caplog.text
+
+
+@pytest.mark.parametrize("stat_only", [False, True])
+def test_portable_digest_follows_a_moved_folder_not_a_changed_one(tmp_path, monkeypatch, stat_only):
+    """Above CONTENT_HASH_MAX_BYTES files are named by (path below the folder, size, mtime), which a move keeps;
+    the location-bound digest (cache keys, resume checks) changes with the paths."""
+    from ncprompt.data import cache_key
+    from ncprompt.data.base import FileImages
+
+    if stat_only:
+        monkeypatch.setattr(cache_key, "CONTENT_HASH_MAX_BYTES", 0)
+    src = tmp_path / "a" / "imgs"
+    for k in range(3):
+        (src / f"c{k}").mkdir(parents=True)
+        Image.fromarray(np.full((8, 8), 40 * k, dtype=np.uint8)).save(src / f"c{k}" / "0.png")
+    moved = tmp_path / "b" / "deeper" / "imgs"
+    shutil.copytree(src, moved)  # copy2: bytes and mtimes kept, as mv, cp -p, rsync -a
+
+    def images(root: Path) -> FileImages:
+        return FileImages([root / f"c{k}" / "0.png" for k in range(3)], [0, 1, 2])
+
+    a, b = images(src), images(moved)
+    assert cache_key.content_digest(a, portable=True) == cache_key.content_digest(b, portable=True)
+    assert cache_key.content_digest(a) != cache_key.content_digest(b)
+    time.sleep(0.02)  # beyond the file system's coarse timestamp clock
+    Image.fromarray(np.full((8, 8), 255, dtype=np.uint8)).save(moved / "c1" / "0.png")  # new bytes and mtime
+    assert cache_key.content_digest(a, portable=True) != cache_key.content_digest(b, portable=True)
+
+
+def test_target_roots_are_stored_absolute(tmp_path, monkeypatch):
+    from ncprompt.config import RunConfig
+
+    (tmp_path / "t").mkdir()
+    monkeypatch.chdir(tmp_path)
+    cfg = RunConfig.from_dict({"data": {"root": "~/x/../y", "targets": ["folder=t", "fashion_mnist"]}})
+    assert cfg.data.root == str(Path.home() / "y")
+    assert cfg.data.targets == [f"folder={tmp_path / 't'}", "fashion_mnist"]
