@@ -36,7 +36,8 @@ def test_inputs_are_recorded_and_a_change_is_refused(image_folder, tmp_path, one
     cfg, out = _cfg(image_folder, tmp_path), tmp_path / "run"
     first = Experiment(cfg).run(out)
     rec = json.loads((out / "inputs.json").read_text())
-    assert set(rec) == {"weights", "classes", "data.train", "data.test.base", "data.test.new"}
+    assert set(rec) == {"weights", "classes", "data.train", "data.test.base", "data.test.new", "portable.data.train",
+                        "portable.data.test.base", "portable.data.test.new"}  # portable: eval --root of a moved set
     assert rec["weights"].startswith("random-init sha256:")
     again = Experiment(cfg).run(out)  # same settings, weights and data: the finished run is resumed
     assert again.splits["base"].top1 == first.splits["base"].top1

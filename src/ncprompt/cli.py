@@ -304,9 +304,8 @@ def _train(cfg: RunConfig, resume: bool) -> int:
 
 def cmd_eval(a: argparse.Namespace) -> int:
     from ncprompt.engine.results import write_results
-    from ncprompt.protocols.experiment import Experiment, load_run, load_train_means
+    from ncprompt.protocols.run_eval import evaluate_run, prepare_eval
 
-    cfg, prompt = load_run(a.run_dir)
     over: dict[str, Any] = {"run": {"output": None}}
     for key, section in (("dataset", "data"), ("root", "data"), ("protocol", "data"), ("max_test_per_class", "data"),
                          ("targets", "data"), ("workers", "data"), ("device", "run")):
@@ -315,18 +314,11 @@ def cmd_eval(a: argparse.Namespace) -> int:
     for text in a.set:
         path, value = parse_assignment(text)
         over = set_dotted(over, path, value)
-    new = RunConfig.from_dict(merge_layers(cfg.to_dict(), over))
-    with _ranks(new.run.device):  # under torchrun: features and NC sums sharded over the ranks, rank 0 writes
+    plan = prepare_eval(a.run_dir, over, a.json)  # only evaluation keys may change; --json never hits run files
+    with _ranks(plan.config.run.device):  # under torchrun: features and NC sums sharded over the ranks, rank 0 writes
         from ncprompt.engine.distributed import is_main
 
-        exp = Experiment(new)
-        method = exp.build()
-        if prompt is not None:
-            method.load_prompt_state(prompt)
-        same_training = all(getattr(new.data, k) == getattr(cfg.data, k)
-                            for k in ("dataset", "root", "protocol", "shots", "imbalance"))
-        means = load_train_means(a.run_dir) if same_training else None  # NC4 as training computed it
-        res = exp.evaluate_all(method, trained=False, train_means=means)
+        res = evaluate_run(plan)
         print(res.summary_line())
         if a.json and is_main():
             write_results(a.json, res)
@@ -560,6 +552,26 @@ def pin_threads(a: argparse.Namespace, env: dict[str, str] | None = None) -> Non
         env["OMP_NUM_THREADS"] = str(int(threads))
 
 
+def one_line_warnings() -> None:
+    """Show warnings of ncprompt's own classes (e.g. ``CacheWarning``) as one line on stderr, ``warning: ...``,
+    instead of Python's ``path:line: Category: message`` and source line; other warnings as before."""
+    import warnings
+
+    shown = warnings.showwarning
+    if getattr(shown, "one_line", False):
+        return
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
+             line: str | None = None) -> None:
+        if not category.__module__.startswith("ncprompt"):
+            return shown(message, category, filename, lineno, file, line)
+        text = str(message)
+        print(text if text.startswith("warning: ") else f"warning: {text}", file=file or sys.stderr)
+
+    show.one_line = True  # type: ignore[attr-defined]
+    warnings.showwarning = show
+
+
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     a = p.parse_args(argv)
@@ -573,6 +585,8 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     logging.basicConfig(level=logging.INFO if a.debug else logging.ERROR, format="%(message)s")
+    logging.getLogger("ncprompt").setLevel(logging.INFO if a.debug else logging.WARNING)  # our warnings are shown
+    one_line_warnings()
     if a.no_progress:  # (bars are on only on a terminal by default; utils loads torch, so only when asked)
         from ncprompt.utils import set_progress
 

@@ -179,9 +179,10 @@ def append_jsonl(path: str | Path, obj: Any) -> None:
         os.close(fd)
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+def read_jsonl(path: str | Path, warn: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """The records of a JSONL file ([] when it does not exist). A torn last line (a process killed
-    mid-append) is dropped with a warning; any other bad line is a :class:`FileError`."""
+    mid-append) is dropped with a warning (to ``warn``, else the ``ncprompt`` logger, which the CLI shows);
+    any other bad line is a :class:`FileError`."""
     p = Path(path)
     if not p.is_file():
         return []
@@ -202,7 +203,7 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
         if isinstance(rec, dict):
             records.append(rec)
         elif i == len(lines) - 1:
-            log.warning("%s: dropped a torn last line (a run was killed while writing it)", p)
+            (warn or log.warning)(f"warning: {p}: dropped a torn last line (a run was killed while writing it)")
         else:
             raise FileError(f"{p}: line {i + 1} is not a JSON record; the file was edited or damaged: "
                             "fix or delete that line")

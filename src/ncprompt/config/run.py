@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -52,11 +53,18 @@ class RunSection(ConfigModel):
         return v
 
 
+def absolute_path(path: str) -> str:
+    """``path`` made absolute against the working directory (``~`` expanded, ``..`` folded, symlinks kept):
+    data roots are stored this way, so a run folder read from another directory names the same files."""
+    return os.path.abspath(os.path.expanduser(path))
+
+
 class DataSection(ConfigModel):
     """Dataset, class split, sampling and evaluation sets."""
 
     dataset: str = Field("fashion_mnist", description="registered dataset (see `ncprompt datasets`)")
-    root: str | None = Field(None, description="dataset folder or file (folder/csv datasets, custom locations)")
+    root: str | None = Field(None, description="dataset folder or file (folder/csv datasets, custom locations); "
+                             "stored as an absolute path")
     options: dict[str, Any] = Field(default_factory=dict, description="dataset builder options, e.g. test_fraction")
     protocol: Literal["all", "base2new"] = Field(
         "all", description="all: train and test on all classes; base2new: train on base, test base and new")
@@ -70,6 +78,11 @@ class DataSection(ConfigModel):
     workers: int = Field(0, ge=0, description="DataLoader worker processes that decode and augment images (feature "
                          "extraction, live encoding); 0: this process. Results do not depend on it")
 
+    @field_validator("root")
+    @classmethod
+    def _absolute_root(cls, v: str | None) -> str | None:
+        return absolute_path(v) if v else v
+
     @field_validator("targets", mode="before")
     @classmethod
     def _one_target(cls, v: Any) -> Any:
@@ -78,13 +91,15 @@ class DataSection(ConfigModel):
     @field_validator("targets")
     @classmethod
     def _target_roots(cls, v: list[str]) -> list[str]:
+        out = []
         for spec in v:
             name, sep, root = spec.partition("=")
             if not name.strip():
                 raise ValueError(f"target {spec!r} has no dataset name; write name or name=ROOT")
             if sep and not Path(root).expanduser().exists():
                 raise ValueError(f"target {spec!r}: root {root} does not exist; fix the path")
-        return v
+            out.append(f"{name}={absolute_path(root)}" if sep and root else spec)
+        return out
 
     @model_validator(mode="after")
     def _imbalance_needs_shots(self) -> DataSection:

@@ -33,7 +33,7 @@ from ncprompt.data.base import DataError, LabeledImages
 from ncprompt.data.cache_key import content_digest, encoder_description
 from ncprompt.data.feature_store import CacheWarning, FeatureStore, ShardedFile, shard_ranges, warn
 from ncprompt.data.views import BatchLoader, ImageViews, ViewItems, augmented_view, image_batches, view_seed
-from ncprompt.utils import progress
+from ncprompt.utils import FileError, progress
 
 __all__ = ["CacheWarning", "CachedFeatures", "FeatureCache", "FeatureSource", "FeatureStore", "ImageEncoder",
            "LiveFeatures", "PixelViews", "augmented_view", "default_cache_dir", "encode_images", "encode_with",
@@ -133,10 +133,11 @@ class FeatureCache:
             if writable:
                 try:
                     feats = entry.write_shard(k, ranges[k][0], feats)
-                except OSError as e:
+                except (OSError, FileError) as e:  # e.g. a full disk (atomic writes raise FileError)
                     writable = False
-                    warn(f"cannot write to the feature cache {entry.folder} ({e.strerror or e}); "
-                         "going on without caching; free space or pass another --cache-dir")
+                    why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).partition("; ")[0]
+                    warn(f"cannot write to the feature cache {entry.folder} ({why}); going on without caching; "
+                         "free space or pass another --cache-dir")
             shards[k] = feats
             if self.on_shard is not None:
                 self.on_shard(k)

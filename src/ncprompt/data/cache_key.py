@@ -37,8 +37,13 @@ def _root_and_indices(images: LabeledImages) -> tuple[LabeledImages, np.ndarray 
     return images, idx
 
 
-def content_digest(images: LabeledImages) -> str:
-    """A SHA-256 (hex) of what the images and labels are now (see the module docstring)."""
+def content_digest(images: LabeledImages, portable: bool = False) -> str:
+    """A SHA-256 (hex) of what the images and labels are now (see the module docstring).
+
+    ``portable``: the same content wherever its folder lies, for a dataset moved as a whole (``eval --root
+    NEW``): files are named by their path below the folder that holds them all, and above
+    ``CONTENT_HASH_MAX_BYTES`` by (that path, size, ``st_mtime_ns``), which ``mv``, ``cp -p`` and ``rsync -a``
+    keep (the ctime changes on any move). In-memory arrays hash the same either way."""
     h = hashlib.sha256()
     labels = np.ascontiguousarray(images.labels, dtype=np.int64)
     h.update(f"n={len(labels)}".encode())
@@ -50,7 +55,7 @@ def content_digest(images: LabeledImages) -> str:
         h.update(memoryview(arr).cast("B"))
     elif isinstance(root, FileImages):
         paths = root.paths if idx is None else [root.paths[int(i)] for i in idx]
-        _files_digest(h, [os.path.abspath(p) for p in paths])
+        _files_digest(h, [os.path.abspath(p) for p in paths], portable)
     else:  # a source of another kind vouches for its own content
         h.update(f"{type(root).__module__}.{type(root).__qualname__}:{root.fingerprint}".encode())
         if idx is not None:
@@ -58,18 +63,19 @@ def content_digest(images: LabeledImages) -> str:
     return h.hexdigest()
 
 
-def _files_digest(h: Any, paths: list[str]) -> None:
+def _files_digest(h: Any, paths: list[str], portable: bool = False) -> None:
+    top = os.path.commonpath([os.path.dirname(p) for p in paths]) if portable and paths else ""
     stats = []
     for p in paths:
         try:
             st = os.stat(p)
-            stats.append((p, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+            stats.append((p, st.st_size, st.st_mtime_ns, 0 if portable else st.st_ctime_ns))
         except OSError:
             stats.append((p, -1, 0, 0))  # loading it will name the missing file
     if sum(max(s[1], 0) for s in stats) <= CONTENT_HASH_MAX_BYTES:
         h.update(b"file bytes")
         for p, size, _, _ in stats:
-            h.update(f"\n{p}\0{size}\0".encode())
+            h.update(f"\n{os.path.relpath(p, top) if portable else p}\0{size}\0".encode())
             if size >= 0:
                 try:
                     with open(p, "rb") as f:
@@ -78,8 +84,8 @@ def _files_digest(h: Any, paths: list[str]) -> None:
                     h.update(b"unreadable")
     else:
         h.update(b"file stats")
-        for s in stats:
-            h.update(("\n" + "\0".join(map(str, s))).encode())
+        for p, *rest in stats:
+            h.update(("\n" + "\0".join(map(str, [os.path.relpath(p, top) if portable else p, *rest]))).encode())
 
 
 def _stamp(sd: dict[str, torch.Tensor]) -> tuple[Any, ...]:

@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import time
 import warnings
 from collections.abc import Sequence
@@ -29,10 +30,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ncprompt.utils import atomic_write
+from ncprompt.utils import FileError, atomic_write
 
 FORMAT = "ncprompt-features/2"
 MANIFEST = "manifest.json"
+#: the only file names a manifest may list (never a path out of its folder)
+SHARD_NAME = re.compile(r"shard-\d{5,}\.npy")
 STALE_TMP_S = 600.0
 
 
@@ -107,6 +110,33 @@ class FeatureStore:
         return torch.from_numpy(np.concatenate([np.asarray(s) for s in self.shards]))
 
 
+def _is_int(v: Any, low: int = 0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _manifest_problem(m: dict[str, Any]) -> str | None:
+    """What is wrong with the fields of a manifest (an edited or foreign file), or None."""
+    if not _is_int(m.get("shard_rows"), 1):
+        return "'shard_rows' is not a positive integer"
+    shape = m.get("row_shape")
+    if not isinstance(shape, list) or not all(_is_int(d) for d in shape):
+        return "'row_shape' is not a list of sizes"
+    shards = m.get("shards")
+    if not isinstance(shards, dict):
+        return "'shards' is not a mapping"
+    for k, info in shards.items():
+        if not (isinstance(k, str) and k.isdigit() and isinstance(info, dict)):
+            return f"shard entry {k!r} is not a numbered mapping"
+        missing = [f for f in ("file", "start", "stop", "sha256") if f not in info]
+        if missing:
+            return f"shard {k} lacks {', '.join(missing)}"
+        if not (isinstance(info["file"], str) and SHARD_NAME.fullmatch(info["file"])):
+            return f"shard {k}: file {info['file']!r} is not a shard name of this folder"
+        if not (_is_int(info["start"]) and _is_int(info["stop"]) and isinstance(info["sha256"], str)):
+            return f"shard {k}: start, stop or sha256 has the wrong type"
+    return None
+
+
 class ShardedFile:
     """The shard folder of one store: reads and verifies its manifest, writes shards and the manifest."""
 
@@ -126,13 +156,19 @@ class ShardedFile:
             return None
         try:
             m = json.loads(p.read_text())
+            if not isinstance(m, dict):
+                raise ValueError("not a JSON object")
             ok = (m.get("format") == FORMAT and m.get("describe") == self.describe and m.get("n") == self.n
-                  and m.get("dtype") == self.dtype and isinstance(m.get("shards"), dict))
+                  and m.get("dtype") == self.dtype)
+            bad = _manifest_problem(m) if ok else None
         except (OSError, ValueError) as e:
             warn(f"feature cache manifest {p} is unreadable ({e}); recomputing its features")
             return None
         if not ok:
             warn(f"feature cache manifest {p} does not match the features asked for; recomputing them")
+            return None
+        if bad:
+            warn(f"feature cache manifest {p} is damaged ({bad}); recomputing its features")
             return None
         return m
 
@@ -199,8 +235,8 @@ class ShardedFile:
             self.folder.mkdir(parents=True, exist_ok=True)
             atomic_write(self.folder / ".write-test", lambda p: p.write_bytes(b""))
             os.unlink(self.folder / ".write-test")
-        except OSError as e:
-            return f"{type(e).__name__}: {e.strerror or e}"
+        except (OSError, FileError) as e:  # atomic_write reports an OSError as a FileError
+            return f"{type(e).__name__}: {getattr(e, 'strerror', None) or e}"
         now = time.time()
         for tmp in self.folder.glob(".*.tmp"):
             with contextlib.suppress(OSError):

@@ -153,13 +153,17 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"checkpoint file {path} is damaged ({e}); {_fix(path.parent)}") from None
 
 
-def load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
-    """The last complete checkpoint: {epoch, prompt, optim, optim_scalars, extra, state}, or None."""
+def load_checkpoint(run_dir: Path, epochs: int | None = None) -> dict[str, Any] | None:
+    """The last complete checkpoint: {epoch, prompt, optim, optim_scalars, extra, state}, or None.
+    ``epochs``: the run's train.epochs; a checkpoint past them (edited, or of another run) is refused."""
     ck = run_dir / "checkpoint"
     state_file = ck / "state.json"
     if not state_file.is_file():
         return None
     state = _read_state(state_file)
+    if epochs is not None and state["epoch"] >= epochs:
+        raise CheckpointError(f"{state_file}: epoch {state['epoch'] + 1} is past this run's {epochs} epochs "
+                              f"(train.epochs), so it is not this run's checkpoint; {_fix(ck)}")
     out = {kind: _load_tensors(ck / state["files"][kind]) for kind in KINDS}
     for kind in ("prompt", "extra"):
         bad = sorted(k for k, v in out[kind].items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))

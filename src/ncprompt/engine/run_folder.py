@@ -29,6 +29,8 @@ from ncprompt.config.run import flatten
 from ncprompt.utils import atomic_write_bytes
 
 LOCK = ".lock"
+#: prefix of the inputs that hold a location-independent digest (implied by the others; not compared on resume)
+PORTABLE = "portable."
 #: what a run writes (removed by ``--no-resume``; anything else in the folder is left alone)
 INPUTS = "inputs.json"
 RUN_FILES = ("config.yaml", INPUTS, "train_config.json", "metrics.jsonl", "train.log", "prompt.safetensors",
@@ -132,7 +134,8 @@ class RunFolder:
                                      "ncprompt), so its weights and data cannot be checked; rerun with --no-resume "
                                      "to start it over, or choose another --output")
             return
-        diff = [k for k in sorted(set(old) | set(inputs)) if old.get(k) != inputs.get(k)]
+        # the portable digests follow from the others (and folders of earlier versions lack them)
+        diff = [k for k in sorted(set(old) | set(inputs)) if old.get(k) != inputs.get(k) and not k.startswith(PORTABLE)]
         if diff:
             what = ", ".join(diff[:4]) + (f" and {len(diff) - 4} more" if len(diff) > 4 else "")
             raise RunFolderError(f"{self.path} holds a run on other inputs with the same settings (changed: {what}); "

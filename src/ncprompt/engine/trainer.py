@@ -107,6 +107,21 @@ def few_steps_warning(n: int, cfg: TrainConfig) -> str | None:
             f"lower --batch-size (>= {FEW_STEPS} steps recommended)")
 
 
+def resumed_log(records: list[dict[str, Any]], start: int, notes: list[str]) -> list[dict[str, Any]]:
+    """The metrics records of epochs 0 .. ``start`` - 1 that a checkpoint of ``start`` epochs continues (the
+    last record of an epoch written twice); appends a warning to ``notes`` when some are missing (lost or
+    edited): the run goes on, and the number of epochs run comes from the checkpoint, not from the log."""
+    by_epoch = {r["epoch"]: r for r in records
+                if isinstance(r.get("epoch"), int) and not isinstance(r["epoch"], bool) and 0 <= r["epoch"] < start}
+    missing = [e + 1 for e in range(start) if e not in by_epoch]
+    if missing:
+        shown = ", ".join(map(str, missing[:8])) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+        notes.append(f"warning: metrics.jsonl lacks the record of epoch(s) {shown} of the {start} epochs the "
+                     "checkpoint holds (lost or edited); training goes on from the checkpoint and the log keeps "
+                     "the gap")
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
 def train_step(method: PromptMethod, inputs: torch.Tensor, labels: torch.Tensor, opt: torch.optim.Optimizer,
                regularizer: torch.nn.Module | None = None, max_grad_norm: float = 0.0, check_finite: bool = True,
                forward: Callable[[torch.Tensor], MethodOutput] | None = None, loss_scale: float = 1.0,
@@ -195,18 +210,20 @@ def train(
     n = len(labels)
     start = 0
     log: list[dict[str, Any]] = []
+    notes: list[str] = []  # warnings of the resume, shown and written to train.log once it is open
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
         if main:
             sweep_tmp(run_dir)  # left by atomic writes of a killed run (the folder is this run's alone)
-        ck = load_checkpoint(run_dir) if resume else None  # every rank reads it: it holds no per-rank state
+        # every rank reads it: it holds no per-rank state
+        ck = load_checkpoint(run_dir, cfg.epochs) if resume else None
         if ck is not None:
             method.load_prompt_state(ck["prompt"])
             restore_optimizer(opt, ck["optim"], ck["optim_scalars"], where=run_dir / "checkpoint")
             if regularizer is not None and ck["extra"]:
                 regularizer.load_state_dict({**regularizer.state_dict(), **ck["extra"]})
             start = ck["epoch"] + 1
-            log = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("epoch", -1) < start]
+            log = resumed_log(read_jsonl(run_dir / "metrics.jsonl", warn=notes.append), start, notes)
         if main:
             write_json(run_dir / "train_config.json", cfg.model_dump())
             write_jsonl(run_dir / "metrics.jsonl", log)
@@ -219,6 +236,8 @@ def train(
     end = cfg.epochs if stop_after is None else min(cfg.epochs, start + stop_after)
     plog = ProgressLog(f"train {method.name}", cfg.epochs, run_dir / "train.log" if run_dir and main else None,
                        done=start)
+    for note in notes:
+        plog.note(note)
     if start:
         plog.note(f"resuming from epoch {start + 1}/{cfg.epochs} ({start} epochs done, checkpoint in {run_dir})")
     else:

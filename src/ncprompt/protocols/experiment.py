@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ncprompt.backbones.openclip import Backbone, load_backbone
@@ -33,7 +34,7 @@ from ncprompt.data.sampling import class_groups, restrict_classes, sample_train
 from ncprompt.engine import distributed
 from ncprompt.engine.evaluation import EvalSet, class_means, evaluate, evaluate_features, nc_diagnostics, predict
 from ncprompt.engine.results import RunResult, SplitResult, write_results
-from ncprompt.engine.run_folder import RunFolder, RunFolderError
+from ncprompt.engine.run_folder import PORTABLE, RunFolder, RunFolderError
 from ncprompt.engine.run_info import run_info
 from ncprompt.engine.trainer import train
 from ncprompt.methods import build_method
@@ -155,16 +156,21 @@ class Experiment:
         """What the run reads beyond its config, as digests (recorded in the run folder's inputs.json and
         checked before a run is resumed or reused): the weights' content, the dataset's class names and
         templates, the sampled training images, every test split and target (labels and pixels or files;
-        :func:`ncprompt.data.cache_key.content_digest`). Computed once: the grid checks them before a cell
-        runs, and :meth:`run` records them."""
+        :func:`ncprompt.data.cache_key.content_digest`), and ``portable.``-prefixed digests of the training
+        images and test splits that do not depend on where the dataset lies (``eval --root NEW`` checks a moved
+        dataset against them). Computed once: the grid checks them before a cell runs, and :meth:`run` records
+        them."""
         if self._inputs is not None:
             return dict(self._inputs)
         names = json.dumps([list(self.dataset.classnames), list(self.dataset.templates)]).encode()
         out = {"weights": f"{self.backbone.weights_id} sha256:{weights_digest(self.backbone.model)[:16]}",
                "classes": hashlib.sha256(names).hexdigest()[:16],
-               "data.train": content_digest(self.train_images)[:16]}
+               "data.train": content_digest(self.train_images)[:16],
+               PORTABLE + "data.train": content_digest(self.train_images, portable=True)[:16]}
         for prefix, sets in (("data.test.", self.eval_sets()), ("data.target.", self.target_sets())):
             out.update({prefix + name: content_digest(ev.images)[:16] for name, ev in sets.items()})
+        out.update({f"{PORTABLE}data.test.{name}": content_digest(ev.images, portable=True)[:16]
+                    for name, ev in self.eval_sets().items()})
         self._inputs = out
         return dict(out)
 
@@ -215,11 +221,15 @@ class Experiment:
 
             log = train(method, source, labels, cfg.train, run_dir, self.regularizer(method), on_epoch_end,
                         resume, stop_after)
-            if stop_after is not None and len(log) < cfg.train.epochs:
-                return {"interrupted_at_epoch": len(log)}
+            done = log[-1]["epoch"] + 1 if log else 0  # the last record is always of an epoch run by this call
+            if stop_after is not None and done < cfg.train.epochs:
+                return {"interrupted_at_epoch": done}
         result = self.evaluate_all(method, initial_text, trained=method.trainable)
-        result.epochs_run = len(log)
-        result.final_train_loss = log[-1]["loss"] if log else None
+        # a finished training loop ran every epoch (a resumed one partly before), whatever records metrics.jsonl
+        # kept; the last loss only when its epoch's record is there
+        result.epochs_run = cfg.train.epochs if source is not None else 0
+        last = log[-1] if log and log[-1].get("epoch") == cfg.train.epochs - 1 else None
+        result.final_train_loss = last["loss"] if last is not None else None
         result.seconds = round(time.perf_counter() - t0, 2)
         if run_dir is not None and distributed.is_main():
             self.write(run_dir, method, initial_text, result, initial_new)
@@ -332,10 +342,14 @@ def load_run(run_dir: str | Path) -> tuple[RunConfig, dict[str, torch.Tensor] | 
         raise RunFolderError(f"{d} is not a run folder (no config.yaml); pass the --output folder of `ncprompt train`")
     cfg = RunConfig.from_dict(load_yaml(d / "config.yaml"), where=str(d / "config.yaml"))
     if (d / "prompt.safetensors").is_file():
-        return cfg, load_file(str(d / "prompt.safetensors"))
+        try:
+            return cfg, load_file(str(d / "prompt.safetensors"))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise RunFolderError(f"{d / 'prompt.safetensors'} is damaged ({e}); retrain the run (ncprompt train "
+                                 "--no-resume)") from None
     from ncprompt.engine.checkpoint import load_checkpoint
 
-    ck = load_checkpoint(d)
+    ck = load_checkpoint(d, cfg.train.epochs)
     return cfg, ck["prompt"] if ck is not None else None
 
 
