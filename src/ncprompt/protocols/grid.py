@@ -100,11 +100,13 @@ def grid_jobs(base: dict[str, Any], datasets: list[str], methods: list[MethodSpe
     shot_list = list(dict.fromkeys(shots or [base.get("data", {}).get("shots", 16)]))
     datasets, seeds = list(specs), list(dict.fromkeys(seeds))
     methods = list({m.label: m for m in reversed(methods)}.values())[::-1]  # first of each label
+    # every cell is one tracked run (train.report_to), grouped by the grid: its folder's name unless set
+    group = (base.get("train") or {}).get("report_group") or out_dir.resolve().name
     jobs = []
     for ds, n, m, seed in ((d, n, m, s) for d in datasets for n in shot_list for m in methods for s in seeds):
         data = {"dataset": specs[ds].dataset, "shots": n, **({"root": specs[ds].root} if specs[ds].root else {})}
         cell = {"data": data, "method": {"name": m.method, **dict(m.options)},
-                "train": {"seed": seed}, "npt": {"enabled": m.npt}, "run": {"output": None}}
+                "train": {"seed": seed, "report_group": group}, "npt": {"enabled": m.npt}, "run": {"output": None}}
         merged = merge_layers(base, cell)
         sub = f"shots{n}/" if len(shot_list) > 1 else ""
         run_dir = out_dir / ds / f"{sub}{m.label}" / f"seed{seed}"
