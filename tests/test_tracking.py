@@ -70,7 +70,8 @@ def test_tensorboard_needs_a_run_folder():
 def tracked_run(tiny_backbone, fmnist_small, tmp_path_factory):
     """One CoOp + NPT base-to-new run under imbalance, evaluated every epoch, recorded by every installed tracker."""
     tmp = tmp_path_factory.mktemp("tracked")
-    env = {"MLFLOW_TRACKING_URI": f"file:{tmp / 'mlruns'}", "MLFLOW_ALLOW_FILE_STORE": "true", "WANDB_MODE": "offline", "WANDB_DIR": str(tmp),
+    env = {"MLFLOW_TRACKING_URI": f"file:{tmp / 'mlruns'}", "MLFLOW_ALLOW_FILE_STORE": "true",  # MLflow's file store
+           "WANDB_MODE": "offline", "WANDB_DIR": str(tmp),
            "WANDB_SILENT": "true", "WANDB_PROJECT": "ncprompt-test"}
     with pytest.MonkeyPatch.context() as mp:
         for k, v in env.items():
