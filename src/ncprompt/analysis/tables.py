@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ncprompt.analysis.names import display_name, method_order
+
 #: columns that make a group (pooled over seeds only), and their headers when shown
 GROUP_KEYS = ("model", "method", "shots", "tau", "epochs", "options", "protocol")
 SETTING_HEADERS = {"model": "Model", "shots": "Shots", "tau": "τ", "epochs": "Epochs", "options": "Options"}
@@ -253,10 +255,10 @@ def _setting_cells(g: tuple[Any, ...], shown: list[str]) -> list[str | Cell | No
 
 
 def _groups(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
-    """Groups in a stable order: by model, then method as first seen, then settings."""
+    """Groups in a stable order: by model, then method as first seen (zero-shot first), then settings."""
     seen = list(dict.fromkeys(_group(r) for r in rows))
     models = list(dict.fromkeys(g[0] for g in seen))
-    methods = list(dict.fromkeys(g[1] for g in seen))
+    methods = method_order(g[1] for g in seen)
     return sorted(seen, key=lambda g: (models.index(g[0]), methods.index(g[1]),
                                        *(str(x) for x in g[2:])))
 
@@ -306,7 +308,7 @@ def _long_table(name: str, caption: str, rows: list[dict[str, Any]], metrics: li
                 model = g[0]
             cells = _cells(sel, metrics)
             per.setdefault(g, {})[ds] = cells
-            t.rows.append([ds, g[1], *_setting_cells(g, shown), _n_text(list(cells.values())),
+            t.rows.append([ds, display_name(g[1]), *_setting_cells(g, shown), _n_text(list(cells.values())),
                            *[cells.get(m) for m in metrics]])
     if average and len(datasets) > 1:
         model = object()
@@ -323,7 +325,7 @@ def _long_table(name: str, caption: str, rows: list[dict[str, Any]], metrics: li
             if "hm" in metrics and "base" in avg and "new" in avg:
                 avg["hm"] = Cell(_hm(avg["base"].mean, avg["new"].mean))
             label = "Average" if len(have) == len(datasets) else f"Average ({len(have)}/{len(datasets)} datasets)"
-            t.rows.append([label, g[1], *_setting_cells(g, shown), "", *[avg.get(m) for m in metrics]])
+            t.rows.append([label, display_name(g[1]), *_setting_cells(g, shown), "", *[avg.get(m) for m in metrics]])
         t.notes.append(f"Average: mean over the {len(datasets)} datasets of the per-dataset means"
                        + ("; HM of the averaged base and new." if "hm" in metrics else "."))
     t.notes.insert(0, "Mean ± sample std over n seeds; untrained rows (zero-shot) have no shots/epochs.")
@@ -400,8 +402,16 @@ def all_tables(rows: list[dict[str, Any]]) -> list[Table]:
 
 
 def write_paper_tables(rows: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
-    """``out_dir/{layout}.{md,csv,tex}`` for every layout with data; returns the files written."""
-    return [p for t in all_tables(rows) for p in t.write(out_dir)]
+    """``out_dir/{layout}.{md,csv,tex}`` for every layout with data, and ``few_shot.png`` (accuracy against
+    shots, :func:`ncprompt.analysis.plots.few_shot_plot`) with the few-shot table; returns the files written."""
+    tables = all_tables(rows)
+    paths = [p for t in tables for p in t.write(out_dir)]
+    if any(t.name == "few_shot" for t in tables):
+        from ncprompt.analysis.plots import few_shot_plot
+
+        png = few_shot_plot(rows, Path(out_dir) / "few_shot.png")
+        paths += [png] if png is not None else []
+    return paths
 
 
 def main(argv: list[str] | None = None) -> int:

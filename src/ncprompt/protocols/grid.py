@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ncprompt.analysis.names import display_name
 from ncprompt.config import ConfigError, RunConfig, merge_layers
 from ncprompt.engine.progress import ProgressLog, quiet
 from ncprompt.engine.results import RunResult, read_results
@@ -202,7 +203,8 @@ def run_grid(base: dict[str, Any], datasets: list[str], methods: list[MethodSpec
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and std over seeds of each (dataset, method), plus an "average" row per method."""
+    """Mean and std over seeds of each (dataset, method), plus an "average" row per method; a few-shot
+    sweep (several shots) gets an average per method and number of shots, never across shots."""
     metrics = _metric_columns(rows)
     out = []
     multi_shot = len({r.get("shots") for r in rows}) > 1
@@ -210,16 +212,18 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for ds, n, m in keys:
         cell = [r for r in rows if r["dataset"] == ds and r["method"] == m and r.get("shots") == n]
         s: dict[str, Any] = {"dataset": f"{ds} ({n} shots)" if multi_shot else ds, "method": m,
-                             "seeds": len(cell)}
+                             "seeds": len(cell), **({"shots": n} if multi_shot else {})}
         for k in metrics:
             v = np.array([r[k] for r in cell if k in r], dtype=float)
             if len(v):
                 s[k] = float(v.mean())
                 s[f"{k}_std"] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
         out.append(s)
-    for m in dict.fromkeys(r["method"] for r in rows):
-        cells = [s for s in out if s["method"] == m]
-        avg: dict[str, Any] = {"dataset": "average", "method": m, "seeds": cells[0]["seeds"]}
+    per_dataset = list(out)
+    for m, n in dict.fromkeys((r["method"], r.get("shots")) if multi_shot else (r["method"], None) for r in rows):
+        cells = [s for s in per_dataset if s["method"] == m and (not multi_shot or s["shots"] == n)]
+        avg: dict[str, Any] = {"dataset": f"average ({n} shots)" if multi_shot else "average", "method": m,
+                               "seeds": cells[0]["seeds"]}
         for k in metrics:
             vals = [c[k] for c in cells if k in c]
             if vals:
@@ -250,7 +254,7 @@ def markdown_table(summary: list[dict[str, Any]]) -> str:
                 cells.append(f"{s[k]:.2f} ± {s[f'{k}_std']:.2f}")
             else:
                 cells.append(f"{s[k]:.2f}")
-        lines.append(f"| {s['dataset']} | {s['method']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {s['dataset']} | {display_name(s['method'])} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -268,7 +272,12 @@ def write_tables(rows: list[dict[str, Any]], out: Path) -> None:
         w.writeheader()
         w.writerows(summary)
     (out / "summary.md").write_text(markdown_table(summary))
-    plot_summary(summary, out / "summary.png")
+    if len({r.get("shots") for r in rows}) > 1:  # a few-shot sweep: accuracy against shots, as CoOp's figure
+        from ncprompt.analysis.plots import few_shot_plot
+
+        few_shot_plot(rows, out / "summary.png")
+    else:
+        plot_summary(summary, out / "summary.png")
 
 
 def plot_summary(summary: list[dict[str, Any]], path: Path) -> None:
