@@ -138,7 +138,7 @@ def test_grid_names_datasets_and_writes_paper_tables(image_folder, tmp_path, one
     res = json.loads((out / "clothes" / "zeroshot" / "seed1" / "results.json").read_text())
     assert res["dataset"] == "clothes"
     b2n = (out / "tables" / "base_to_new.md").read_text()
-    assert "clothes" in b2n and "zeroshot" in b2n
+    assert "clothes" in b2n and "| CLIP |" in b2n  # zero-shot under its display name
     assert (out / "tables" / "base_to_new.tex").read_text().count("\\toprule") == 1
     # `ncprompt tables` on the grid folder writes the same table
     assert main(["tables", str(out), "--output", str(tmp_path / "t")]) == 0
