@@ -4,6 +4,7 @@ class colours distinct, bars from zero, the few-shot curve, NPT terms in the tra
 
 from __future__ import annotations
 
+import io
 import math
 from typing import Any
 
@@ -71,22 +72,22 @@ def _overlap(p: np.ndarray, q: np.ndarray, tol: float = 0.5) -> bool:
 
 
 def drawn_texts(fig: Any) -> list[tuple[str, np.ndarray]]:
-    """(text, corners) of every non-empty text the renderer draws, except labels of data points."""
-    drawn: list[tuple[Text, Any]] = []
+    """(text, corners) of every non-empty text the renderer draws when the figure is saved, except labels of
+    data points."""
+    drawn: dict[int, tuple[str, np.ndarray]] = {}  # the last draw of each text: the one in the file
     original = Text.draw
 
     def draw(self: Text, renderer: Any) -> None:
         original(self, renderer)
         if self.get_visible() and self.get_text().strip() and self.get_gid() != plots.DATA_LABEL:
-            drawn.append((self, renderer))
+            drawn[id(self)] = (self.get_text(), _corners(self, renderer))  # measured as drawn (this dpi)
 
     Text.draw = draw  # type: ignore[method-assign]
-    try:
-        fig.canvas.draw()
+    try:  # drawn as plots._save writes the file (dpi, tight bounding box): the layout the PNG shows
+        fig.savefig(io.BytesIO(), dpi=130, bbox_inches="tight", format="png")
     finally:
         Text.draw = original  # type: ignore[method-assign]
-    unique = {id(t): (t, r) for t, r in drawn}
-    return [(t.get_text(), _corners(t, r)) for t, r in unique.values()]
+    return list(drawn.values())
 
 
 def assert_no_overlap(fig: Any) -> None:

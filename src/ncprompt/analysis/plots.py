@@ -85,6 +85,20 @@ def _save(fig: Any, path: str | Path) -> Path:
     return p
 
 
+def _footnote(fig: Any, text: str) -> None:
+    """A note under the panels, in the constrained layout (space is made for it), wrapped to the figure's width."""
+    fig.supxlabel(text, x=0.01, ha="left", fontsize=7, wrap=True)
+
+
+def _legend_above(fig: Any, handles: list[Any], labels: list[str] | None = None, x: float = 0.5,
+                  loc: str = "lower center", **kw: Any) -> Any:
+    """A figure legend just above the figure (outside its constrained layout, so neither the title nor the note
+    at the bottom can meet it; the saved image's tight box takes it in)."""
+    if labels is not None:
+        kw["labels"] = labels
+    return fig.legend(handles=handles, loc=loc, bbox_to_anchor=(x, 1.0), frameon=False, **kw)
+
+
 def zoomed_limits(values: Sequence[float], errors: Sequence[float] | None = None, pad: float = 0.15,
                   floor: float = 0.0, ceil: float = 100.0) -> tuple[float, float]:
     """y-limits around the data (± error bars) with ``pad`` of the range as margin, within [floor, ceil]."""
@@ -129,12 +143,11 @@ def summary_plot(summary: list[dict[str, Any]], path: str | Path, title: str | N
         ax.set_title(TITLES.get(k, k) + " (higher is better)", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    # below the panels: constrained layout stacks neither a top legend nor the figure title on the other
-    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(methods), 6), frameon=False)
+    _legend_above(fig, handles, labels, ncol=min(len(methods), 6))
     seeds = sorted({int(x["seeds"]) for x in summary if x.get("seeds")})
     if seeds:
-        fig.text(0.01, -0.01, f"bars: mean over n = {', '.join(map(str, seeds))} seed(s); error bars: sample std "
-                 "over seeds; 'average': mean over the datasets", fontsize=7, ha="left", va="top")
+        _footnote(fig, f"bars: mean over n = {', '.join(map(str, seeds))} seed(s); error bars: sample std over seeds; "
+                  "'average': mean over the datasets")
     if title:
         fig.suptitle(title)
     return _save(fig, path)
@@ -143,7 +156,7 @@ def summary_plot(summary: list[dict[str, Any]], path: str | Path, title: str | N
 def few_shot_points(rows: list[dict[str, Any]], metric: str) -> dict[str, dict[str, dict[int, list[float]]]]:
     """{dataset: {method: {shots: [value per seed]}}} plus an "Average" dataset: per (method, shots, seed) the
     mean over the datasets, where that seed ran on every dataset. Zero-shot rows (no shots) go under shots 0."""
-    out: dict[str, dict[str, dict[int, list[float]]]] = {}
+    by_seed: dict[str, dict[str, dict[int, dict[Any, float]]]] = {}
     per_seed: dict[tuple[str, int, Any], dict[str, float]] = {}
     for r in rows:
         if r.get(metric) is None:
@@ -151,8 +164,11 @@ def few_shot_points(rows: list[dict[str, Any]], metric: str) -> dict[str, dict[s
         shots = 0 if is_zero_shot(r["method"]) else int(r.get("shots") or 0)
         if not is_zero_shot(r["method"]) and not shots:
             continue
-        out.setdefault(r["dataset"], {}).setdefault(r["method"], {}).setdefault(shots, []).append(float(r[metric]))
+        # keyed by seed: a grid runs zero-shot once per shots value, the same run each time
+        by_seed.setdefault(r["dataset"], {}).setdefault(r["method"], {}).setdefault(shots, {})[r.get("seed")] = \
+            float(r[metric])
         per_seed.setdefault((r["method"], shots, r.get("seed")), {})[r["dataset"]] = float(r[metric])
+    out = {d: {m: {n: list(v.values()) for n, v in by.items()} for m, by in ms.items()} for d, ms in by_seed.items()}
     if len(out) > 1:
         avg: dict[str, dict[int, list[float]]] = {}
         for (m, shots, _), vals in per_seed.items():
@@ -209,11 +225,10 @@ def few_shot_plot(rows: list[dict[str, Any]], path: str | Path, metric: str | No
     for ax in axes.flat:
         handles.update(zip(*reversed(ax.get_legend_handles_labels())))
     order = [display_name(m) for m in methods if display_name(m) in handles]
-    fig.legend([handles[k] for k in order], order, loc="outside lower center", ncol=min(6, len(order)),
-               frameon=False)
+    _legend_above(fig, [handles[k] for k in order], order, ncol=min(6, len(order)))
     seeds = sorted({len(v) for d in points.values() for m in d.values() for v in m.values()})
-    fig.text(0.01, -0.01, f"lines: mean over n = {', '.join(map(str, seeds))} seed(s); bands: ± one sample std "
-             "over seeds; Average: per seed, the mean over the datasets", fontsize=7, ha="left", va="top")
+    _footnote(fig, f"lines: mean over n = {', '.join(map(str, seeds))} seed(s); bands: ± one sample std over seeds"
+              + ("; Average: per seed, the mean over the datasets" if "Average" in points else ""))
     if title:
         fig.suptitle(title)
     return _save(fig, path)
@@ -311,8 +326,8 @@ def training_curves_plot(log: list[dict[str, Any]], path: str | Path, title: str
     if title:
         fig.suptitle(title, fontsize=10)
     if flat:
-        fig.text(0.01, -0.01, "constant during training (e.g. image metrics of a frozen image encoder), not plotted: "
-                 + ", ".join(nc_label(k) for k in flat), fontsize=7, ha="left", va="top", wrap=True)
+        _footnote(fig, "constant during training (e.g. image metrics of a frozen image encoder), not plotted: "
+                  + ", ".join(nc_label(k) for k in flat))
     return _save(fig, path)
 
 
@@ -489,13 +504,13 @@ def correlation_plot(rows: list[dict[str, Any]], metrics: list[str], accuracy: s
               for i, d in enumerate(datasets)]
     shape = [Line2D([], [], marker=MARKERS[i % len(MARKERS)], ls="", color="grey", label=display_name(m))
              for i, m in enumerate(methods)]
-    fig.legend(handles=colour, title="dataset (colour)", loc="outside lower left", ncol=min(3, len(colour)),
-               fontsize=7, title_fontsize=7, frameon=False)
-    fig.legend(handles=shape, title="method (marker)", loc="outside lower right", ncol=min(2, len(shape)),
-               fontsize=7, title_fontsize=7, frameon=False)
+    _legend_above(fig, colour, title="dataset (colour)", x=0.0, loc="lower left", ncol=min(3, len(colour)),
+                  fontsize=7, title_fontsize=7)
+    _legend_above(fig, shape, title="method (marker)", x=1.0, loc="lower right", ncol=min(2, len(shape)),
+                  fontsize=7, title_fontsize=7)
     fig.suptitle(title or f"NC metrics vs {ACC_LABELS.get(accuracy, accuracy)}", fontsize=10)
     if footnote:
-        fig.text(0.01, -0.01, footnote, fontsize=7, ha="left", va="top", wrap=True)
+        _footnote(fig, footnote)
     return _save(fig, path)
 
 
