@@ -133,8 +133,8 @@ def summary_plot(summary: list[dict[str, Any]], path: str | Path, title: str | N
                    label=display_name(m), color=OKABE_ITO[j % len(OKABE_ITO)], error_kw={"elinewidth": 0.8})
             for xi, v, e in zip(x, vals, errs):
                 if v == v:
-                    ax.text(xi, v + e + 0.5, f"{v:.1f}", ha="center", va="bottom", fontsize=6,
-                            rotation=90 if len(methods) > 2 else 0)
+                    ax.annotate(f"{v:.1f}", (xi, v + e), xytext=(0, 2.5), textcoords="offset points", ha="center",
+                                va="bottom", fontsize=6, rotation=90 if len(methods) > 2 else 0)
                     top = max(top, v + e)
         ax.set_ylim(0, max(10.0, top) * (1.22 if len(methods) > 2 else 1.1))  # room for the printed values
         ax.set_xticks(np.arange(len(datasets)))
