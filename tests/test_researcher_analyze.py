@@ -124,7 +124,7 @@ def test_report_is_per_model_and_names_its_runs(tmp_path):
     assert all((tmp_path / "report" / p).stat().st_size > 1000 for p in out["plots"])
     md = (tmp_path / "report" / "correlations.md").read_text()
     assert "## pocket" in md and "## ViT-B-16" in md and "2 untrained" in md and "1 without training images" in md
-    assert "| ViT-B-16 | coop |" in (tmp_path / "report" / "nc_by_method.md").read_text()
+    assert "| ViT-B-16 | CoOp |" in (tmp_path / "report" / "nc_by_method.md").read_text()
 
 
 def test_grid_names_datasets_and_writes_paper_tables(image_folder, tmp_path, one_thread, capsys):

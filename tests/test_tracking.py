@@ -206,3 +206,22 @@ def test_grid_cells_are_tracked_runs_grouped_by_the_grid(image_folder, tmp_path,
     assert sorted((r.data.tags["method"], r.data.tags["seed"]) for r in runs) == \
         [("coop+npt", "1"), ("coop+npt", "2"), ("zeroshot", "1"), ("zeroshot", "2")]
     assert all("final/hm" in r.data.metrics for r in runs)
+
+
+def test_a_diverged_run_is_closed_as_failed(tiny_backbone, fmnist_small, tmp_path, monkeypatch, one_thread):
+    _needs("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    from ncprompt.engine.trainer import NonFiniteError
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"file:{tmp_path / 'mlruns'}")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    cfg = RunConfig.from_dict(dict(model="tiny-clip", method={"name": "coop", "n_ctx": 2}, shots=2,
+                                   cache_dir=str(tmp_path / "c"), run={"diagnostics": False},
+                                   train={"epochs": 2, "views": 1, "batch_size": 8, "warmup_epochs": 0, "lr": 1e30,
+                                          "report_to": ["mlflow"]}))
+    with pytest.raises(NonFiniteError):
+        Experiment(cfg, backbone=tiny_backbone, dataset=fmnist_small).run(tmp_path / "run")
+    client = MlflowClient(tracking_uri=f"file:{tmp_path / 'mlruns'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("ncprompt").experiment_id])
+    assert run.info.status == "FAILED" and "final/all" not in run.data.metrics

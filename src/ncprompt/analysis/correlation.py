@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ncprompt.analysis.names import display_name
 from ncprompt.analysis.plots import ACC_LABELS, correlation_plot, nc_label
 from ncprompt.analysis.run_report import run_model
 from ncprompt.engine.results import read_results
@@ -179,7 +180,7 @@ def nc_by_method(rows: list[dict[str, Any]]) -> str:
         cell = [r for r in rows if r.get("model") == model and r["method"] == m and bool(r.get("npt")) == npt
                 and r.get("imbalance") == tau]
         vals = [np.mean([r[c] for r in cell if c in r]) if any(c in r for r in cell) else np.nan for c in cols]
-        lines.append(f"| {model} | {m}{'+npt' if npt else ''} | {tau} | {len(cell)} | "
+        lines.append(f"| {model} | {display_name(m + ('+npt' if npt else ''))} | {tau} | {len(cell)} | "
                      + " | ".join("" if v != v else f"{v:.2f}" if c.startswith("acc_") else f"{v:.4f}"
                                   for c, v in zip(cols, vals)) + " |")
     return "\n".join(lines) + "\n"
