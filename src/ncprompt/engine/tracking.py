@@ -254,7 +254,9 @@ class Tracker:
         self._each("log_metrics", {_key(k): v for k, v in epoch_metrics(record).items()}, self.last_step)
 
     def log_results(self, result: Any) -> None:
-        self._each("log_final", {_key(k): v for k, v in result_metrics(result).items()}, self.last_step)
+        """The final metrics, at the last epoch's step (a finished run re-evaluated: its epochs run)."""
+        step = self.last_step or int(getattr(result, "epochs_run", 0) or 0)
+        self._each("log_final", {_key(k): v for k, v in result_metrics(result).items()}, step)
 
     def close(self, failed: bool = False) -> None:
         for b in self.backends:
