@@ -144,6 +144,7 @@ SUMMARY = [{"dataset": d, "method": m, "seeds": 3, "base": b, "base_std": 1.0, "
 
 def test_summary_bars_start_at_zero_with_paper_names_and_zero_shot_first(figures, tmp_path):
     plots.summary_plot(SUMMARY, tmp_path / "s.png", title="a grid")
+    assert figures[0].legends[0].get_title().get_text() == "a grid"  # the title heads the legend above the panels
     fig = figures[0]
     assert_no_overlap(fig)
     assert all(ax.get_ylim()[0] == 0 for ax in fig.axes)

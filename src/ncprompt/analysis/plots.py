@@ -91,11 +91,15 @@ def _footnote(fig: Any, text: str) -> None:
 
 
 def _legend_above(fig: Any, handles: list[Any], labels: list[str] | None = None, x: float = 0.5,
-                  loc: str = "lower center", **kw: Any) -> Any:
-    """A figure legend just above the figure (outside its constrained layout, so neither the title nor the note
-    at the bottom can meet it; the saved image's tight box takes it in)."""
+                  loc: str = "lower center", title: str | None = None, **kw: Any) -> Any:
+    """A figure legend just above the figure (outside its constrained layout, so neither a panel title nor the
+    note at the bottom can meet it; the saved image's tight box takes it in). ``title``: the figure's title,
+    drawn as the legend's heading so that the two never meet."""
     if labels is not None:
         kw["labels"] = labels
+    if title:
+        kw["title"] = title
+        kw.setdefault("title_fontsize", 10)
     return fig.legend(handles=handles, loc=loc, bbox_to_anchor=(x, 1.0), frameon=False, **kw)
 
 
@@ -143,13 +147,11 @@ def summary_plot(summary: list[dict[str, Any]], path: str | Path, title: str | N
         ax.set_title(TITLES.get(k, k) + " (higher is better)", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    _legend_above(fig, handles, labels, ncol=min(len(methods), 6))
+    _legend_above(fig, handles, labels, ncol=min(len(methods), 6), title=title)
     seeds = sorted({int(x["seeds"]) for x in summary if x.get("seeds")})
     if seeds:
         _footnote(fig, f"bars: mean over n = {', '.join(map(str, seeds))} seed(s); error bars: sample std over seeds; "
                   "'average': mean over the datasets")
-    if title:
-        fig.suptitle(title)
     return _save(fig, path)
 
 
@@ -225,12 +227,10 @@ def few_shot_plot(rows: list[dict[str, Any]], path: str | Path, metric: str | No
     for ax in axes.flat:
         handles.update(zip(*reversed(ax.get_legend_handles_labels())))
     order = [display_name(m) for m in methods if display_name(m) in handles]
-    _legend_above(fig, [handles[k] for k in order], order, ncol=min(6, len(order)))
+    _legend_above(fig, [handles[k] for k in order], order, ncol=min(6, len(order)), title=title or None)
     seeds = sorted({len(v) for d in points.values() for m in d.values() for v in m.values()})
     _footnote(fig, f"lines: mean over n = {', '.join(map(str, seeds))} seed(s); bands: ± one sample std over seeds"
               + ("; Average: per seed, the mean over the datasets" if "Average" in points else ""))
-    if title:
-        fig.suptitle(title)
     return _save(fig, path)
 
 
