@@ -124,7 +124,7 @@ def test_report_is_per_model_and_names_its_runs(tmp_path):
     assert all((tmp_path / "report" / p).stat().st_size > 1000 for p in out["plots"])
     md = (tmp_path / "report" / "correlations.md").read_text()
     assert "## pocket" in md and "## ViT-B-16" in md and "2 untrained" in md and "1 without training images" in md
-    assert "| ViT-B-16 | d | coop |" in (tmp_path / "report" / "nc_by_method.md").read_text()
+    assert "| ViT-B-16 | d | CoOp |" in (tmp_path / "report" / "nc_by_method.md").read_text()
 
 
 def test_grid_names_datasets_and_writes_paper_tables(image_folder, tmp_path, one_thread, capsys):
@@ -138,7 +138,7 @@ def test_grid_names_datasets_and_writes_paper_tables(image_folder, tmp_path, one
     res = json.loads((out / "clothes" / "zeroshot" / "seed1" / "results.json").read_text())
     assert res["dataset"] == "clothes"
     b2n = (out / "tables" / "base_to_new.md").read_text()
-    assert "clothes" in b2n and "zeroshot" in b2n
+    assert "clothes" in b2n and "| CLIP |" in b2n  # zero-shot under its display name
     assert (out / "tables" / "base_to_new.tex").read_text().count("\\toprule") == 1
     # `ncprompt tables` on the grid folder writes the same table
     assert main(["tables", str(out), "--output", str(tmp_path / "t")]) == 0

@@ -9,6 +9,7 @@ import re
 
 import pytest
 
+from ncprompt.analysis.names import display_name
 from ncprompt.analysis.tables import (
     Cell,
     base_to_new_table,
@@ -46,7 +47,7 @@ ROWS = [
 
 def _cells(t, dataset, method, model=None):
     mi = t.header.index("Model") if "Model" in t.header else None
-    return [r for r in t.rows if r[0] == dataset and r[1] == method and (model is None or r[mi] == model)]
+    return [r for r in t.rows if r[0] == dataset and r[1] == display_name(method) and (model is None or r[mi] == model)]
 
 
 def test_groups_by_model_and_method_with_n_and_std():
@@ -67,7 +68,7 @@ def test_groups_by_model_and_method_with_n_and_std():
 def test_average_rows_per_group_and_partial_groups_flagged():
     t = base_to_new_table(ROWS)
     avg = [r for r in t.rows if str(r[0]).startswith("Average")]
-    (pocket_coop,) = [r for r in avg if r[1] == "coop" and r[2] == "pocket"]
+    (pocket_coop,) = [r for r in avg if r[1] == "CoOp" and r[2] == "pocket"]
     assert pocket_coop[0] == "Average"
     assert pocket_coop[4].mean == pytest.approx((91 + 65) / 2) and pocket_coop[5].mean == pytest.approx((62 + 32) / 2)
     b, n = pocket_coop[4].mean, pocket_coop[5].mean
@@ -106,7 +107,7 @@ def test_csv_has_mean_std_n_columns_and_full_dataset_names():
     rows = list(csv.DictReader(io.StringIO(t.csv())))
     assert {"Base", "Base_std", "Base_n"} <= set(rows[0])
     assert all(r["Dataset"] for r in rows)  # never blank in CSV
-    coop = next(r for r in rows if r["Dataset"] == "my_digits" and r["Method"] == "coop" and r["Model"] == "pocket")
+    coop = next(r for r in rows if r["Dataset"] == "my_digits" and r["Method"] == "CoOp" and r["Model"] == "pocket")
     assert float(coop["Base"]) == pytest.approx(91.0) and coop["Base_n"] == "2"
 
 
@@ -163,6 +164,6 @@ def test_tables_command_on_run_folders(tmp_path, capsys):
         (d / "config.yaml").write_text("method:\n  name: coop\n  n_ctx: 4\n")
     assert main([str(tmp_path / "grid"), "--output", str(tmp_path / "t")]) == 0
     out = capsys.readouterr().out
-    assert "| digits | coop | 2 | 81.00 ± 1.41 | 61.00 ± 1.41 |" in out
+    assert "| digits | CoOp | 2 | 81.00 ± 1.41 | 61.00 ± 1.41 |" in out
     assert (tmp_path / "t" / "base_to_new.tex").is_file()
     assert main([str(tmp_path / "empty")]) == 2

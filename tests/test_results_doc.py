@@ -49,11 +49,11 @@ def test_methods_merge_into_the_tau_table_with_their_n(tmp_path):
     text = doc.read_text()
     assert text.startswith("intro\n") and "old" not in text
     rows = [line for line in text.splitlines() if line.startswith("|")]
-    maple = [r for r in rows if "| maple+npt |" in r]
+    maple = [r for r in rows if "| MaPLe + NPT |" in r]  # the tables show paper names
     # the tau table: the maple row has n = 1 (one seed), the coop rows n = 2; maple's average covers 1 of 2 datasets
     assert any("| 1 | 50.00 | 30.00 | 37.50 |" in r for r in maple)
-    assert any("Average (1/2 datasets) | maple+npt" in r for r in rows)
-    assert any(r.startswith("| emoji_animals | coop |") and "| 2 | 61.50 ± 0.71 | 40.00 ± 0.00 |" in r for r in rows)
+    assert any("Average (1/2 datasets) | MaPLe + NPT" in r for r in rows)
+    assert any(r.startswith("| emoji_animals | CoOp |") and "| 2 | 61.50 ± 0.71 | 40.00 ± 0.00 |" in r for r in rows)
     # averages: per-dataset means averaged over the datasets a method has, with its coverage
     assert "| 1.0 | coop | 2/2 | 2 | 61.50 | 40.00 | 48.47 |" in text
     assert "| 1.0 | maple+npt | 1/2 | 1 | 50.00 | 30.00 | 37.50 |" in text

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ncprompt.analysis.names import display_name
 from ncprompt.analysis.plots import ACC_LABELS, correlation_plot, nc_label
 from ncprompt.analysis.run_report import run_model
 from ncprompt.analysis.runs import drop_repeated_seeds, results_files, row_setting, run_setting, setting_labels
@@ -241,7 +242,8 @@ def nc_by_method(rows: list[dict[str, Any]]) -> str:
     for k, cell in keyed.items():
         r0 = cell[0]
         vals = [np.mean([r[c] for r in cell if c in r]) if any(c in r for r in cell) else np.nan for c in cols]
-        lines.append(f"| {r0.get('model')} | {r0.get('dataset')} | {r0['method']}{'+npt' if r0.get('npt') else ''} | "
+        name = display_name(r0["method"] + ("+npt" if r0.get("npt") else ""))
+        lines.append(f"| {r0.get('model')} | {r0.get('dataset')} | {name} | "
                      f"{r0.get('imbalance')} | {labels[k]} | {len(cell)} | "
                      + " | ".join("" if v != v else f"{v:.2f}" if c.startswith("acc_") else f"{v:.4f}"
                                   for c, v in zip(cols, vals)) + " |")

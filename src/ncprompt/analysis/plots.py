@@ -1,5 +1,8 @@
 """Figures for a paper: one question per figure, labelled axes, class names where K is small,
-zoomed axes with the values printed, and the colour-blind-safe Okabe-Ito palette.
+bars from zero with the values printed, methods under their paper names (:mod:`ncprompt.analysis.names`),
+the colour-blind-safe Okabe-Ito palette for methods and tab10 / tab20 for up to 20 classes. Layouts are
+constrained, so titles, tick labels and legends never overlap (tests/test_figures.py checks every figure's
+text boxes).
 
 Every function takes plain arrays / dicts (no file reading) and writes one PNG.
 """
@@ -13,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from ncprompt.analysis.names import display_name, is_zero_shot, method_order
+
 #: Okabe & Ito (2008), safe for the common colour-vision deficiencies
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000", "#F0E442"]
 #: for markers and thin lines on white: without the yellow, which is hard to see there
@@ -20,6 +25,12 @@ MARKER_COLOURS = OKABE_ITO[:7]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 #: class names on the axes up to this many classes
 MAX_NAMED_CLASSES = 24
+#: one distinct colour per class up to this many classes (tab10 / tab20); beyond, base vs new
+MAX_COLOURED_CLASSES = 20
+#: correlation panels need at least this many runs
+MIN_CORRELATION_POINTS = 5
+#: gid of texts that label data points (class names in the geometry scatter): placed by the data
+DATA_LABEL = "data-label"
 
 NC_LABELS = {
     "nc1": "NC1: within-class variability",
@@ -36,6 +47,16 @@ TITLES = {"base": "Base classes", "new": "New classes", "hm": "Harmonic mean of 
 ACC_LABELS = {"base": "base accuracy", "new": "new accuracy", "hm": "harmonic mean (HM)", "all": "accuracy",
               "acc_base": "base accuracy (%)", "acc_new": "new accuracy (%)", "acc_hm": "HM (%)",
               "acc_all": "accuracy (%)"}
+
+
+def class_colours(k: int) -> list[Any]:
+    """``k`` distinct qualitative colours (k <= ``MAX_COLOURED_CLASSES``): tab10 up to 10, tab20 up to 20."""
+    from matplotlib import colormaps
+
+    if k > MAX_COLOURED_CLASSES:
+        raise ValueError(f"{k} classes: at most {MAX_COLOURED_CLASSES} distinct class colours")
+    cmap = colormaps["tab10" if k <= 10 else "tab20"]
+    return [cmap(i) for i in range(k)]
 
 
 def nc_label(key: str) -> str:
@@ -64,6 +85,24 @@ def _save(fig: Any, path: str | Path) -> Path:
     return p
 
 
+def _footnote(fig: Any, text: str) -> None:
+    """A note under the panels, in the constrained layout (space is made for it), wrapped to the figure's width."""
+    fig.supxlabel(text, x=0.01, ha="left", fontsize=7, wrap=True)
+
+
+def _legend_above(fig: Any, handles: list[Any], labels: list[str] | None = None, x: float = 0.5,
+                  loc: str = "lower center", title: str | None = None, **kw: Any) -> Any:
+    """A figure legend just above the figure (outside its constrained layout, so neither a panel title nor the
+    note at the bottom can meet it; the saved image's tight box takes it in). ``title``: the figure's title,
+    drawn as the legend's heading so that the two never meet."""
+    if labels is not None:
+        kw["labels"] = labels
+    if title:
+        kw["title"] = title
+        kw.setdefault("title_fontsize", 10)
+    return fig.legend(handles=handles, loc=loc, bbox_to_anchor=(x, 1.0), frameon=False, **kw)
+
+
 def zoomed_limits(values: Sequence[float], errors: Sequence[float] | None = None, pad: float = 0.15,
                   floor: float = 0.0, ceil: float = 100.0) -> tuple[float, float]:
     """y-limits around the data (± error bars) with ``pad`` of the range as margin, within [floor, ceil]."""
@@ -78,47 +117,120 @@ def zoomed_limits(values: Sequence[float], errors: Sequence[float] | None = None
 
 # --- grid summary -----------------------------------------------------------------------------
 def summary_plot(summary: list[dict[str, Any]], path: str | Path, title: str | None = None) -> Path:
-    """Grouped bars per dataset, one panel per metric (base / new / HM, or accuracy), y zoomed to the
-    data with each bar's value printed and ± std error bars."""
+    """Grouped bars per dataset, one panel per metric (base / new / HM, or accuracy), bars from zero with
+    each bar's value printed and ± std error bars; methods under their paper names, zero-shot first."""
     plt = _plt()
     metrics = [k for k in ("base", "new", "hm") if any(k in s for s in summary)] or ["all"]
     datasets = list(dict.fromkeys(s["dataset"] for s in summary))
-    methods = list(dict.fromkeys(s["method"] for s in summary))
+    methods = method_order(s["method"] for s in summary)
     width = 0.8 / max(len(methods), 1)
     fig, axes = plt.subplots(1, len(metrics), figsize=(max(3.6, 1.1 * len(datasets) * (0.6 + 0.3 * len(methods)))
-                                                       * len(metrics), 3.8), squeeze=False)
+                                                       * len(metrics), 4.2), squeeze=False, layout="constrained")
     for ax, k in zip(axes[0], metrics):
-        allv, alle = [], []
+        top = 0.0
         for j, m in enumerate(methods):
             cell = {s["dataset"]: s for s in summary if s["method"] == m}
             vals = [cell.get(d, {}).get(k, np.nan) for d in datasets]
             errs = [cell.get(d, {}).get(f"{k}_std", 0.0) or 0.0 for d in datasets]
             x = np.arange(len(datasets)) + (j - (len(methods) - 1) / 2) * width
-            ax.bar(x, vals, width * 0.92, yerr=[e if e else np.nan for e in errs], capsize=2, label=m,
-                   color=OKABE_ITO[j % len(OKABE_ITO)], error_kw={"elinewidth": 0.8})
+            ax.bar(x, vals, width * 0.92, yerr=[e if e else np.nan for e in errs], capsize=2,
+                   label=display_name(m), color=OKABE_ITO[j % len(OKABE_ITO)], error_kw={"elinewidth": 0.8})
             for xi, v, e in zip(x, vals, errs):
                 if v == v:
-                    ax.text(xi, v + e, f"{v:.1f}", ha="center", va="bottom", fontsize=6.5,
-                            rotation=90 if len(methods) > 3 else 0)
-            allv += vals
-            alle += errs
-        lo, hi = zoomed_limits(allv, alle)
-        ax.set_ylim(lo, hi + 0.08 * (hi - lo))
+                    ax.annotate(f"{v:.1f}", (xi, v + e), xytext=(0, 2.5), textcoords="offset points", ha="center",
+                                va="bottom", fontsize=6, rotation=90 if len(methods) > 2 else 0)
+                    top = max(top, v + e)
+        ax.set_ylim(0, max(10.0, top) * (1.22 if len(methods) > 2 else 1.1))  # room for the printed values
         ax.set_xticks(np.arange(len(datasets)))
         ax.set_xticklabels([str(d).replace("pocket_", "") for d in datasets], rotation=30, ha="right")
         ax.set_ylabel(f"{ACC_LABELS.get(k, k)} (%)")
         ax.set_title(TITLES.get(k, k) + " (higher is better)", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(methods), 6), frameon=False,
-               bbox_to_anchor=(0.5, 1.0))
+    _legend_above(fig, handles, labels, ncol=min(len(methods), 6), title=title)
     seeds = sorted({int(x["seeds"]) for x in summary if x.get("seeds")})
     if seeds:
-        fig.text(0.01, -0.02, f"bars: mean over n = {', '.join(map(str, seeds))} seed(s); error bars: sample std "
-                 "over seeds; 'average': mean over the datasets", fontsize=7, ha="left", va="top")
-    if title:
-        fig.suptitle(title, y=1.1, va="bottom")
+        _footnote(fig, f"bars: mean over n = {', '.join(map(str, seeds))} seed(s); error bars: sample std over seeds; "
+                  "'average': mean over the datasets")
+    return _save(fig, path)
+
+
+def few_shot_points(rows: list[dict[str, Any]], metric: str) -> dict[str, dict[str, dict[int, list[float]]]]:
+    """{dataset: {method: {shots: [value per seed]}}} plus an "Average" dataset: per (method, shots, seed) the
+    mean over the datasets, where that seed ran on every dataset. Zero-shot rows (no shots) go under shots 0."""
+    by_seed: dict[str, dict[str, dict[int, dict[Any, float]]]] = {}
+    per_seed: dict[tuple[str, int, Any], dict[str, float]] = {}
+    for r in rows:
+        if r.get(metric) is None:
+            continue
+        shots = 0 if is_zero_shot(r["method"]) else int(r.get("shots") or 0)
+        if not is_zero_shot(r["method"]) and not shots:
+            continue
+        # keyed by seed: a grid runs zero-shot once per shots value, the same run each time
+        by_seed.setdefault(r["dataset"], {}).setdefault(r["method"], {}).setdefault(shots, {})[r.get("seed")] = \
+            float(r[metric])
+        per_seed.setdefault((r["method"], shots, r.get("seed")), {})[r["dataset"]] = float(r[metric])
+    out = {d: {m: {n: list(v.values()) for n, v in by.items()} for m, by in ms.items()} for d, ms in by_seed.items()}
+    if len(out) > 1:
+        avg: dict[str, dict[int, list[float]]] = {}
+        for (m, shots, _), vals in per_seed.items():
+            if len(vals) == len(out):
+                avg.setdefault(m, {}).setdefault(shots, []).append(float(np.mean(list(vals.values()))))
+        out["Average"] = avg
+    return out
+
+
+def few_shot_plot(rows: list[dict[str, Any]], path: str | Path, metric: str | None = None,
+                  title: str = "") -> Path | None:
+    """Accuracy against shots per class, as CoOp's Figure 3: one panel per dataset and one for the average
+    over datasets; per method the mean over seeds (line, markers) and a band of ± one sample std where
+    n >= 2; zero-shot CLIP as a dashed horizontal line. x on a log2 scale at the shots that ran. ``rows``:
+    :func:`ncprompt.analysis.tables.run_row` rows or a grid's runs.csv rows (dataset, method, shots, seed)."""
+    metric = metric or ("all" if any(r.get("all") is not None for r in rows) else "base")
+    points = few_shot_points(rows, metric)
+    shots = sorted({n for d in points.values() for m in d.values() for n in m if n})
+    if len(shots) < 2:
+        return None
+    plt = _plt()
+    panels = list(points)
+    cols = min(4, len(panels))
+    nrows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.9 * nrows + 0.6), squeeze=False,
+                             layout="constrained")
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    methods = method_order(m for d in points.values() for m in d)
+    colours = {m: OKABE_ITO[i % len(MARKER_COLOURS)] for i, m in enumerate(methods)}
+    for i, (ax, ds) in enumerate(zip(axes.flat, panels)):
+        for m, by in points[ds].items():
+            if is_zero_shot(m):
+                v = [x for vals in by.values() for x in vals]
+                ax.axhline(float(np.mean(v)), color=colours[m], ls="--", lw=1.0, label=display_name(m))
+                continue
+            xs = [n for n in shots if by.get(n)]
+            mean = np.array([np.mean(by[n]) for n in xs])
+            std = np.array([np.std(by[n], ddof=1) if len(by[n]) > 1 else 0.0 for n in xs])
+            ax.plot(xs, mean, marker=MARKERS[methods.index(m) % len(MARKERS)], ms=4, color=colours[m],
+                    label=display_name(m))
+            if (std > 0).any():
+                ax.fill_between(xs, mean - std, mean + std, color=colours[m], alpha=0.18, lw=0)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(shots)
+        ax.set_xticklabels([str(n) for n in shots])
+        ax.minorticks_off()
+        ax.set_xlabel("shots per class")
+        ax.set_ylabel(f"{ACC_LABELS.get(metric, metric)} (%)")
+        name = str(ds).replace("pocket_", "")
+        ax.set_title(f"({chr(ord('a') + i)}) {name}" + (" over datasets" if ds == "Average" else ""), fontsize=9)
+        ax.grid(alpha=0.3)
+    handles: dict[str, Any] = {}
+    for ax in axes.flat:
+        handles.update(zip(*reversed(ax.get_legend_handles_labels())))
+    order = [display_name(m) for m in methods if display_name(m) in handles]
+    _legend_above(fig, [handles[k] for k in order], order, ncol=min(6, len(order)), title=title or None)
+    seeds = sorted({len(v) for d in points.values() for m in d.values() for v in m.values()})
+    _footnote(fig, f"lines: mean over n = {', '.join(map(str, seeds))} seed(s); bands: ± one sample std over seeds"
+              + ("; Average: per seed, the mean over the datasets" if "Average" in points else ""))
     return _save(fig, path)
 
 
@@ -137,38 +249,61 @@ def moving_metrics(log: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
 
 
 def training_curves_plot(log: list[dict[str, Any]], path: str | Path, title: str = "") -> Path | None:
-    """Left: training loss per epoch (and learning rate); right: accuracies per epoch (train and any
-    evaluated split). Then one panel per NC metric that changes over training — metrics of a
-    frozen image encoder stay flat and are listed in a footnote instead of plotted. NC panels say
-    "lower is better" (all NC metrics are distances to the collapsed geometry)."""
+    """(a) training loss per epoch: the total and, under NPT, the method's base loss (total - NPT), with the
+    learning rate; (b) under NPT, its terms LC and MI (unweighted) and their weighted sum; then accuracies
+    per epoch (train and any evaluated split), then one panel per NC metric that changes over training —
+    metrics of a frozen image encoder stay flat and are listed in a footnote instead of plotted. NC
+    panels say "lower is better" (all NC metrics are distances to the collapsed geometry)."""
     if not log:
         return None
     plt = _plt()
+    from matplotlib.ticker import MaxNLocator
+
     ep = [r["epoch"] + 1 for r in log]
     series = [r for r in log if r.get("nc_train")]
     moving, flat = moving_metrics(log)
-    n_panels = 2 + len(moving)
+    npt = [k for k in ("npt_lc", "npt_mi", "npt_img_anchor", "npt") if any(k in r for r in log)]
+    n_panels = 2 + bool(npt) + len(moving)
     cols = 3 if n_panels in (5, 6) else min(4, n_panels)
     rows = math.ceil(n_panels / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.8 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.1 * rows), squeeze=False, layout="constrained")
     for ax in axes.flat[n_panels:]:
         ax.axis("off")
-    ax = axes.flat[0]
-    lines = ax.plot(ep, [r["loss"] for r in log], color=OKABE_ITO[0], label="training loss (left axis)")
+    panels = iter(axes.flat)
+    letters = iter("abcdefghijklmnopqrstuvwxyz")
+    ax = next(panels)
+    lines = ax.plot(ep, [r["loss"] for r in log], color=OKABE_ITO[0], label="total")
+    if "npt" in npt:
+        lines += ax.plot(ep, [r["loss"] - r.get("npt", 0.0) for r in log], color=OKABE_ITO[2], ls="-.",
+                         label="base (method) loss")
     ax.set_xlabel("epoch")
     ax.set_ylabel("training loss (lower is better)")
-    ax.set_title("(a) training loss", fontsize=9)
+    ax.set_title(f"({next(letters)}) training loss", fontsize=9)
     if "lr" in log[0]:
         ax2 = ax.twinx()
-        lines += ax2.plot(ep, [r["lr"] for r in log], color="black", lw=0.8, ls=":",
-                          label="learning rate (right axis)")
+        lines += ax2.plot(ep, [r["lr"] for r in log], color="black", lw=0.8, ls=":", label="learning rate (right)")
         ax2.set_ylabel("learning rate", fontsize=7)
         ax2.tick_params(labelsize=6)
         ax2.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
         ax2.spines["right"].set_visible(True)
-    # below the panel: a legend inside would cover one of the two curves (they live on two y-axes)
-    ax.legend(handles=lines, fontsize=7, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)
-    ax = axes.flat[1]
+    # below the panel: a legend inside would cover one of the curves (they live on two y-axes)
+    ax.legend(handles=lines, fontsize=7, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.25),
+              ncol=min(3, len(lines)))
+    if npt:
+        ax = next(panels)
+        names = {"npt_lc": "LC (language collapse)", "npt_mi": "MI (modality isomorphism)",
+                 "npt_img_anchor": "image anchor", "npt": "weighted sum λ·terms"}
+        for i, k in enumerate(npt):
+            pts = [(r["epoch"] + 1, r[k]) for r in log if r.get(k) is not None]
+            if pts:
+                x, y = zip(*pts)
+                ax.plot(x, y, color=MARKER_COLOURS[(i + 3) % 7], ls=":" if k == "npt" else "-", label=names[k],
+                        marker="." if len(pts) < 30 else None)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("NPT term (lower is better)")
+        ax.set_title(f"({next(letters)}) NPT regulariser terms", fontsize=9)
+        ax.legend(fontsize=7, frameon=False)
+    ax = next(panels)
     acc_keys = ["train_acc"] + sorted({k for r in log for k in r if k.endswith("_acc") and k != "train_acc"})
     for i, k in enumerate(acc_keys):
         pts = [(r["epoch"] + 1, r[k]) for r in log if r.get(k) is not None]
@@ -178,37 +313,34 @@ def training_curves_plot(log: list[dict[str, Any]], path: str | Path, title: str
                     label=k.removesuffix("_acc") + (" (training views)" if k == "train_acc" else " (test)"))
     ax.set_xlabel("epoch")
     ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title("(b) accuracy (higher is better)", fontsize=9)
+    ax.set_title(f"({next(letters)}) accuracy (higher is better)", fontsize=9)
     ax.legend(fontsize=7, frameon=False)
-    for i, (ax, k) in enumerate(zip(list(axes.flat)[2:], moving)):
+    for i, (ax, k) in enumerate(zip(panels, moving)):
         ax.plot([r["epoch"] + 1 for r in series], [r["nc_train"].get(k, np.nan) for r in series],
                 color=MARKER_COLOURS[(i + 3) % 7], marker="." if len(series) < 30 else None)
-        ax.set_title(f"({chr(ord('c') + i)}) {nc_label(k)}", fontsize=8)
+        ax.set_title(f"({next(letters)}) {nc_label(k)}", fontsize=8)
         ax.set_xlabel("epoch")
         ax.set_ylabel(f"{nc_label(k).split(':')[0]} (lower is better)", fontsize=7)
-    from matplotlib.ticker import MaxNLocator
-
     for ax in axes.flat[:n_panels]:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     if title:
         fig.suptitle(title, fontsize=10)
     if flat:
-        fig.text(0.01, -0.02, "constant during training (e.g. image metrics of a frozen image encoder), not plotted: "
-                 + ", ".join(nc_label(k) for k in flat), fontsize=7, ha="left", va="top")
-    fig.tight_layout()
+        _footnote(fig, "constant during training (e.g. image metrics of a frozen image encoder), not plotted: "
+                  + ", ".join(nc_label(k) for k in flat))
     return _save(fig, path)
 
 
 # --- class geometry ---------------------------------------------------------------------------
 def _class_ticks(ax: Any, names: Sequence[str] | None, k: int, split_at: int | None = None,
-                 xlabel: str = "class", ylabel: str = "class") -> None:
-    """Class names (or indices) on both axes; with ``split_at``, a black line between base and new classes
-    and the axes labelled "base | new"."""
+                 xlabel: str = "class", ylabel: str = "class", y_names: bool = True) -> None:
+    """Class names (or indices) on both axes (``y_names`` False: on x only, for a panel right of one that names
+    them); with ``split_at``, a black line between base and new classes and the axes labelled "base | new"."""
     if names is not None and k <= MAX_NAMED_CLASSES:
         ax.set_xticks(range(k))
         ax.set_yticks(range(k))
-        ax.set_xticklabels(names, rotation=60, ha="right", fontsize=6.5)
-        ax.set_yticklabels(names, fontsize=6.5)
+        ax.set_xticklabels(names, rotation=60, ha="right", rotation_mode="anchor", fontsize=6.5)
+        ax.set_yticklabels(names if y_names else [], fontsize=6.5)
     else:
         xlabel, ylabel = f"{xlabel} index", f"{ylabel} index"
     if split_at is not None and 0 < split_at < k:
@@ -239,14 +371,16 @@ def cosine_heatmaps_plot(before: np.ndarray, after: np.ndarray, path: str | Path
     panels = [("before tuning (hand-written prompt)", before), ("after tuning", after)]
     if np.allclose(before, after, rtol=0, atol=1e-7):
         panels = [("of the hand-written prompt (not tuned)", after)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(len(panels) * side + 1.6, side), squeeze=False)
+    # constrained layout: the figure title above the panel titles, the right panel beside the left one's labels
+    fig, axes = plt.subplots(1, len(panels), figsize=(len(panels) * side + 1.6, side + 0.8), squeeze=False,
+                             layout="constrained")
     axes = list(axes[0])
     im = None
-    for ax, (name, x) in zip(axes, panels):
+    for i, (ax, (name, x)) in enumerate(zip(axes, panels)):
         c = centred_cosine(x)
         off = c[~np.eye(k, dtype=bool)]
         im = ax.imshow(c, vmin=-1, vmax=1, cmap="PuOr_r")
-        _class_ticks(ax, classnames, k, n_base)
+        _class_ticks(ax, classnames, k, n_base, y_names=i == 0)  # the same classes: named once, on the left
         # the mean of centred cosines stays near -1/(K-1) for any equal-norm set: the spread is what an ETF zeroes
         ax.set_title(f"text features {name}\noff-diagonal cosine {off.mean():+.3f} ± {off.std():.3f} (std), "
                      f"max {off.max():+.2f}\nsimplex ETF: {-1 / (k - 1):+.3f} ± 0", fontsize=8)
@@ -280,24 +414,26 @@ def geometry_plot(text: np.ndarray, means: np.ndarray, path: str | Path, classna
     var = (s[:2] ** 2 / max((s**2).sum(), 1e-12) * 100).round(0)
     pt, pm = t @ basis, m @ basis
     side = 3.4 + 0.13 * min(k, MAX_NAMED_CLASSES)
-    fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1.5, side))
+    fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1.5, side + 0.8), layout="constrained")
     im = axes[0].imshow(cross, vmin=-1, vmax=1, cmap="PuOr_r")
     _class_ticks(axes[0], classnames, k, n_base, xlabel="image class mean", ylabel="text feature of class")
     axes[0].set_title("cos(text feature, image class mean), centred\n(diagonal high = aligned)", fontsize=8)
     fig.colorbar(im, ax=axes[0], shrink=0.8).set_label("cosine")
     ax = axes[1]
     nb = k if n_base is None else n_base
-    many = k > MAX_NAMED_CLASSES  # too many classes to tell apart by colour: colour base vs new instead
+    many = k > MAX_COLOURED_CLASSES  # too many classes to tell apart by colour: colour base vs new instead
     size = 14 if many else 36
+    colours = None if many else class_colours(k)
     for i in range(k):
         hollow = i >= nb
-        col = OKABE_ITO[int(hollow)] if many else MARKER_COLOURS[i % len(MARKER_COLOURS)]
+        col = OKABE_ITO[int(hollow)] if colours is None else colours[i]
         ax.plot([pm[i, 0], pt[i, 0]], [pm[i, 1], pt[i, 1]], lw=0.4 if many else 0.6, color="grey", zorder=1)
         ax.scatter(pm[i, 0], pm[i, 1], marker="o", s=size, facecolor="none" if hollow else col, edgecolor=col,
                    zorder=2)
         ax.scatter(pt[i, 0], pt[i, 1], marker="X", s=size + 4, color=col, zorder=3, alpha=0.5 if hollow else 1.0)
-        if classnames is not None and not many:
-            ax.annotate(classnames[i], (pm[i, 0], pm[i, 1]), fontsize=6.5, xytext=(3, 3), textcoords="offset points")
+        if classnames is not None and k <= MAX_NAMED_CLASSES:
+            ax.annotate(classnames[i], (pm[i, 0], pm[i, 1]), fontsize=6.5, xytext=(3, 3), textcoords="offset points",
+                        gid=DATA_LABEL)
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], marker="o", ls="", color="grey", label="image class mean"),
@@ -315,7 +451,6 @@ def geometry_plot(text: np.ndarray, means: np.ndarray, path: str | Path, classna
     ax.set_aspect("equal", adjustable="datalim")
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -323,51 +458,59 @@ def geometry_plot(text: np.ndarray, means: np.ndarray, path: str | Path, classna
 def correlation_plot(rows: list[dict[str, Any]], metrics: list[str], accuracy: str, path: str | Path,
                      stats: dict[str, dict[str, Any]] | None = None, title: str = "",
                      footnote: str = "") -> Path | None:
-    """One accuracy against each NC metric, a labelled panel (a), (b), ... per metric, points coloured
-    by dataset and shaped by method, with Pearson r / Spearman rho and n in each panel. ``rows`` must
-    come from ONE model (the caller splits by model); ``footnote`` goes under the panels."""
+    """One accuracy against each NC metric, a labelled panel (a), (b), ... per metric with at least
+    ``MIN_CORRELATION_POINTS`` runs (None when no metric has), points coloured by dataset and shaped by
+    method (two legends), with Pearson r / Spearman rho and n in each panel. ``rows`` must come from ONE
+    model (the caller splits by model); ``footnote`` goes under the panels."""
     models = {r.get("model") for r in rows}
     if len(models) > 1:
         raise ValueError(f"correlation_plot got runs of several models {sorted(map(str, models))}: plot each apart")
-    metrics = [m for m in metrics if any(m in r and accuracy in r for r in rows)]
+
+    def points(m: str) -> list[dict[str, Any]]:
+        return [r for r in rows if r.get(m) is not None and r.get(accuracy) is not None]
+
+    metrics = [m for m in metrics if len(points(m)) >= MIN_CORRELATION_POINTS]
     if not metrics:
         return None
     plt = _plt()
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
     cols = 2 if len(metrics) in (2, 4) else min(3, len(metrics))
     nrows = math.ceil(len(metrics) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(3.4 * cols, 3.0 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 3.2 * nrows + 0.8), squeeze=False,
+                             layout="constrained")
     for ax in axes.flat[len(metrics):]:
         ax.axis("off")
     datasets = list(dict.fromkeys(r.get("dataset") for r in rows))
-    methods = list(dict.fromkeys(f"{r.get('method')}{'+npt' if r.get('npt') else ''}" for r in rows))
+    methods = method_order(f"{r.get('method')}{'+npt' if r.get('npt') else ''}" for r in rows)
     for i, (ax, m) in enumerate(zip(axes.flat, metrics)):
-        for r in rows:
-            if m in r and accuracy in r and r[m] is not None:
-                meth = f"{r.get('method')}{'+npt' if r.get('npt') else ''}"
-                ax.scatter(r[m], r[accuracy], s=18, color=MARKER_COLOURS[datasets.index(r.get("dataset")) % 7],
-                           marker=MARKERS[methods.index(meth) % len(MARKERS)], alpha=0.85, linewidths=0.3,
-                           edgecolors="white")
+        for r in points(m):
+            meth = f"{r.get('method')}{'+npt' if r.get('npt') else ''}"
+            ax.scatter(r[m], r[accuracy], s=18, color=MARKER_COLOURS[datasets.index(r.get("dataset")) % 7],
+                       marker=MARKERS[methods.index(meth) % len(MARKERS)], alpha=0.85, linewidths=0.3,
+                       edgecolors="white")
         st = (stats or {}).get(m) or {}
-        txt = f"n = {st.get('n', sum(m in r and accuracy in r for r in rows))}"
+        txt = f"n = {st.get('n', len(points(m)))}"
         if st.get("pearson") is not None:
             txt = f"Pearson r = {st['pearson']:+.2f}, Spearman ρ = {st['spearman']:+.2f}, " + txt
         ax.set_title(f"({chr(ord('a') + i)}) {nc_label(m)}\n{txt}", fontsize=8)
         ax.set_xlabel(f"{nc_label(m).split(': ')[0]} (lower = more collapsed)", fontsize=7)
         ax.set_ylabel(ACC_LABELS.get(accuracy, accuracy), fontsize=7)
         ax.tick_params(labelsize=6.5)
-    from matplotlib.lines import Line2D
-
-    handles = [Line2D([], [], marker="o", ls="", color=MARKER_COLOURS[i % 7], label=str(d))
-               for i, d in enumerate(datasets)]
-    handles += [Line2D([], [], marker=MARKERS[i % len(MARKERS)], ls="", color="grey", label=m)
-                for i, m in enumerate(methods)]
-    fig.tight_layout()
-    fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=7, frameon=False,
-               bbox_to_anchor=(0.5, 1.0))
-    fig.suptitle(title or f"NC metrics vs {ACC_LABELS.get(accuracy, accuracy)}", fontsize=10,
-                 y=1.0 + 0.035 * (1 + math.ceil(len(handles) / 6)) / nrows, va="bottom")
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=4))  # few ticks: labels like 0.0125 never collide
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
+    colour = [Line2D([], [], marker="o", ls="", color=MARKER_COLOURS[i % 7], label=str(d).replace("pocket_", ""))
+              for i, d in enumerate(datasets)]
+    shape = [Line2D([], [], marker=MARKERS[i % len(MARKERS)], ls="", color="grey", label=display_name(m))
+             for i, m in enumerate(methods)]
+    _legend_above(fig, colour, title="dataset (colour)", x=0.0, loc="lower left", ncol=min(3, len(colour)),
+                  fontsize=7, title_fontsize=7)
+    _legend_above(fig, shape, title="method (marker)", x=1.0, loc="lower right", ncol=min(2, len(shape)),
+                  fontsize=7, title_fontsize=7)
+    fig.suptitle(title or f"NC metrics vs {ACC_LABELS.get(accuracy, accuracy)}", fontsize=10)
     if footnote:
-        fig.text(0.01, -0.01, footnote, fontsize=7, ha="left", va="top", wrap=True)
+        _footnote(fig, footnote)
     return _save(fig, path)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ncprompt.analysis.names import display_name
 from ncprompt.analysis.plots import nc_label, plot_run
 from ncprompt.engine.results import RunResult, read_results
 from ncprompt.utils import atomic_write_bytes, read_jsonl, write_json
@@ -49,7 +50,7 @@ def analyze_run(run_dir: str | Path) -> dict[str, Any]:
     new = res.splits.get("new")
     report["plots"] = plot_run(d, log, first.classnames if first is not None and first.classnames else None,
                                new.classnames if new is not None and new.classnames else None,
-                               title=f"{res.label} on {res.dataset} ({model})")
+                               title=f"{display_name(res.label)} on {res.dataset} ({model})")
     write_json(d / "analysis.json", report)
     atomic_write_bytes(d / "analysis.md", markdown(report).encode())
     return report

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ncprompt.analysis.names import display_name, method_order
 from ncprompt.analysis.runs import (
     ROW_FIELDS,
     drop_repeated_seeds,
@@ -287,10 +288,11 @@ def _setting_cells(g: Group, shown: list[str]) -> list[str | Cell | None]:
 
 
 def _groups(rows: list[dict[str, Any]]) -> list[Group]:
-    """Groups in a stable order: by model, then method as first seen, then shots, tau, epochs by value."""
+    """Groups in a stable order: by model, then method as first seen (zero-shot first), then shots, tau,
+    epochs by value."""
     seen = list(dict.fromkeys(_group(r) for r in rows))
     models = list(dict.fromkeys(g[0] for g in seen))
-    methods = list(dict.fromkeys(g[1] for g in seen))
+    methods = method_order(g[1] for g in seen)
     return sorted(seen, key=lambda g: (models.index(g[0]), methods.index(g[1]), *(_num(x) for x in g[2:5]), g[5]))
 
 
@@ -350,8 +352,9 @@ def _long_table(name: str, caption: str, rows: list[dict[str, Any]], metrics: li
                 model = g[0]
             cells = _cells(sel, metrics)
             per.setdefault(g, {})[ds] = cells if ds not in per.get(g, {}) else None  # two data: no average
-            t.rows.append([ds, g[1], *_setting_cells(g, shown), *([labels[(g, d, dk)]] if with_setting else []),
-                           _n_text(list(cells.values())), *[cells.get(m) for m in metrics]])
+            t.rows.append([ds, display_name(g[1]), *_setting_cells(g, shown),
+                           *([labels[(g, d, dk)]] if with_setting else []), _n_text(list(cells.values())),
+                           *[cells.get(m) for m in metrics]])
     if average and len(datasets) > 1:
         model = object()
         for g in groups:
@@ -367,7 +370,7 @@ def _long_table(name: str, caption: str, rows: list[dict[str, Any]], metrics: li
             if "hm" in metrics and "base" in avg and "new" in avg:
                 avg["hm"] = Cell(_hm(avg["base"].mean, avg["new"].mean))
             label = "Average" if len(have) == len(datasets) else f"Average ({len(have)}/{len(datasets)} datasets)"
-            t.rows.append([label, g[1], *_setting_cells(g, shown),
+            t.rows.append([label, display_name(g[1]), *_setting_cells(g, shown),
                            *([method_labels[g]] if with_setting else []), "", *[avg.get(m) for m in metrics]])
         t.notes.append(f"Average: mean over the {len(datasets)} datasets of the per-dataset means"
                        + ("; HM of the averaged base and new." if "hm" in metrics else ".")
@@ -461,9 +464,17 @@ def all_tables(rows: list[dict[str, Any]], warnings: list[str] | None = None) ->
 
 def write_paper_tables(rows: list[dict[str, Any]], out_dir: str | Path,
                        warnings: list[str] | None = None) -> list[Path]:
-    """``out_dir/{layout}.{md,csv,tex}`` for every layout with data; returns the files written (repeated
-    seeds: see :func:`all_tables`)."""
-    return [p for t in all_tables(rows, warnings) for p in t.write(out_dir)]
+    """``out_dir/{layout}.{md,csv,tex}`` for every layout with data (repeated seeds: see :func:`all_tables`), and
+    ``few_shot.png`` (accuracy against shots, :func:`ncprompt.analysis.plots.few_shot_plot`) with the few-shot
+    table; returns the files written."""
+    tables = all_tables(rows, warnings)
+    paths = [p for t in tables for p in t.write(out_dir)]
+    if any(t.name == "few_shot" for t in tables):
+        from ncprompt.analysis.plots import few_shot_plot
+
+        png = few_shot_plot(rows, Path(out_dir) / "few_shot.png")
+        paths += [png] if png is not None else []
+    return paths
 
 
 def main(argv: list[str] | None = None) -> int:

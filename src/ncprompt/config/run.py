@@ -108,6 +108,10 @@ class DataSection(ConfigModel):
         return self
 
 
+#: the experiment trackers of ``train.report_to`` (:mod:`ncprompt.engine.tracking`)
+TRACKERS = ("tensorboard", "mlflow", "wandb")
+
+
 class TrainConfig(ConfigModel):
     """Optimisation settings (CoOp's published defaults)."""
 
@@ -132,6 +136,29 @@ class TrainConfig(ConfigModel):
     seed: int = Field(1, ge=0, description="seed of sampling, initialisation and order")
     checkpoint_every: int = Field(1, ge=1, description="write a resumable checkpoint every N epochs")
     max_grad_norm: float = Field(0.0, ge=0, allow_inf_nan=False, description="clip gradients to this norm (0: off)")
+    report_to: list[str] = Field(
+        default_factory=list, description="experiment trackers that also record the run: tensorboard, mlflow, wandb "
+        "(comma-separated; pip install 'ncprompt[tracking]'; docs/usage.md)")
+    report_group: str | None = Field(None, description="group of the tracked runs: MLflow experiment and W&B group "
+                                     "(a grid: its folder's name; default ncprompt)")
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _comma_separated(cls, v: Any) -> Any:
+        """``"tensorboard,mlflow"`` or ``["tensorboard,mlflow", "wandb"]`` -> one list, each tracker once."""
+        if isinstance(v, str):
+            v = [v]
+        if isinstance(v, list) and all(isinstance(x, str) for x in v):
+            return list(dict.fromkeys(t.strip().lower() for x in v for t in x.split(",") if t.strip()))
+        return v
+
+    @field_validator("report_to")
+    @classmethod
+    def _known_trackers(cls, v: list[str]) -> list[str]:
+        unknown = [t for t in v if t not in TRACKERS]
+        if unknown:
+            raise ValueError(f"unknown tracker {', '.join(unknown)}; choose from {', '.join(TRACKERS)}")
+        return v
 
     @property
     def coop_views(self) -> bool:
@@ -168,7 +195,7 @@ _RUN_KEYS = tuple(RunSection.model_fields)
 _DATA_KEYS = ("dataset", "root", "protocol", "shots", "imbalance", "max_test_per_class", "targets")
 #: keys that do not change what a run computes (left out of its fingerprint)
 NOT_IN_FINGERPRINT = ("run.output", "run.cache_dir", "run.use_cache", "run.threads", "train.checkpoint_every",
-                      "data.workers")
+                      "data.workers", "train.report_to", "train.report_group")
 
 
 def upgrade_legacy(d: dict[str, Any]) -> dict[str, Any]:

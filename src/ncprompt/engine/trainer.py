@@ -184,6 +184,7 @@ def train(
     resume: bool = True,
     stop_after: int | None = None,
     ddp: str | None = None,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``method``'s prompts; returns the per-epoch log (also written to run_dir/metrics.jsonl).
 
@@ -194,11 +195,12 @@ def train(
         on_epoch_end: extra metrics (e.g. validation accuracy, NC diagnostics) for epoch e.
         stop_after: stop after this many epochs of this call (to simulate an interruption).
         ddp: under torchrun, "ddp" | "main" | "auto" (default; see :func:`distributed.train_mode`).
+        on_record: called with each finished epoch's record on the main rank (experiment trackers).
     """
     mode = distributed.train_mode(method.ddp_auto, ddp)
     if mode == "main":  # rank 0 trains alone; every rank gets its prompts, buffers and log
         return distributed.run_on_main(lambda: train(method, source, labels, cfg, run_dir, regularizer, on_epoch_end,
-                                                     resume, stop_after), [method, regularizer])
+                                                     resume, stop_after, on_record=on_record), [method, regularizer])
     main = distributed.is_main()
     params = [p for p in method.parameters() if p.requires_grad]
     if not params:
@@ -302,6 +304,8 @@ def train(
                 if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
                     extra = {k: v.detach().cpu() for k, v in regularizer.state_dict().items()} if regularizer else {}
                     save_checkpoint(run_dir, epoch, method.prompt_state(), opt, extra)
+            if on_record is not None and main:
+                on_record(record)
             plog.step(epoch_line(record, cfg.epochs), loss=f"{record['loss']:.3f}", acc=f"{record['train_acc']:.1f}")
     except KeyboardInterrupt:
         saved = load_checkpoint(run_dir) if run_dir is not None else None

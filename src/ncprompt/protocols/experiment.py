@@ -36,6 +36,7 @@ from ncprompt.engine.evaluation import EvalSet, class_means, evaluate, evaluate_
 from ncprompt.engine.results import RunResult, SplitResult, write_results
 from ncprompt.engine.run_folder import PORTABLE, RunFolder, RunFolderError
 from ncprompt.engine.run_info import run_info
+from ncprompt.engine.tracking import Tracker, check_available
 from ncprompt.engine.trainer import train
 from ncprompt.methods import build_method
 from ncprompt.methods.base import MethodConfigError, MethodContext, PromptMethod
@@ -77,6 +78,7 @@ class Experiment:
         run, data = cfg.run, cfg.data
         if run.threads is not None:  # pinned (the default follows the machine's load: cli.default_threads)
             torch.set_num_threads(run.threads)
+        check_available(cfg.train.report_to)  # a tracker's missing package: refused before anything loads
         seed_everything(cfg.seed)
         if backbone is None:
             check_device(run.device)
@@ -198,6 +200,20 @@ class Experiment:
                 folder.release()
 
     def _run(self, run_dir: Path | None, resume: bool, stop_after: int | None) -> RunResult | dict[str, Any]:
+        """:meth:`_train_and_evaluate`, recorded by the ``train.report_to`` trackers (main rank)."""
+        tracker = Tracker.for_run(self.cfg, run_dir, self.dataset.name) if distributed.is_main() else Tracker([])
+        try:
+            result = self._train_and_evaluate(run_dir, resume, stop_after, tracker)
+        except BaseException:
+            tracker.close(failed=True)
+            raise
+        if isinstance(result, RunResult):
+            tracker.log_results(result)
+        tracker.close()
+        return result
+
+    def _train_and_evaluate(self, run_dir: Path | None, resume: bool, stop_after: int | None,
+                            tracker: Tracker) -> RunResult | dict[str, Any]:
         cfg = self.cfg
         t0 = time.perf_counter()
         method = self.build()
@@ -220,7 +236,7 @@ class Experiment:
                 return out
 
             log = train(method, source, labels, cfg.train, run_dir, self.regularizer(method), on_epoch_end,
-                        resume, stop_after)
+                        resume, stop_after, on_record=tracker.log_epoch if tracker else None)
             done = log[-1]["epoch"] + 1 if log else 0  # the last record is always of an epoch run by this call
             if stop_after is not None and done < cfg.train.epochs:
                 return {"interrupted_at_epoch": done}

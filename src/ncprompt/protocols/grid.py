@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ncprompt.analysis.names import display_name
 from ncprompt.analysis.runs import run_setting
 from ncprompt.config import ConfigError, RunConfig, merge_layers
 from ncprompt.engine.progress import ProgressLog, quiet
@@ -101,11 +102,13 @@ def grid_jobs(base: dict[str, Any], datasets: list[str], methods: list[MethodSpe
     shot_list = list(dict.fromkeys(shots or [base.get("data", {}).get("shots", 16)]))
     datasets, seeds = list(specs), list(dict.fromkeys(seeds))
     methods = list({m.label: m for m in reversed(methods)}.values())[::-1]  # first of each label
+    # every cell is one tracked run (train.report_to), grouped by the grid: its folder's name unless set
+    group = (base.get("train") or {}).get("report_group") or out_dir.resolve().name
     jobs = []
     for ds, n, m, seed in ((d, n, m, s) for d in datasets for n in shot_list for m in methods for s in seeds):
         data = {"dataset": specs[ds].dataset, "shots": n, **({"root": specs[ds].root} if specs[ds].root else {})}
         cell = {"data": data, "method": {"name": m.method, **dict(m.options)},
-                "train": {"seed": seed}, "npt": {"enabled": m.npt}, "run": {"output": None}}
+                "train": {"seed": seed, "report_group": group}, "npt": {"enabled": m.npt}, "run": {"output": None}}
         merged = merge_layers(base, cell)
         sub = f"shots{n}/" if len(shot_list) > 1 else ""
         run_dir = out_dir / ds / f"{sub}{m.label}" / f"seed{seed}"
@@ -208,7 +211,8 @@ def run_grid(base: dict[str, Any], datasets: list[str], methods: list[MethodSpec
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and std over the seeds of each (dataset, shots, method) cell of one setting (runs of other
-    settings are never pooled: :mod:`ncprompt.config.setting`), plus an "average" row per method."""
+    settings are never pooled: :mod:`ncprompt.config.setting`), plus an "average" row per method; a few-shot
+    sweep (several shots) gets an average per method and number of shots, never across shots."""
     from ncprompt.config.setting import setting_key
 
     metrics = _metric_columns(rows)
@@ -219,16 +223,18 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ds, n, m, _ = k
         cell = [r for r in rows if key[id(r)] == k]
         s: dict[str, Any] = {"dataset": f"{ds} ({n} shots)" if multi_shot else ds, "method": m,
-                             "seeds": len(cell)}
+                             "seeds": len(cell), **({"shots": n} if multi_shot else {})}
         for k in metrics:
             v = np.array([r[k] for r in cell if k in r], dtype=float)
             if len(v):
                 s[k] = float(v.mean())
                 s[f"{k}_std"] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
         out.append(s)
-    for m in dict.fromkeys(r["method"] for r in rows):
-        cells = [s for s in out if s["method"] == m]
-        avg: dict[str, Any] = {"dataset": "average", "method": m, "seeds": cells[0]["seeds"]}
+    per_dataset = list(out)
+    for m, n in dict.fromkeys((r["method"], r.get("shots")) if multi_shot else (r["method"], None) for r in rows):
+        cells = [s for s in per_dataset if s["method"] == m and (not multi_shot or s["shots"] == n)]
+        avg: dict[str, Any] = {"dataset": f"average ({n} shots)" if multi_shot else "average", "method": m,
+                               "seeds": cells[0]["seeds"]}
         for k in metrics:
             vals = [c[k] for c in cells if k in c]
             if vals:
@@ -259,7 +265,7 @@ def markdown_table(summary: list[dict[str, Any]]) -> str:
                 cells.append(f"{s[k]:.2f} ± {s[f'{k}_std']:.2f}")
             else:
                 cells.append(f"{s[k]:.2f}")
-        lines.append(f"| {s['dataset']} | {s['method']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {s['dataset']} | {display_name(s['method'])} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -281,7 +287,12 @@ def write_tables(rows: list[dict[str, Any]], out: Path) -> None:
         w.writeheader()
         w.writerows(summary)
     (out / "summary.md").write_text(markdown_table(summary))
-    plot_summary(summary, out / "summary.png")
+    if len({r.get("shots") for r in rows}) > 1:  # a few-shot sweep: accuracy against shots, as CoOp's figure
+        from ncprompt.analysis.plots import few_shot_plot
+
+        few_shot_plot(rows, out / "summary.png")
+    else:
+        plot_summary(summary, out / "summary.png")
 
 
 def plot_summary(summary: list[dict[str, Any]], path: Path) -> None:
