@@ -53,7 +53,10 @@ def fake_run(path, top1, *, method="coop", seed=1, dataset="digits", shots=4, pr
 
 
 def _table_rows(t, method):
-    return [r for r in t.rows if r[1] == method and not str(r[0]).startswith("Average")]
+    """Rows of ``method`` (a method id; tables show its display name) other than averages."""
+    from ncprompt.analysis.names import display_name
+
+    return [r for r in t.rows if r[1] == display_name(method) and not str(r[0]).startswith("Average")]
 
 
 def _col(t, name):
