@@ -409,6 +409,25 @@ def build_parser() -> argparse.ArgumentParser:
     add_nproc_flag(s)
     s.set_defaults(func=cmd_eval)
 
+    s = sub.add_parser("predict", help="label images (files, folders, CSVs of paths) with a trained run")
+    s.add_argument("run_dir", help="the --output folder of a finished `ncprompt train`")
+    s.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (searched recursively), CSV files "
+                   "of path[,label] rows")
+    s.add_argument("--top-k", type=int, default=5, help="classes reported per image [default 5]")
+    s.add_argument("--classes", nargs="+", metavar="NAME", help="predict over these class names (or one text file "
+                   "of names) instead of the run's; methods with one shared context only")
+    s.add_argument("--output", help="write the predictions to this file [default: stdout]")
+    s.add_argument("--format", choices=["csv", "json"], help="[default: json for an --output ending in .json, "
+                   "else csv]")
+    s.add_argument("--device", help="[default: the run's run.device]")
+    s.set_defaults(func=lambda a: _call("ncprompt.protocols.predict", "cmd_predict", a))
+
+    s = sub.add_parser("export", help="a trained run as a shareable folder: classifier head, settings, model card")
+    s.add_argument("run_dir", help="the --output folder of a finished `ncprompt train`")
+    s.add_argument("--output", required=True, help="the export folder (new or empty)")
+    s.add_argument("--device", help="[default: the run's run.device]")
+    s.set_defaults(func=lambda a: _call("ncprompt.protocols.export", "cmd_export", a))
+
     s = sub.add_parser("demo", help="the main job: zero-shot, CoOp, CoOp+NPT on the pocket suite (base-to-new)")
     s.add_argument("--output", default="outputs/demo", help="grid folder [default outputs/demo]")
     s.add_argument("--datasets", nargs="+", help="pocket datasets (default: the demo suite)")
@@ -545,7 +564,7 @@ def default_threads(env: dict[str, str] | None = None, busy: float | None = None
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     a = p.parse_args(argv)
-    if a.command in ("zeroshot", "train", "eval", "demo", "protocol", "analyze"):  # the commands that compute
+    if a.command in ("zeroshot", "train", "eval", "predict", "export", "demo", "protocol", "analyze"):  # computing
         default_threads()
     if getattr(a, "nproc", None) and a.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         from ncprompt.engine.distributed import launch

@@ -256,7 +256,8 @@ class Experiment:
                         new=new, counts=self.counts, groups=self.groups, train_n=len(self.train_images),
                         test_sizes={k: len(v.images) for k, v in self.eval_sets().items()},
                         target_sizes={k: len(v.images) for k, v in self.target_sets().items()},
-                        dataset_name=self.dataset.name, dataset_kind=self.cfg.data.dataset, root=self.cfg.data.root)
+                        dataset_name=self.dataset.name, dataset_kind=self.cfg.data.dataset, root=self.cfg.data.root,
+                        templates=self.dataset.templates)
 
     def new_class_text(self, method: PromptMethod) -> torch.Tensor | None:
         """Text features of the new classes (base-to-new) under ``method``'s current prompts; None without
