@@ -103,6 +103,8 @@ def collect_images(paths: Sequence[str | Path]) -> list[Path]:
 
 def _recorded(run_dir: Path) -> tuple[RunConfig, dict[str, Any], dict[str, str]]:
     """The config, results.json ``info`` and inputs.json of a finished run folder (one-line errors)."""
+    if not run_dir.is_dir():
+        raise RunFolderError(f"run folder {run_dir} does not exist; pass the --output folder of `ncprompt train`")
     cfg, _ = experiment.load_run(run_dir)
     try:
         res = read_results(run_dir)
