@@ -87,8 +87,10 @@ def _flag(section: str, key: str, field: Any, default: Any, taken: set[str], hel
         kind = "false" if default else "true"
         name = f"no-{name}" if default else name
         desc = f"{'turn off: ' if default else ''}{desc}"
-    elif kind == "bool":
+    elif kind == "bool":  # a renamed switch (--no-cache, --npt): its help says what the flag does
         kind = "false" if default else "true"
+        off = (field.json_schema_extra or {}).get("off_help") if isinstance(field.json_schema_extra, dict) else None
+        desc = (off or f"turn off: {desc}") if default else desc
     if name in taken:
         name = f"{section}-{name}"
     taken.add(name)
@@ -97,15 +99,17 @@ def _flag(section: str, key: str, field: Any, default: Any, taken: set[str], hel
                 f"{desc} [{section}.{key}; {help_default}]", choices)
 
 
-def run_flags(skip: set[tuple[str, str]] = frozenset()) -> list[Flag]:  # type: ignore[assignment]
-    """One flag per field of the run/data/train/npt sections."""
+def run_flags(skip: set[tuple[str, str]] = frozenset(),  # type: ignore[assignment]
+              defaults: dict[tuple[str, str], Any] | None = None) -> list[Flag]:
+    """One flag per field of the run/data/train/npt sections; ``defaults``: a command's own defaults (shown in
+    the help instead of the field's)."""
     taken: set[str] = set()
     out = []
     for section, model in SECTIONS.items():
         for key, field in model.model_fields.items():
             if (section, key) in skip:
                 continue
-            default = field.get_default(call_default_factory=True)
+            default = (defaults or {}).get((section, key), field.get_default(call_default_factory=True))
             f = _flag(section, key, field, default, taken, f"default {default!r}")
             if f is not None:
                 out.append(f)
@@ -358,6 +362,9 @@ EPILOG = ("Any config key can also be set with --set KEY=VALUE (e.g. --set train
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="ncprompt", description=__doc__.split("\n\n")[0],
                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    from ncprompt import __version__
+
+    p.add_argument("--version", action="version", version=f"ncprompt {__version__}")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", "--debug", dest="debug", action="store_true",
                    help="log details and show the traceback of an error")
@@ -449,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-resume", action="store_true", help="start every cell over (even with other settings)")
     add_layer_flags(s)
     skip = {("run", "output"), ("data", "dataset"), ("data", "shots"), ("train", "seed"), ("npt", "enabled")}
-    add_config_flags(s, [f for f in run_flags(skip)], "base run options (every cell)")
+    add_config_flags(s, run_flags(skip, {("data", "protocol"): "base2new"}), "base run options (every cell)")
     s.set_defaults(func=cmd_protocol, protocol_defaults={"data": {"protocol": "base2new"}})
 
     s = sub.add_parser("analyze", help="NC report (JSON + markdown) and plots of run folders")

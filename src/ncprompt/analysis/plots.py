@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from ncprompt.engine.progress import epoch_number
+
 #: Okabe & Ito (2008), safe for the common colour-vision deficiencies
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000", "#F0E442"]
 #: for markers and thin lines on white: without the yellow, which is hard to see there
@@ -144,7 +146,7 @@ def training_curves_plot(log: list[dict[str, Any]], path: str | Path, title: str
     if not log:
         return None
     plt = _plt()
-    ep = [r["epoch"] + 1 for r in log]
+    ep = [epoch_number(r) for r in log]
     series = [r for r in log if r.get("nc_train")]
     moving, flat = moving_metrics(log)
     n_panels = 2 + len(moving)
@@ -171,7 +173,7 @@ def training_curves_plot(log: list[dict[str, Any]], path: str | Path, title: str
     ax = axes.flat[1]
     acc_keys = ["train_acc"] + sorted({k for r in log for k in r if k.endswith("_acc") and k != "train_acc"})
     for i, k in enumerate(acc_keys):
-        pts = [(r["epoch"] + 1, r[k]) for r in log if r.get(k) is not None]
+        pts = [(epoch_number(r), r[k]) for r in log if r.get(k) is not None]
         if pts:
             x, y = zip(*pts)
             ax.plot(x, y, marker="." if len(pts) < 30 else None, color=MARKER_COLOURS[(i + 1) % 7],
@@ -181,7 +183,7 @@ def training_curves_plot(log: list[dict[str, Any]], path: str | Path, title: str
     ax.set_title("(b) accuracy (higher is better)", fontsize=9)
     ax.legend(fontsize=7, frameon=False)
     for i, (ax, k) in enumerate(zip(list(axes.flat)[2:], moving)):
-        ax.plot([r["epoch"] + 1 for r in series], [r["nc_train"].get(k, np.nan) for r in series],
+        ax.plot([epoch_number(r) for r in series], [r["nc_train"].get(k, np.nan) for r in series],
                 color=MARKER_COLOURS[(i + 3) % 7], marker="." if len(series) < 30 else None)
         ax.set_title(f"({chr(ord('c') + i)}) {nc_label(k)}", fontsize=8)
         ax.set_xlabel("epoch")

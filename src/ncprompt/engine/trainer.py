@@ -28,7 +28,7 @@ from ncprompt.config.run import TrainConfig  # the typed config tree
 from ncprompt.data.cache import FeatureSource
 from ncprompt.engine import distributed
 from ncprompt.engine.checkpoint import load_checkpoint, restore_optimizer, save_checkpoint
-from ncprompt.engine.progress import ProgressLog, epoch_line
+from ncprompt.engine.progress import ProgressLog, epoch_line, epoch_number
 from ncprompt.methods.base import MethodOutput, PromptMethod
 from ncprompt.utils import (
     append_jsonl,
@@ -201,8 +201,10 @@ def train(
             restore_optimizer(opt, ck["optim"], ck["optim_scalars"], where=run_dir / "checkpoint")
             if regularizer is not None and ck["extra"]:
                 regularizer.load_state_dict({**regularizer.state_dict(), **ck["extra"]})
-            start = ck["epoch"] + 1
-            log = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("epoch", -1) < start]
+            start = ck["epochs_done"]
+            # records counted from 1 (earlier versions' 0-based ones renumbered as they are rewritten below)
+            log = [{**r, "epoch": epoch_number(r), "epochs": cfg.epochs} for r in read_jsonl(run_dir / "metrics.jsonl")
+                   if "epoch" in r and epoch_number(r) <= start]
         if main:
             write_json(run_dir / "train_config.json", cfg.model_dump())
             write_jsonl(run_dir / "metrics.jsonl", log)
@@ -215,7 +217,9 @@ def train(
     end = cfg.epochs if stop_after is None else min(cfg.epochs, start + stop_after)
     plog = ProgressLog(f"train {method.name}", cfg.epochs, run_dir / "train.log" if run_dir and main else None,
                        done=start)
-    if start:
+    if start >= cfg.epochs:
+        plog.note(f"finished ({start}/{cfg.epochs} epochs, checkpoint in {run_dir}); re-evaluating")
+    elif start:
         plog.note(f"resuming from epoch {start + 1}/{cfg.epochs} ({start} epochs done, checkpoint in {run_dir})")
     else:
         warn = few_steps_warning(n, cfg)
@@ -260,7 +264,7 @@ def train(
                 sums = distributed.all_reduce_floats(sums)
                 tally = distributed.all_reduce_floats({"correct": correct, "seen": seen})
                 correct, seen = tally["correct"], tally["seen"]
-            record: dict[str, Any] = {"epoch": epoch, "lr": lr, "steps": steps,
+            record: dict[str, Any] = {"epoch": epoch + 1, "epochs": cfg.epochs, "lr": lr, "steps": steps,
                                       "train_acc": 100.0 * correct / max(seen, 1),
                                       **{k: v / max(steps, 1) for k, v in sums.items()},
                                       "epoch_time_s": time.perf_counter() - t0}

@@ -32,8 +32,10 @@ from ncprompt.data.class_split import choose_base_classes
 from ncprompt.data.sampling import class_groups, restrict_classes, sample_train
 from ncprompt.engine import distributed
 from ncprompt.engine.evaluation import EvalSet, class_means, evaluate, evaluate_features, nc_diagnostics, predict
+from ncprompt.engine.progress import ProgressLog
 from ncprompt.engine.results import RunResult, SplitResult, write_results
 from ncprompt.engine.run_folder import RunFolder, RunFolderError
+from ncprompt.engine.run_header import environment, header_lines, small_image_warning
 from ncprompt.engine.run_info import run_info
 from ncprompt.engine.trainer import train
 from ncprompt.methods import build_method
@@ -188,9 +190,25 @@ class Experiment:
             if owned:
                 folder.release()
 
+    def _log(self, run_dir: Path | None, lines: list[str], echo: bool = False) -> None:
+        """Append ``lines`` to run_dir/train.log (rank 0 only); ``echo``: as stamped notes, on stderr too."""
+        if not distributed.is_main():
+            return
+        log_file = run_dir / "train.log" if run_dir is not None else None
+        if echo:
+            plog = ProgressLog("run", 0, log_file, bars=False)
+            for line in lines:
+                plog.note(line)
+        elif log_file is not None:
+            with open(log_file, "a") as f:
+                f.writelines(line + "\n" for line in lines)
+
     def _run(self, run_dir: Path | None, resume: bool, stop_after: int | None) -> RunResult | dict[str, Any]:
         cfg = self.cfg
         t0 = time.perf_counter()
+        if run_dir is not None:  # what ran, for a train.log read on its own
+            weights = self.inputs()["weights"]
+            self._log(run_dir, header_lines(environment(self.backbone), self.info(), weights, cfg.method.name))
         method = self.build()
         labels = torch.as_tensor(self.train_images.labels)
         initial_text = method.text_features().detach().cpu()
@@ -198,6 +216,10 @@ class Experiment:
         source = method.training_source(self.train_images, cfg.train.views, cfg.seed, self.cache)
         log: list[dict[str, Any]] = []
         if source is not None:
+            sample = [self.train_images.load(i).size for i in range(min(8, len(self.train_images)))]
+            small = small_image_warning(sample, cfg.train.crop_min, cfg.train.flip) if cfg.train.views > 0 else None
+            if small:
+                self._log(run_dir, [small], echo=True)
             eval_sets = self.eval_sets()
 
             def on_epoch_end(epoch: int) -> dict[str, Any]:
@@ -220,6 +242,7 @@ class Experiment:
         result.seconds = round(time.perf_counter() - t0, 2)
         if run_dir is not None and distributed.is_main():
             self.write(run_dir, method, initial_text, result, initial_new)
+            self._log(run_dir, [f"results ({result.seconds:.1f} s): {result.summary_line()}"])
         return result
 
     def evaluate_all(self, method: PromptMethod, initial_text: torch.Tensor | None = None, trained: bool = True,
@@ -247,7 +270,8 @@ class Experiment:
             method=cfg.method.name, npt=cfg.npt.enabled, dataset=self.dataset.name, model=cfg.run.model,
             pretrained=self.backbone.weights_id, protocol=cfg.data.protocol, seed=cfg.seed, shots=cfg.data.shots,
             imbalance=cfg.data.imbalance, train_counts=self.counts.tolist(), splits=splits, train=train_split,
-            targets=targets, fingerprint=cfg.fingerprint(), info=self.info())
+            targets=targets, fingerprint=cfg.fingerprint(), info=self.info(), config=cfg.to_dict(),
+            environment=environment(self.backbone))
 
     def info(self) -> dict[str, Any]:
         """results.json's ``info``: the model and weights that ran, class names of every split and group, sizes."""
