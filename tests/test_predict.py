@@ -150,3 +150,14 @@ def test_unfinished_run_is_refused(trained, tmp_path):
     (copy / "results.json").unlink()
     with pytest.raises(RunFolderError, match="no finished run"):
         ncprompt.load_run(copy)
+
+
+def test_zero_shot_run_predicts_and_takes_other_classes(trained, images, capsys):
+    """A zero-shot run has no prompt file: it is rebuilt from its templates and takes any class names."""
+    zs = trained.parent / "zs"
+    assert main(["zeroshot", "--model", "pocket", "--dataset", DATASET, "--max-test-per-class", "2",
+                 "--output", str(zs), "--cache-dir", str(trained.parent / "cache")]) == 0
+    run = ncprompt.load_run(zs)
+    assert len(run.classnames) == 10 and run.templates == ["{} emoji"]
+    assert run.for_classes(["red apple", "green apple"]).predict(images / "im0.png", top_k=1)[0].label in (
+        "red apple", "green apple")

@@ -206,7 +206,7 @@ class Experiment:
     def _run(self, run_dir: Path | None, resume: bool, stop_after: int | None) -> RunResult | dict[str, Any]:
         cfg = self.cfg
         t0 = time.perf_counter()
-        if run_dir is not None:  # what ran, for a train.log read on its own
+        if run_dir is not None and distributed.is_main():  # what ran, for a train.log read on its own
             weights = self.inputs()["weights"]
             self._log(run_dir, header_lines(environment(self.backbone), self.info(), weights, cfg.method.name))
         method = self.build()
