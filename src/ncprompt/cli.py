@@ -571,6 +571,9 @@ def default_threads(env: dict[str, str] | None = None, busy: float | None = None
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     a = p.parse_args(argv)
+    from ncprompt.engine.run_header import set_cli_args  # (stdlib only)
+
+    set_cli_args(sys.argv[1:] if argv is None else argv)
     if a.command in ("zeroshot", "train", "eval", "predict", "export", "demo", "protocol", "analyze"):  # computing
         default_threads()
     if getattr(a, "nproc", None) and a.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:

@@ -19,10 +19,19 @@ from typing import Any
 
 #: shorter image side (px) under which CoOp's photo crops are warned about
 SMALL_IMAGE_PX = 128
+#: the arguments the CLI parsed (``ncprompt.cli.main(argv)`` sets them; None: the process's own argv)
+_CLI_ARGS: dict[str, list[str] | None] = {"args": None}
+
+
+def set_cli_args(args: Sequence[str]) -> None:
+    """Record the arguments of the running ``ncprompt`` command (what :func:`command_line` reports)."""
+    _CLI_ARGS["args"] = list(args)
 
 
 def command_line(argv: Sequence[str] | None = None) -> str:
-    """The command as typed: ``ncprompt ...`` for the CLI (``python -m ncprompt`` included), else the argv."""
+    """The command as typed: ``ncprompt ARGS`` for the CLI (``python -m ncprompt`` included), else the argv."""
+    if argv is None and _CLI_ARGS["args"] is not None:
+        return shlex.join(["ncprompt", *_CLI_ARGS["args"]])
     argv = list(sys.argv if argv is None else argv)
     if not argv:
         return ""
