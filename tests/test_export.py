@@ -112,6 +112,17 @@ def test_image_side_prompts_export_says_load_run(exported, tmp_path, capsys):
     assert (via_export.labels, via_export.probs) == (direct.labels, direct.probs)
 
 
+def test_model_card_reads_as_a_hugging_face_card(exported):
+    """huggingface_hub parses the card (offline): the eval results of the front matter are the run's."""
+    hub = pytest.importorskip("huggingface_hub")
+    card = hub.ModelCard.load(exported[1] / "README.md")
+    res = json.loads((exported[0] / "results.json").read_text())
+    got = {r.dataset_name: r.metric_value for r in card.data.eval_results}
+    assert got == {f"{DATASET} (base classes)": round(res["base"]["top1"], 2),
+                   f"{DATASET} (new classes)": round(res["new"]["top1"], 2)}
+    assert {r.dataset_split for r in card.data.eval_results} == {"test"} and card.data.library_name == "open_clip"
+
+
 def test_export_refuses_a_used_folder(exported, tmp_path, capsys):
     (tmp_path / "other.txt").write_text("x")
     assert main(["export", str(exported[0]), "--output", str(tmp_path)]) == 2

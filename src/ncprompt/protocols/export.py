@@ -83,7 +83,7 @@ def _front_matter(meta: dict[str, Any], result: RunResult) -> str:
     name = f"{meta['method']['name']}{'+npt' if meta['npt']['enabled'] else ''}-{meta['dataset']}-seed{meta['seed']}"
     results = [{"task": {"type": "zero-shot-image-classification" if split == "new" else "image-classification"},
                 "dataset": {"name": f"{meta['dataset']} ({split} classes)" if split != "all" else meta["dataset"],
-                            "type": meta["dataset"]},
+                            "type": meta["dataset"], "split": "test"},
                 "metrics": [{"type": "accuracy", "value": round(float(acc), 2), "name": f"top-1 ({split})"}]}
                for split, acc in result.accuracies().items() if split != "hm"]
     card = {"library_name": "open_clip", "tags": ["clip", "prompt-tuning", "ncprompt", meta["method"]["name"]],
