@@ -128,3 +128,27 @@ def test_export_refuses_a_used_folder(exported, tmp_path, capsys):
     assert main(["export", str(exported[0]), "--output", str(tmp_path)]) == 2
     assert "holds other files" in capsys.readouterr().err
     assert main(["export", str(exported[0]), "--output", str(exported[0])]) == 2
+
+
+@pytest.mark.parametrize("method", [{"name": "linear_probe", "normalize": True}, {"name": "kgcoop", "n_ctx": 4}])
+def test_head_formula_is_the_methods_prediction(exported, tmp_path, method):
+    """logit_scale * normalise(f) @ weight.T + bias on the frozen image features gives the method's probabilities
+    (a linear probe: W, b and scale 1; a prompt method: its normalised text features)."""
+    import torch
+
+    protocol = "all" if method["name"] == "linear_probe" else "base2new"
+    cfg = RunConfig.from_dict({
+        "run": {"model": "pocket", "cache_dir": str(exported[0].parent / "cache")},
+        "data": {"dataset": DATASET, "protocol": protocol, "shots": 2, "max_test_per_class": 2},
+        "method": method, "train": {"epochs": 1, "views": 1}})
+    run_experiment(cfg, tmp_path / "run")
+    assert main(["export", str(tmp_path / "run"), "--output", str(tmp_path / "exp")]) == 0
+    from safetensors.torch import load_file
+
+    head = load_file(str(tmp_path / "exp" / "head.safetensors"))
+    run = ncprompt.load_run(tmp_path / "run")
+    images = Experiment(cfg).eval_sets()["all" if protocol == "all" else "base"].images
+    f = torch.nn.functional.normalize(run.method.image_features(images), dim=-1)
+    probs = (head["logit_scale"] * f @ head["weight"].T + head["bias"]).softmax(-1)
+    # the same fp32 features; the method computes its logits in another order of operations: close, not equal
+    torch.testing.assert_close(probs, run.probabilities(images), atol=1e-5, rtol=0)

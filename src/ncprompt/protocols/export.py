@@ -5,8 +5,9 @@ The folder holds
 
 * ``head.safetensors``: the classifier as plain tensors, logits = logit_scale * normalise(f) @ weight.T + bias on
   the frozen open_clip image features f (weight: the L2-normalised class text features (K, E), bias (K,): zeros
-  for prompt methods, logit_scale (): CLIP's s), with the class names in the file's metadata; written when the
-  method has such a fixed head (text-side prompts, zero-shot, a linear probe on normalised features);
+  for prompt methods, logit_scale (): CLIP's s; a linear probe: W, b, 1), with the class names in the file's
+  metadata; written when the method has such a fixed head (text-side prompts, zero-shot, a linear probe with
+  ``normalize: true``);
 * ``ncprompt_head.json``: the open_clip model name and pretrained tag (or the weights' file name and content
   digest), the preprocessing, the method's and NPT's settings, the class names and templates, and whether plain
   open_clip can run the head (and if not, why and how ``ncprompt.load_run`` does);
@@ -48,10 +49,11 @@ def _open_clip_source(run: TrainedRun) -> dict[str, Any]:
 def _limits(run: TrainedRun, head: bool) -> str | None:
     """Why plain open_clip cannot reproduce the run's predictions (None when it can)."""
     if not head:
-        return (f"{run.method.name} does not classify with a fixed head on the frozen image tower (its image "
-                "features come from a prompted image tower, or its context depends on each image), so plain "
-                "open_clip cannot run it; ncprompt.load_run(this folder).predict(images) rebuilds the model, "
-                "loads prompt.safetensors and runs the prompted towers")
+        return (f"{run.method.name} does not classify with a fixed head on the frozen image tower's normalised "
+                "features (its image features come from a prompted image tower, its context depends on each image, "
+                "or it is a probe on raw features), so plain open_clip cannot run it; "
+                "ncprompt.load_run(this folder).predict(images) rebuilds the model, loads prompt.safetensors and "
+                "runs the method as trained")
     if run.backbone.random_weights:
         return ("the run used random weights (no pretrained tag or file), which plain open_clip does not redraw; "
                 "ncprompt.load_run(this folder) redraws them from the run's seed and checks their digest")
