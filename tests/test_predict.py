@@ -161,3 +161,16 @@ def test_zero_shot_run_predicts_and_takes_other_classes(trained, images, capsys)
     assert len(run.classnames) == 10 and run.templates == ["{} emoji"]
     assert run.for_classes(["red apple", "green apple"]).predict(images / "im0.png", top_k=1)[0].label in (
         "red apple", "green apple")
+
+
+def test_classes_file_and_output_formats(tmp_path):
+    from ncprompt.protocols.predict import Prediction, format_predictions, read_classes
+
+    f = tmp_path / "names.txt"
+    f.write_text("red apple\n\n green apple \n")
+    assert read_classes([str(f)]) == ["red apple", "green apple"]
+    assert read_classes(["a", "b"]) == ["a", "b"]
+    preds = [Prediction("x.png", ["a", "b"], [0.75, 0.25])]
+    assert format_predictions(preds, "csv", 2) == "path,label_1,prob_1,label_2,prob_2\nx.png,a,0.750000,b,0.250000\n"
+    assert json.loads(format_predictions(preds, "json", 2)) == [
+        {"path": "x.png", "predictions": [{"label": "a", "prob": 0.75}, {"label": "b", "prob": 0.25}]}]
