@@ -195,7 +195,7 @@ def test_two_rank_checkpoint_resumes_on_one_rank(two_ranks, backbone, tmp_path):
     full, fsrc, fy, fcfg, freg = coop_case(backbone)
     train(full, fsrc, fy, fcfg, regularizer=freg)
     torch.testing.assert_close(m.prompt_learner.ctx, full.prompt_learner.ctx, atol=ATOL, rtol=0)
-    assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]
+    assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
 
 
 def test_sharded_encoding_and_cache_build_equal_one_process(two_ranks, backbone):

@@ -51,7 +51,7 @@ def test_diverging_run_stops_keeps_last_good_checkpoint_and_writes_no_nan(setup,
     kept = load_checkpoint(run)
     assert kept["epoch"] == 0 and all(torch.equal(kept["prompt"][k], v) for k, v in good["prompt"].items())
     log = read_jsonl(run / "metrics.jsonl")
-    assert [r["epoch"] for r in log] == [0] and all(math.isfinite(r["loss"]) for r in log)
+    assert [r["epoch"] for r in log] == [1] and all(math.isfinite(r["loss"]) for r in log)
     assert "NaN" not in (run / "metrics.jsonl").read_text() and "Infinity" not in (run / "metrics.jsonl").read_text()
 
 
@@ -90,8 +90,9 @@ def _edit_state(state_file, fn):
 
 
 @pytest.mark.parametrize("edit, match", [
-    (lambda s: s.update(epoch="1"), r"'epoch' must be an integer >= 0, got '1'"),
-    (lambda s: s.update(epoch=-3), r"'epoch' must be an integer >= 0"),
+    (lambda s: s.update(epoch="1"), r"'epoch' must be an integer >= 1, got '1'"),
+    (lambda s: s.update(epoch=0), r"'epoch' must be an integer >= 1"),  # counted from 1
+    (lambda s: s.update(epoch=-3, counted_from=None), r"'epoch' must be an integer >= 0"),  # an earlier version's
     (lambda s: s["files"].update(prompt="../../../outside.safetensors"), r"files.prompt = '../../../outside"),
     (lambda s: s["files"].update(optim="/etc/passwd"), r"files.optim = '/etc/passwd' is not a checkpoint file"),
     (lambda s: s.update(files=["prompt-e1.safetensors"]), r"'files' must name the prompt, optim, extra files"),
@@ -120,10 +121,10 @@ def test_damaged_checkpoint_files_are_refused(setup, two_epochs, tmp_path):
         train(method(), source, labels, _cfg(), run)
     state_file.write_text(good_state)
     ck = run / "checkpoint"
-    optim = ck / "optim-e1.safetensors"
+    optim = ck / "optim-e2.safetensors"
     good = load_file(str(optim))
     optim.write_bytes(optim.read_bytes()[:40])  # truncated
-    with pytest.raises(CheckpointError, match="optim-e1.safetensors is damaged"):
+    with pytest.raises(CheckpointError, match="optim-e2.safetensors is damaged"):
         train(method(), source, labels, _cfg(), run)
     save_file({k: torch.zeros(3, 3) for k in good}, str(optim))  # momentum of the wrong shape
     with pytest.raises(CheckpointError, match=r"'0.momentum_buffer' has shape \(3, 3\)"):
@@ -132,10 +133,10 @@ def test_damaged_checkpoint_files_are_refused(setup, two_epochs, tmp_path):
     with pytest.raises(CheckpointError, match="holds NaN/inf"):
         train(method(), source, labels, _cfg(), run)
     save_file(good, str(optim))
-    prompt = ck / "prompt-e1.safetensors"
+    prompt = ck / "prompt-e2.safetensors"
     p = load_file(str(prompt))
     save_file({k: torch.full_like(v, float("nan")) for k, v in p.items()}, str(prompt))
-    with pytest.raises(CheckpointError, match=r"prompt-e1.safetensors holds NaN/inf"):
+    with pytest.raises(CheckpointError, match=r"prompt-e2.safetensors holds NaN/inf"):
         train(method(), source, labels, _cfg(), run)
     save_file(p, str(prompt))
     assert len(train(method(), source, labels, _cfg(), run)) == 3  # repaired: resumes and finishes

@@ -5,6 +5,7 @@ Public API (loaded on first use, PEP 562, so ``import ncprompt`` stays light)::
     from ncprompt import RunConfig, run_experiment, load_backbone, build_method
     cfg = RunConfig.from_dict({"method": {"name": "coop", "n_ctx": 4}, "data": {"dataset": "fashion_mnist"}})
     result = run_experiment(cfg, "runs/coop")        # RunResult; result.accuracies()
+    run = load_run("runs/coop")                       # the trained classifier: run.predict(["a.png"], top_k=3)
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ _NAMES: dict[str, str] = {
     "run_experiment": "ncprompt.protocols.experiment", "Experiment": "ncprompt.protocols.experiment",
     "RunResult": "ncprompt.engine.results", "SplitResult": "ncprompt.engine.results",
     "read_results": "ncprompt.engine.results",
+    "load_run": "ncprompt.protocols.predict", "TrainedRun": "ncprompt.protocols.predict",
     "NPTRegularizer": "ncprompt.collapse.regularizers", "NCAccumulator": "ncprompt.metrics.neural_collapse",
 }
 

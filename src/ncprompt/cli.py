@@ -87,8 +87,10 @@ def _flag(section: str, key: str, field: Any, default: Any, taken: set[str], hel
         kind = "false" if default else "true"
         name = f"no-{name}" if default else name
         desc = f"{'turn off: ' if default else ''}{desc}"
-    elif kind == "bool":
+    elif kind == "bool":  # a renamed switch (--no-cache, --npt): its help says what the flag does
         kind = "false" if default else "true"
+        off = (field.json_schema_extra or {}).get("off_help") if isinstance(field.json_schema_extra, dict) else None
+        desc = (off or f"turn off: {desc}") if default else desc
     if name in taken:
         name = f"{section}-{name}"
     taken.add(name)
@@ -97,15 +99,17 @@ def _flag(section: str, key: str, field: Any, default: Any, taken: set[str], hel
                 f"{desc} [{section}.{key}; {help_default}]", choices)
 
 
-def run_flags(skip: set[tuple[str, str]] = frozenset()) -> list[Flag]:  # type: ignore[assignment]
-    """One flag per field of the run/data/train/npt sections."""
+def run_flags(skip: set[tuple[str, str]] = frozenset(),  # type: ignore[assignment]
+              defaults: dict[tuple[str, str], Any] | None = None) -> list[Flag]:
+    """One flag per field of the run/data/train/npt sections; ``defaults``: a command's own defaults (shown in
+    the help instead of the field's)."""
     taken: set[str] = set()
     out = []
     for section, model in SECTIONS.items():
         for key, field in model.model_fields.items():
             if (section, key) in skip:
                 continue
-            default = field.get_default(call_default_factory=True)
+            default = (defaults or {}).get((section, key), field.get_default(call_default_factory=True))
             f = _flag(section, key, field, default, taken, f"default {default!r}")
             if f is not None:
                 out.append(f)
@@ -350,6 +354,9 @@ EPILOG = ("Any config key can also be set with --set KEY=VALUE (e.g. --set train
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="ncprompt", description=__doc__.split("\n\n")[0],
                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    from ncprompt import __version__
+
+    p.add_argument("--version", action="version", version=f"ncprompt {__version__}")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", "--debug", dest="debug", action="store_true",
                    help="log details and show the traceback of an error")
@@ -401,6 +408,25 @@ def build_parser() -> argparse.ArgumentParser:
     add_nproc_flag(s)
     s.set_defaults(func=cmd_eval)
 
+    s = sub.add_parser("predict", help="label images (files, folders, CSVs of paths) with a trained run")
+    s.add_argument("run_dir", help="the --output folder of a finished `ncprompt train`")
+    s.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (searched recursively), CSV files "
+                   "of path[,label] rows")
+    s.add_argument("--top-k", type=int, default=5, help="classes reported per image [default 5]")
+    s.add_argument("--classes", nargs="+", metavar="NAME", help="predict over these class names (or one text file "
+                   "of names) instead of the run's; methods with one shared context only")
+    s.add_argument("--output", help="write the predictions to this file [default: stdout]")
+    s.add_argument("--format", choices=["csv", "json"], help="[default: json for an --output ending in .json, "
+                   "else csv]")
+    s.add_argument("--device", help="[default: the run's run.device]")
+    s.set_defaults(func=lambda a: _call("ncprompt.protocols.predict", "cmd_predict", a))
+
+    s = sub.add_parser("export", help="a trained run as a shareable folder: classifier head, settings, model card")
+    s.add_argument("run_dir", help="the --output folder of a finished `ncprompt train`")
+    s.add_argument("--output", required=True, help="the export folder (new or empty)")
+    s.add_argument("--device", help="[default: the run's run.device]")
+    s.set_defaults(func=lambda a: _call("ncprompt.protocols.export", "cmd_export", a))
+
     s = sub.add_parser("demo", help="the main job: zero-shot, CoOp, CoOp+NPT on the pocket suite (base-to-new)")
     s.add_argument("--output", default="outputs/demo", help="grid folder [default outputs/demo]")
     s.add_argument("--datasets", nargs="+", help="pocket datasets (default: the demo suite)")
@@ -422,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-resume", action="store_true", help="start every cell over (even with other settings)")
     add_layer_flags(s)
     skip = {("run", "output"), ("data", "dataset"), ("data", "shots"), ("train", "seed"), ("npt", "enabled")}
-    add_config_flags(s, [f for f in run_flags(skip)], "base run options (every cell)")
+    add_config_flags(s, run_flags(skip, {("data", "protocol"): "base2new"}), "base run options (every cell)")
     s.set_defaults(func=cmd_protocol, protocol_defaults={"data": {"protocol": "base2new"}})
 
     s = sub.add_parser("analyze", help="NC report (JSON + markdown) and plots of run folders")
@@ -575,7 +601,10 @@ def one_line_warnings() -> None:
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     a = p.parse_args(argv)
-    if a.command in ("zeroshot", "train", "eval", "demo", "protocol", "analyze"):  # the commands that compute
+    from ncprompt.engine.run_header import set_cli_args  # (stdlib only)
+
+    set_cli_args(sys.argv[1:] if argv is None else argv)
+    if a.command in ("zeroshot", "train", "eval", "predict", "export", "demo", "protocol", "analyze"):  # computing
         pin_threads(a)
         default_threads()
     if getattr(a, "nproc", None) and a.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:

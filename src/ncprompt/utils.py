@@ -236,11 +236,54 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-_PROGRESS = {"enabled": sys.stderr.isatty()}
+#: bars: tqdm bars (stderr is a terminal); lines: occasional progress lines instead where it is not (logs)
+_PROGRESS = {"enabled": sys.stderr.isatty(), "lines": True}
 
 
 def set_progress(enabled: bool) -> None:
-    _PROGRESS["enabled"] = enabled
+    """Bars (on a terminal) and progress lines (elsewhere) on or off (``--no-progress``)."""
+    _PROGRESS["enabled"] = enabled and sys.stderr.isatty()
+    _PROGRESS["lines"] = enabled
+
+
+def set_progress_lines(enabled: bool) -> bool:
+    """Turn the non-terminal progress lines on or off (a grid's runs stay quiet); returns the previous state."""
+    old = bool(_PROGRESS["lines"])
+    _PROGRESS["lines"] = enabled
+    return old
+
+
+class LineProgress:
+    """Progress for logs, where a bar cannot be drawn: a line on stderr once ``first_s`` seconds have passed,
+    then every ``every_s`` seconds, and a last line at :meth:`close` when any was shown (a fast job says
+    nothing). The part of tqdm's interface that :func:`progress` users call: ``update``, ``close``."""
+
+    first_s = 10.0
+    every_s = 30.0
+
+    def __init__(self, total: int | None, desc: str, unit: str) -> None:
+        self.total, self.desc, self.unit = total, desc or "progress", unit
+        self.n = 0
+        self.t0 = self.last = time.monotonic()
+        self.shown = False
+
+    def _line(self, now: float) -> None:
+        rate = self.n / max(now - self.t0, 1e-9)
+        of = f"/{self.total} ({100.0 * self.n / self.total:.0f}%)" if self.total else ""
+        print(f"{time.strftime('%H:%M:%S')} [{self.desc}] {self.n}{of} {self.unit}, {rate:.1f} {self.unit}/s",
+              file=sys.stderr, flush=True)
+        self.last, self.shown = now, True
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = time.monotonic()
+        if now - self.last >= (self.every_s if self.shown else self.first_s):
+            self._line(now)
+
+    def close(self) -> None:
+        if self.shown:
+            self._line(time.monotonic())
+            self.shown = False
 
 
 def progress_enabled() -> bool:
@@ -249,7 +292,10 @@ def progress_enabled() -> bool:
 
 
 def progress(total: int | None = None, desc: str = "", unit: str = "it", **kw: Any) -> Any:
-    """A tqdm bar on stderr (disabled when stderr is not a terminal, or by ``set_progress(False)``)."""
+    """A tqdm bar on stderr when it is a terminal; elsewhere (logs) a :class:`LineProgress` of occasional lines;
+    neither after ``set_progress(False)``."""
     from tqdm.auto import tqdm
 
+    if not _PROGRESS["enabled"] and _PROGRESS["lines"]:
+        return LineProgress(total, desc, unit)
     return tqdm(total=total, desc=desc, unit=unit, disable=not _PROGRESS["enabled"], leave=False, **kw)

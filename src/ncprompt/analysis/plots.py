@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ncprompt.analysis.names import display_name, is_zero_shot, method_order
+from ncprompt.engine.progress import epoch_number
 
 #: Okabe & Ito (2008), safe for the common colour-vision deficiencies
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000", "#F0E442"]
@@ -259,7 +260,7 @@ def training_curves_plot(log: list[dict[str, Any]], path: str | Path, title: str
     plt = _plt()
     from matplotlib.ticker import MaxNLocator
 
-    ep = [r["epoch"] + 1 for r in log]
+    ep = [epoch_number(r) for r in log]
     series = [r for r in log if r.get("nc_train")]
     moving, flat = moving_metrics(log)
     npt = [k for k in ("npt_lc", "npt_mi", "npt_img_anchor", "npt") if any(k in r for r in log)]
@@ -294,7 +295,7 @@ def training_curves_plot(log: list[dict[str, Any]], path: str | Path, title: str
         names = {"npt_lc": "LC (language collapse)", "npt_mi": "MI (modality isomorphism)",
                  "npt_img_anchor": "image anchor", "npt": "weighted sum λ·terms"}
         for i, k in enumerate(npt):
-            pts = [(r["epoch"] + 1, r[k]) for r in log if r.get(k) is not None]
+            pts = [(epoch_number(r), r[k]) for r in log if r.get(k) is not None]
             if pts:
                 x, y = zip(*pts)
                 ax.plot(x, y, color=MARKER_COLOURS[(i + 3) % 7], ls=":" if k == "npt" else "-", label=names[k],
@@ -306,7 +307,7 @@ def training_curves_plot(log: list[dict[str, Any]], path: str | Path, title: str
     ax = next(panels)
     acc_keys = ["train_acc"] + sorted({k for r in log for k in r if k.endswith("_acc") and k != "train_acc"})
     for i, k in enumerate(acc_keys):
-        pts = [(r["epoch"] + 1, r[k]) for r in log if r.get(k) is not None]
+        pts = [(epoch_number(r), r[k]) for r in log if r.get(k) is not None]
         if pts:
             x, y = zip(*pts)
             ax.plot(x, y, marker="." if len(pts) < 30 else None, color=MARKER_COLOURS[(i + 1) % 7],
@@ -316,7 +317,7 @@ def training_curves_plot(log: list[dict[str, Any]], path: str | Path, title: str
     ax.set_title(f"({next(letters)}) accuracy (higher is better)", fontsize=9)
     ax.legend(fontsize=7, frameon=False)
     for i, (ax, k) in enumerate(zip(panels, moving)):
-        ax.plot([r["epoch"] + 1 for r in series], [r["nc_train"].get(k, np.nan) for r in series],
+        ax.plot([epoch_number(r) for r in series], [r["nc_train"].get(k, np.nan) for r in series],
                 color=MARKER_COLOURS[(i + 3) % 7], marker="." if len(series) < 30 else None)
         ax.set_title(f"({next(letters)}) {nc_label(k)}", fontsize=8)
         ax.set_xlabel("epoch")

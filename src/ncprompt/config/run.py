@@ -28,9 +28,11 @@ class RunSection(ConfigModel):
     device: str | None = Field(None, description="cpu, cuda, cuda:1 ... (default: cuda if available)")
     precision: Literal["fp32", "bf16", "fp16"] | None = Field(None, description="autocast precision (default fp32)")
     output: str | None = Field(None, description="run folder (config, metrics.jsonl, checkpoints, results.json)")
-    cache_dir: str | None = Field(None, description="feature cache folder (default ~/.cache/ncprompt or "
-                                  "$NCPROMPT_CACHE)")
-    use_cache: bool = Field(True, description="read and write the feature cache")
+    cache_dir: str | None = Field(None, description="feature cache folder (default $NCPROMPT_CACHE, else "
+                                  "$XDG_CACHE_HOME/ncprompt, else ~/.cache/ncprompt)")
+    use_cache: bool = Field(True, description="read and write the feature cache",
+                            json_schema_extra={"off_help": "neither read nor write the feature cache (features are "
+                                                           "computed in RAM each time)"})
     diagnostics: bool = Field(True, description="neural-collapse metrics per epoch and at the end")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: $OMP_NUM_THREADS, else "
                                 "the cores other processes leave idle); pin it for bit-identical reruns")

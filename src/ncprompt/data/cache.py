@@ -56,8 +56,13 @@ class ImageEncoder(Protocol):
     def encode_images(self, images: torch.Tensor) -> torch.Tensor: ...
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("NCPROMPT_CACHE", Path.home() / ".cache" / "ncprompt"))
+def default_cache_dir(env: dict[str, str] | None = None) -> Path:
+    """``$NCPROMPT_CACHE``, else ``$XDG_CACHE_HOME/ncprompt``, else ``~/.cache/ncprompt`` (empty values unset)."""
+    env = os.environ if env is None else env
+    if env.get("NCPROMPT_CACHE"):
+        return Path(env["NCPROMPT_CACHE"]).expanduser()
+    xdg = env.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "ncprompt"
 
 
 def default_shard_rows(views: int, embed_dim: int = 512) -> int:
@@ -68,7 +73,8 @@ class FeatureCache:
     """A folder of feature stores (one sub-folder per key), keyed by content.
 
     Args:
-        root: the cache folder (default ``$NCPROMPT_CACHE`` or ``~/.cache/ncprompt``).
+        root: the cache folder (default :func:`default_cache_dir`: ``$NCPROMPT_CACHE``, ``$XDG_CACHE_HOME/ncprompt``
+            or ``~/.cache/ncprompt``).
         enabled: False computes features in RAM and neither reads nor writes the folder.
         workers: DataLoader worker processes that decode and augment images (0: this process);
             the features do not depend on it.

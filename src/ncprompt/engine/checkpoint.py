@@ -1,9 +1,11 @@
 """Resumable checkpoints in safetensors, written atomically, read back defensively.
 
-A checkpoint of epoch e is ``prompt-e{e}.safetensors`` (learned prompt tensors),
-``optim-e{e}.safetensors`` (optimizer state, flattened), ``extra-e{e}.safetensors`` (buffers such
-as NPT's running image means), then ``state.json`` naming them, written last: a run killed at any
-point resumes from the last complete epoch. Older epoch files are removed after ``state.json``.
+Epochs are counted from 1: the checkpoint after the n-th epoch is ``prompt-e{n}.safetensors`` (learned
+prompt tensors), ``optim-e{n}.safetensors`` (optimizer state, flattened), ``extra-e{n}.safetensors`` (buffers
+such as NPT's running image means), then ``state.json`` (``"epoch": n, "counted_from": 1``) naming them,
+written last: a run killed at any point resumes from the last complete epoch. Older epoch files are removed
+after ``state.json``. A checkpoint of an earlier version (no ``counted_from``: ``"epoch"`` was the 0-based
+index, files named by it) is still read and resumed.
 
 Reading validates everything a damaged or edited folder could get wrong (JSON types, file names
 that must stay inside ``checkpoint/``, tensor names and shapes, non-finite values) and raises a
@@ -110,12 +112,13 @@ def save_checkpoint(run_dir: Path, epoch: int, prompt: dict[str, torch.Tensor], 
     if nonfinite:
         raise CheckpointError(f"refusing to checkpoint epoch {epoch + 1}: prompt tensors {nonfinite} hold NaN/inf "
                               f"(training diverged; lower --lr); the previous checkpoint in {ck} is kept")
-    names = {kind: f"{kind}-e{epoch}.safetensors" for kind in KINDS}
+    names = {kind: f"{kind}-e{epoch + 1}.safetensors" for kind in KINDS}  # the 50th epoch: -e50
     o_tensors, o_scalars = optimizer_tensors(opt)
     save_safetensors(ck / names["prompt"], prompt)
     save_safetensors(ck / names["optim"], o_tensors)
     save_safetensors(ck / names["extra"], dict(extra or {}))
-    write_json(ck / "state.json", {"epoch": epoch, "files": names, "optimizer": o_scalars, **(info or {})})
+    write_json(ck / "state.json", {"epoch": epoch + 1, "counted_from": 1, "files": names, "optimizer": o_scalars,
+                                   **(info or {})})
     for f in ck.glob("*-e*.safetensors"):
         if f.name not in names.values():
             f.unlink(missing_ok=True)
@@ -130,8 +133,9 @@ def _read_state(state_file: Path) -> dict[str, Any]:
     if not isinstance(state, dict):
         raise CheckpointError(f"{state_file} is not a JSON object; {_fix(ck)}")
     epoch, files, optim = state.get("epoch"), state.get("files"), state.get("optimizer")
-    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
-        raise CheckpointError(f"{state_file}: 'epoch' must be an integer >= 0, got {epoch!r}; {_fix(ck)}")
+    first = 1 if state.get("counted_from") == 1 else 0  # 0: an earlier version's 0-based epoch index
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < first:
+        raise CheckpointError(f"{state_file}: 'epoch' must be an integer >= {first}, got {epoch!r}; {_fix(ck)}")
     if not isinstance(files, dict) or sorted(files) != sorted(KINDS):
         raise CheckpointError(f"{state_file}: 'files' must name the {', '.join(KINDS)} files; {_fix(ck)}")
     for kind, name in files.items():
@@ -154,22 +158,24 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_checkpoint(run_dir: Path, epochs: int | None = None) -> dict[str, Any] | None:
-    """The last complete checkpoint: {epoch, prompt, optim, optim_scalars, extra, state}, or None.
+    """The last complete checkpoint: {epoch (0-based index of the last finished epoch), epochs_done, prompt, optim,
+    optim_scalars, extra, state}, or None. Reads the 1-based layout and that of earlier versions (0-based).
     ``epochs``: the run's train.epochs; a checkpoint past them (edited, or of another run) is refused."""
     ck = run_dir / "checkpoint"
     state_file = ck / "state.json"
     if not state_file.is_file():
         return None
     state = _read_state(state_file)
-    if epochs is not None and state["epoch"] >= epochs:
-        raise CheckpointError(f"{state_file}: epoch {state['epoch'] + 1} is past this run's {epochs} epochs "
+    index = state["epoch"] - (1 if state.get("counted_from") == 1 else 0)
+    if epochs is not None and index >= epochs:
+        raise CheckpointError(f"{state_file}: epoch {index + 1} is past this run's {epochs} epochs "
                               f"(train.epochs), so it is not this run's checkpoint; {_fix(ck)}")
     out = {kind: _load_tensors(ck / state["files"][kind]) for kind in KINDS}
     for kind in ("prompt", "extra"):
         bad = sorted(k for k, v in out[kind].items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
         if bad:
             raise CheckpointError(f"checkpoint {ck / state['files'][kind]} holds NaN/inf in {bad}; {_fix(ck)}")
-    return {"epoch": state["epoch"], "prompt": out["prompt"], "optim": out["optim"],
+    return {"epoch": index, "epochs_done": index + 1, "prompt": out["prompt"], "optim": out["optim"],
             "optim_scalars": state["optimizer"], "extra": out["extra"], "state": state}
 
 

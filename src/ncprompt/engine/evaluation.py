@@ -17,7 +17,7 @@ from ncprompt.data.cache import FeatureCache
 from ncprompt.engine import distributed
 from ncprompt.engine.results import SplitResult
 from ncprompt.methods.base import PromptMethod
-from ncprompt.metrics.classification import classification_report
+from ncprompt.metrics.classification import classification_report, named_confusion
 from ncprompt.metrics.neural_collapse import NCAccumulator
 
 
@@ -75,7 +75,8 @@ def evaluate_features(method: PromptMethod, features: torch.Tensor, labels: torc
     preds, text = predict(method, features)
     rep = classification_report(labels.numpy(), preds, len(classnames), groups)
     res = SplitResult(top1=rep["top1"], mean_per_class=rep["mean_per_class"], macro_f1=rep["macro_f1"],
-                      per_class=rep["per_class"], n=rep["n"], classnames=list(classnames), groups=rep.get("groups"))
+                      per_class=rep["per_class"], n=rep["n"], classnames=list(classnames), groups=rep.get("groups"),
+                      confusion=named_confusion(rep["confusion"], list(classnames)))
     if diagnostics:
         res.nc = nc_diagnostics(features, labels, text, preds, reference_means=train_means)
         if initial_text is not None:

@@ -29,12 +29,16 @@ _ECHO = {"on": True}
 def quiet() -> Iterator[None]:
     """Within this block progress goes to log files only (no bars, no stderr lines): the runs of
     a grid, whose own progress is one line per run."""
+    from ncprompt.utils import set_progress_lines
+
     old = _ECHO["on"]
     _ECHO["on"] = False
+    old_lines = set_progress_lines(False)  # nor the feature extraction's progress lines
     try:
         yield
     finally:
         _ECHO["on"] = old
+        set_progress_lines(old_lines)
 
 
 def format_duration(seconds: float) -> str:
@@ -51,9 +55,15 @@ def format_duration(seconds: float) -> str:
     return f"{s // 3600}h{(s % 3600) // 60:02d}m"
 
 
+def epoch_number(record: dict[str, Any]) -> int:
+    """The epoch of a metrics.jsonl record counted from 1: its ``epoch`` (records that carry ``epochs``), or
+    ``epoch + 1`` for the 0-based records of earlier versions."""
+    return int(record["epoch"]) if "epochs" in record else int(record["epoch"]) + 1
+
+
 def epoch_line(record: dict[str, Any], epochs: int) -> str:
     """One epoch of a training log as a line: epoch, loss, lr, accuracies, s/epoch."""
-    parts = [f"epoch {record['epoch'] + 1}/{epochs}", f"loss {record['loss']:.4f}", f"lr {record['lr']:.2e}"]
+    parts = [f"epoch {epoch_number(record)}/{epochs}", f"loss {record['loss']:.4f}", f"lr {record['lr']:.2e}"]
     if "train_acc" in record:
         parts.append(f"train acc {record['train_acc']:.1f}")
     parts += [f"{k.removesuffix('_acc')} acc {v:.1f}" for k, v in record.items()

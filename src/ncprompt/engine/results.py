@@ -35,6 +35,8 @@ class SplitResult:
     nc: dict[str, float] = field(default_factory=dict)
     #: training split only: NC of the initial (untrained) prompts' text features
     nc_initial_text: dict[str, float] | None = None
+    #: {true class: {predicted class: count}} (non-zero counts; absent in results of earlier versions)
+    confusion: dict[str, dict[str, int]] | None = None
 
     def per_class_named(self) -> dict[str, float | None]:
         """{class name: accuracy %} (class index names when the names are unknown)."""
@@ -42,7 +44,12 @@ class SplitResult:
         return dict(zip(names, self.per_class))
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        """The JSON layout: the fields (``per_class`` a list, as earlier versions read it) and
+        ``per_class_by_name`` ({class name: accuracy %}; written only, never read back)."""
+        d = {k: v for k, v in asdict(self).items() if v is not None}
+        if self.classnames:
+            d["per_class_by_name"] = self.per_class_named()
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SplitResult:
@@ -73,6 +80,10 @@ class RunResult:
     fingerprint: str | None = None
     #: model/weights that ran, class names of base/new and head/middle/tail, split sizes (engine.run_info)
     info: dict[str, Any] | None = None
+    #: the full resolved config (RunConfig.to_dict) of the run
+    config: dict[str, Any] | None = None
+    #: versions (ncprompt, torch, open_clip, python), the command, device, dtype, threads (engine.run_header)
+    environment: dict[str, Any] | None = None
 
     @property
     def label(self) -> str:

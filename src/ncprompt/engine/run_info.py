@@ -62,8 +62,10 @@ def run_info(backbone: Any, classnames: Sequence[str], *, requested_model: str |
              base: np.ndarray | None = None, new: np.ndarray | None = None, counts: np.ndarray | None = None,
              groups: dict[str, np.ndarray] | None = None, train_n: int = 0, test_sizes: dict[str, int] | None = None,
              target_sizes: dict[str, int] | None = None, dataset_name: str | None = None,
-             dataset_kind: str | None = None, root: str | None = None) -> dict[str, Any]:
-    """The ``info`` entry of results.json (see the module docstring)."""
+             dataset_kind: str | None = None, root: str | None = None,
+             templates: Sequence[str] | None = None) -> dict[str, Any]:
+    """The ``info`` entry of results.json (see the module docstring); ``templates``: the dataset's prompt
+    templates (the hand-written prompts the method was built with, read back by ``load_run``)."""
     info: dict[str, Any] = {
         "model": model_info(backbone, requested_model),
         "dataset": {k: v for k, v in (("name", dataset_name), ("kind", dataset_kind), ("root", root)) if v},
@@ -71,6 +73,8 @@ def run_info(backbone: Any, classnames: Sequence[str], *, requested_model: str |
         "sizes": split_sizes(train_n, test_sizes or {}, target_sizes),
         "numerics": numerics_info(),
     }
+    if templates is not None:
+        info["templates"] = list(templates)
     return info
 
 

@@ -28,7 +28,7 @@ from ncprompt.config.run import TrainConfig  # the typed config tree
 from ncprompt.data.cache import FeatureSource
 from ncprompt.engine import distributed
 from ncprompt.engine.checkpoint import load_checkpoint, restore_optimizer, save_checkpoint
-from ncprompt.engine.progress import ProgressLog, epoch_line
+from ncprompt.engine.progress import ProgressLog, epoch_line, epoch_number
 from ncprompt.methods.base import MethodOutput, PromptMethod
 from ncprompt.utils import (
     append_jsonl,
@@ -107,19 +107,21 @@ def few_steps_warning(n: int, cfg: TrainConfig) -> str | None:
             f"lower --batch-size (>= {FEW_STEPS} steps recommended)")
 
 
-def resumed_log(records: list[dict[str, Any]], start: int, notes: list[str]) -> list[dict[str, Any]]:
-    """The metrics records of epochs 0 .. ``start`` - 1 that a checkpoint of ``start`` epochs continues (the
-    last record of an epoch written twice); appends a warning to ``notes`` when some are missing (lost or
-    edited): the run goes on, and the number of epochs run comes from the checkpoint, not from the log."""
-    by_epoch = {r["epoch"]: r for r in records
-                if isinstance(r.get("epoch"), int) and not isinstance(r["epoch"], bool) and 0 <= r["epoch"] < start}
-    missing = [e + 1 for e in range(start) if e not in by_epoch]
+def resumed_log(records: list[dict[str, Any]], start: int, epochs: int, notes: list[str]) -> list[dict[str, Any]]:
+    """The metrics records of epochs 1 .. ``start`` that a checkpoint of ``start`` epochs continues (counted from
+    1, :func:`~ncprompt.engine.progress.epoch_number`; the last record of an epoch written twice); appends a
+    warning to ``notes`` when some are missing (lost or edited): the run goes on, and the number of epochs run
+    comes from the checkpoint, not from the log."""
+    by_epoch = {epoch_number(r): r for r in records
+                if isinstance(r.get("epoch"), int) and not isinstance(r["epoch"], bool)
+                and 1 <= epoch_number(r) <= start}
+    missing = [e for e in range(1, start + 1) if e not in by_epoch]
     if missing:
         shown = ", ".join(map(str, missing[:8])) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
         notes.append(f"warning: metrics.jsonl lacks the record of epoch(s) {shown} of the {start} epochs the "
                      "checkpoint holds (lost or edited); training goes on from the checkpoint and the log keeps "
                      "the gap")
-    return [by_epoch[e] for e in sorted(by_epoch)]
+    return [{**by_epoch[e], "epoch": e, "epochs": epochs} for e in sorted(by_epoch)]
 
 
 def train_step(method: PromptMethod, inputs: torch.Tensor, labels: torch.Tensor, opt: torch.optim.Optimizer,
@@ -224,8 +226,9 @@ def train(
             restore_optimizer(opt, ck["optim"], ck["optim_scalars"], where=run_dir / "checkpoint")
             if regularizer is not None and ck["extra"]:
                 regularizer.load_state_dict({**regularizer.state_dict(), **ck["extra"]})
-            start = ck["epoch"] + 1
-            log = resumed_log(read_jsonl(run_dir / "metrics.jsonl", warn=notes.append), start, notes)
+            start = ck["epochs_done"]
+            # records counted from 1 (earlier versions' 0-based ones renumbered as they are rewritten below)
+            log = resumed_log(read_jsonl(run_dir / "metrics.jsonl", warn=notes.append), start, cfg.epochs, notes)
         if main:
             write_json(run_dir / "train_config.json", cfg.model_dump())
             write_jsonl(run_dir / "metrics.jsonl", log)
@@ -240,7 +243,9 @@ def train(
                        done=start)
     for note in notes:
         plog.note(note)
-    if start:
+    if start >= cfg.epochs:
+        plog.note(f"finished ({start}/{cfg.epochs} epochs, checkpoint in {run_dir}); re-evaluating")
+    elif start:
         plog.note(f"resuming from epoch {start + 1}/{cfg.epochs} ({start} epochs done, checkpoint in {run_dir})")
     else:
         warn = few_steps_warning(n, cfg)
@@ -285,7 +290,7 @@ def train(
                 sums = distributed.all_reduce_floats(sums)
                 tally = distributed.all_reduce_floats({"correct": correct, "seen": seen})
                 correct, seen = tally["correct"], tally["seen"]
-            record: dict[str, Any] = {"epoch": epoch, "lr": lr, "steps": steps,
+            record: dict[str, Any] = {"epoch": epoch + 1, "epochs": cfg.epochs, "lr": lr, "steps": steps,
                                       "train_acc": 100.0 * correct / max(seen, 1),
                                       **{k: v / max(steps, 1) for k, v in sums.items()},
                                       "epoch_time_s": time.perf_counter() - t0}

@@ -169,6 +169,18 @@ class PromptMethod(nn.Module):
         out = [self.logits(features[i : i + batch].to(t.device), t).cpu() for i in range(0, len(features), batch)]
         return torch.cat(out) if out else torch.zeros(0, self.num_classes), t
 
+    @torch.no_grad()
+    def fixed_head(self) -> dict[str, torch.Tensor] | None:
+        """The classifier as three tensors when the logits are ``logit_scale * normalise(f) @ weight.T + bias``
+        on the frozen image tower's features f: weight (K, E) the L2-normalised text features, bias (K,) zeros,
+        logit_scale () s. None when predicting needs more (image-side prompts: the image tower runs prompted;
+        per-image prompts). What ``ncprompt export`` writes for plain open_clip."""
+        if self.image_input != "cached":
+            return None
+        self.eval()
+        t = F.normalize(self.text_features().float(), dim=-1).cpu()
+        return {"weight": t.contiguous(), "bias": torch.zeros(len(t)), "logit_scale": torch.tensor(self.logit_scale)}
+
     def for_classnames(self, classnames: list[str]) -> PromptMethod:
         """The same learned prompts applied to other classes (e.g. the new classes of base-to-new)."""
         raise MethodConfigError(f"{self.name} cannot be applied to other class names")

@@ -75,6 +75,10 @@ class CoCoOp(PromptMethod):
         out = [self(features[i : i + batch].to(t.device)).logits.cpu() for i in range(0, len(features), batch)]
         return torch.cat(out) if out else torch.zeros(0, self.num_classes), t
 
+    def fixed_head(self) -> None:
+        """None: each image shifts the context through the meta-net, so no fixed classifier exists."""
+        return None
+
     def for_classnames(self, classnames: list[str]) -> CoCoOp:
         return CoCoOp(self.context.with_classnames(classnames), self.cfg, ctx=self.prompt_learner.ctx,
                       meta_net=self.meta_net)

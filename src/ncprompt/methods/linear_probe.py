@@ -209,6 +209,14 @@ class LinearProbe(PromptMethod):
     def forward(self, image_features: torch.Tensor) -> MethodOutput:
         return MethodOutput(self.logits(image_features), self.weight)
 
+    @torch.no_grad()
+    def fixed_head(self) -> dict[str, torch.Tensor] | None:
+        """W and b with logit scale 1 (on normalised features; None when ``normalize`` is off: raw features)."""
+        if not self.cfg.normalize:
+            return None
+        return {"weight": self.weight.detach().float().cpu().contiguous(),
+                "bias": self.bias.detach().float().cpu().contiguous(), "logit_scale": torch.tensor(1.0)}
+
     def for_classnames(self, classnames: list[str]) -> LinearProbe:
         if list(classnames) == self.classnames:
             return self

@@ -11,6 +11,12 @@ def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) ->
         num_classes, num_classes)
 
 
+def named_confusion(cm: np.ndarray, classnames: list[str]) -> dict[str, dict[str, int]]:
+    """The confusion matrix keyed by class name: {true class: {predicted class: count}}, non-zero counts only
+    (sparse, so 1000 classes stay small), every true class present (empty when it has no sample)."""
+    return {classnames[i]: {classnames[j]: int(cm[i, j]) for j in np.flatnonzero(cm[i])} for i in range(len(cm))}
+
+
 def classification_report(labels: np.ndarray, preds: np.ndarray, num_classes: int,
                           groups: dict[str, np.ndarray] | None = None) -> dict[str, object]:
     """top1 (%), per-class accuracy (%), macro-F1 (%), and the mean per-class accuracy of each group."""
@@ -32,6 +38,7 @@ def classification_report(labels: np.ndarray, preds: np.ndarray, num_classes: in
         "macro_f1": 100.0 * float(f1[present].mean()) if present.any() else float("nan"),
         "per_class": [None if np.isnan(r) else round(100.0 * float(r), 4) for r in recall],
         "n": int(len(labels)),
+        "confusion": cm,
     }
     if groups:
         out["groups"] = {

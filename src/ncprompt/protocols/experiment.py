@@ -33,8 +33,10 @@ from ncprompt.data.class_split import choose_base_classes
 from ncprompt.data.sampling import class_groups, restrict_classes, sample_train
 from ncprompt.engine import distributed
 from ncprompt.engine.evaluation import EvalSet, class_means, evaluate, evaluate_features, nc_diagnostics, predict
+from ncprompt.engine.progress import ProgressLog, epoch_number
 from ncprompt.engine.results import RunResult, SplitResult, write_results
 from ncprompt.engine.run_folder import PORTABLE, RunFolder, RunFolderError
+from ncprompt.engine.run_header import environment, header_lines, small_image_warning
 from ncprompt.engine.run_info import run_info
 from ncprompt.engine.tracking import Tracker, check_available
 from ncprompt.engine.trainer import train
@@ -199,6 +201,19 @@ class Experiment:
             if owned:
                 folder.release()
 
+    def _log(self, run_dir: Path | None, lines: list[str], echo: bool = False) -> None:
+        """Append ``lines`` to run_dir/train.log (rank 0 only); ``echo``: as stamped notes, on stderr too."""
+        if not distributed.is_main():
+            return
+        log_file = run_dir / "train.log" if run_dir is not None else None
+        if echo:
+            plog = ProgressLog("run", 0, log_file, bars=False)
+            for line in lines:
+                plog.note(line)
+        elif log_file is not None:
+            with open(log_file, "a") as f:
+                f.writelines(line + "\n" for line in lines)
+
     def _run(self, run_dir: Path | None, resume: bool, stop_after: int | None) -> RunResult | dict[str, Any]:
         """:meth:`_train_and_evaluate`, recorded by the ``train.report_to`` trackers (main rank)."""
         tracker = Tracker.for_run(self.cfg, run_dir, self.dataset.name) if distributed.is_main() else Tracker([])
@@ -216,6 +231,9 @@ class Experiment:
                             tracker: Tracker) -> RunResult | dict[str, Any]:
         cfg = self.cfg
         t0 = time.perf_counter()
+        if run_dir is not None and distributed.is_main():  # what ran, for a train.log read on its own
+            weights = self.inputs()["weights"]
+            self._log(run_dir, header_lines(environment(self.backbone), self.info(), weights, cfg.method.name))
         method = self.build()
         labels = torch.as_tensor(self.train_images.labels)
         initial_text = method.text_features().detach().cpu()
@@ -223,6 +241,10 @@ class Experiment:
         source = method.training_source(self.train_images, cfg.train.views, cfg.seed, self.cache)
         log: list[dict[str, Any]] = []
         if source is not None:
+            sample = [self.train_images.load(i).size for i in range(min(8, len(self.train_images)))]
+            small = small_image_warning(sample, cfg.train.crop_min, cfg.train.flip) if cfg.train.views > 0 else None
+            if small:
+                self._log(run_dir, [small], echo=True)
             eval_sets = self.eval_sets()
 
             def on_epoch_end(epoch: int) -> dict[str, Any]:
@@ -237,18 +259,19 @@ class Experiment:
 
             log = train(method, source, labels, cfg.train, run_dir, self.regularizer(method), on_epoch_end,
                         resume, stop_after, on_record=tracker.log_epoch if tracker else None)
-            done = log[-1]["epoch"] + 1 if log else 0  # the last record is always of an epoch run by this call
+            done = epoch_number(log[-1]) if log else 0  # the last record is always of an epoch run by this call
             if stop_after is not None and done < cfg.train.epochs:
                 return {"interrupted_at_epoch": done}
         result = self.evaluate_all(method, initial_text, trained=method.trainable)
         # a finished training loop ran every epoch (a resumed one partly before), whatever records metrics.jsonl
         # kept; the last loss only when its epoch's record is there
         result.epochs_run = cfg.train.epochs if source is not None else 0
-        last = log[-1] if log and log[-1].get("epoch") == cfg.train.epochs - 1 else None
+        last = log[-1] if log and epoch_number(log[-1]) == cfg.train.epochs else None
         result.final_train_loss = last["loss"] if last is not None else None
         result.seconds = round(time.perf_counter() - t0, 2)
         if run_dir is not None and distributed.is_main():
             self.write(run_dir, method, initial_text, result, initial_new)
+            self._log(run_dir, [f"results ({result.seconds:.1f} s): {result.summary_line()}"])
         return result
 
     def evaluate_all(self, method: PromptMethod, initial_text: torch.Tensor | None = None, trained: bool = True,
@@ -276,7 +299,8 @@ class Experiment:
             method=cfg.method.name, npt=cfg.npt.enabled, dataset=self.dataset.name, model=cfg.run.model,
             pretrained=self.backbone.weights_id, protocol=cfg.data.protocol, seed=cfg.seed, shots=cfg.data.shots,
             imbalance=cfg.data.imbalance, train_counts=self.counts.tolist(), splits=splits, train=train_split,
-            targets=targets, fingerprint=cfg.fingerprint(), info=self.info())
+            targets=targets, fingerprint=cfg.fingerprint(), info=self.info(), config=cfg.to_dict(),
+            environment=environment(self.backbone))
 
     def info(self) -> dict[str, Any]:
         """results.json's ``info``: the model and weights that ran, class names of every split and group, sizes."""
@@ -285,7 +309,8 @@ class Experiment:
                         new=new, counts=self.counts, groups=self.groups, train_n=len(self.train_images),
                         test_sizes={k: len(v.images) for k, v in self.eval_sets().items()},
                         target_sizes={k: len(v.images) for k, v in self.target_sets().items()},
-                        dataset_name=self.dataset.name, dataset_kind=self.cfg.data.dataset, root=self.cfg.data.root)
+                        dataset_name=self.dataset.name, dataset_kind=self.cfg.data.dataset, root=self.cfg.data.root,
+                        templates=self.dataset.templates)
 
     def new_class_text(self, method: PromptMethod) -> torch.Tensor | None:
         """Text features of the new classes (base-to-new) under ``method``'s current prompts; None without

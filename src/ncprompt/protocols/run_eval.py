@@ -104,8 +104,10 @@ def prepare_eval(run_dir: str | Path, over: dict[str, Any], json_path: str | Non
 
 
 def _checkpoint_epoch(d: Path) -> int:
-    """Epochs held by the checkpoint (its state.json was validated by :func:`load_run`)."""
-    return int(json.loads((d / "checkpoint" / "state.json").read_text())["epoch"]) + 1
+    """Epochs held by the checkpoint (its state.json was validated by :func:`load_run`; counted from 1 since
+    ``counted_from: 1``, from 0 before)."""
+    state = json.loads((d / "checkpoint" / "state.json").read_text())
+    return int(state["epoch"]) + (0 if state.get("counted_from") == 1 else 1)
 
 
 def check_prompt(state: dict[str, torch.Tensor], method: PromptMethod, where: str) -> None:
