@@ -39,7 +39,7 @@ def test_a_checkpoint_past_the_runs_epochs_is_refused(tiny_backbone, fmnist_smal
     exp, run = _interrupted(tiny_backbone, fmnist_small, tmp_path, epochs=5, done=3)
     state_file = run / "checkpoint" / "state.json"
     state = json.loads(state_file.read_text())
-    state["epoch"] = 6
+    state["epoch"] = 7  # counted from 1 (state.json "counted_from": 1)
     state_file.write_text(json.dumps(state))
     with pytest.raises(CheckpointError, match=r"epoch 7 is past this run's 5 epochs .*--no-resume"):
         exp.run(run)
@@ -60,7 +60,7 @@ def test_a_lost_metrics_record_warns_and_does_not_shift_epochs_run(tiny_backbone
     res = exp.run(run)
     assert res.epochs_run == 4
     records = [json.loads(x) for x in metrics.read_text().splitlines()]
-    assert [r["epoch"] for r in records] == [0, 2, 3]  # the gap is kept, not papered over
+    assert [r["epoch"] for r in records] == [1, 3, 4]  # counted from 1; the gap is kept, not papered over
     assert res.final_train_loss == records[-1]["loss"]
     log = (run / "train.log").read_text()
     assert "lacks the record of epoch(s) 2 of the 3 epochs" in log  # recorded, and shown on stderr

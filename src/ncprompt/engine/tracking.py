@@ -32,6 +32,7 @@ from typing import Any
 
 from ncprompt.config import RunConfig
 from ncprompt.config.run import flatten
+from ncprompt.engine.progress import epoch_number
 
 #: the package each backend imports, and the pip extra that installs all of them
 PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
@@ -250,7 +251,7 @@ class Tracker:
         self._each("log_params", {_key(k): v for k, v in params.items()})
 
     def log_epoch(self, record: dict[str, Any]) -> None:
-        self.last_step = int(record.get("epoch", self.last_step)) + 1
+        self.last_step = epoch_number(record) if "epoch" in record else self.last_step + 1  # step = epoch from 1
         self._each("log_metrics", {_key(k): v for k, v in epoch_metrics(record).items()}, self.last_step)
 
     def log_results(self, result: Any) -> None:
