@@ -22,6 +22,7 @@ import csv
 import io
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,9 +100,30 @@ def collect_rows(dirs: list[str | Path]) -> list[dict[str, Any]]:
         p = Path(d)
         for f in [p] if p.is_file() else sorted(p.rglob("results.json")):
             cfg_file = f.parent / "config.yaml"
-            cfg = yaml.safe_load(cfg_file.read_text()) if cfg_file.is_file() else None
-            rows.append(run_row(json.loads(f.read_text()), cfg))
+            cfg = _read_file(cfg_file, yaml.safe_load) if cfg_file.is_file() else None
+            rows.append(run_row(_read_file(f, json.loads), cfg))
     return rows
+
+
+
+def _read_file(f: Path, parse: Any) -> Any:
+    """``parse(f's text)`` as a mapping, or a :class:`ResultsError` naming ``f`` (a corrupt or foreign file)."""
+    from ncprompt.engine.results import ResultsError
+
+    try:
+        data = parse(f.read_text())
+    except (OSError, UnicodeDecodeError, ValueError, ArithmeticError) as e:
+        raise ResultsError(f"{f} cannot be read ({type(e).__name__}: {' '.join(str(e).split())[:120]}); rerun that run "
+                           "or move its folder out of the tables' folders") from None
+    except Exception as e:  # noqa: BLE001 - yaml's errors (not imported here) span several lines
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ResultsError(f"{f} cannot be read ({type(e).__name__}{at}); rerun that run or move its folder out of "
+                           "the tables' folders") from None
+    if not isinstance(data, dict):
+        raise ResultsError(f"{f} holds a {type(data).__name__}, not a mapping; rerun that run or move its folder out "
+                           "of the tables' folders")
+    return data
 
 
 # --- cells and tables -------------------------------------------------------------------------
@@ -412,9 +434,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("dirs", nargs="+", help="run folders or folders holding them (a grid folder)")
     p.add_argument("--output", default="tables", help="folder for {layout}.md/.csv/.tex [default tables]")
     a = p.parse_args(argv)
-    rows = collect_rows(a.dirs)
+    from ncprompt.engine.results import ResultsError
+
+    try:
+        rows = collect_rows(a.dirs)
+    except ResultsError as e:
+        print(f"ncprompt tables: error: {e}", file=sys.stderr)
+        return 2
     if not rows:
-        print(f"ncprompt tables: error: no results.json under {' '.join(a.dirs)}; pass run or grid folders")
+        print(f"ncprompt tables: error: no results.json under {' '.join(a.dirs)}; pass run or grid folders",
+              file=sys.stderr)
         return 2
     paths = write_paper_tables(rows, a.output)
     for t in all_tables(rows):
