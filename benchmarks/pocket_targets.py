@@ -61,7 +61,7 @@ def run(bb, dataset: str, method: str, protocol: str, cache: str, seed: int, bas
     t0 = time.time()
     data = None
     if base_only:
-        full = get_dataset(dataset, None, seed=0)
+        full = get_dataset(dataset, None)
         data = restrict_classes(full, choose_base_classes(full.classnames, None)[0], "base")
     res = Experiment(RunConfig.from_dict(cfg), backbone=bb, dataset=data).run(None)
     print(f"[targets] {dataset} {method} {protocol}{' (base classes)' * base_only} {time.time() - t0:.0f}s",

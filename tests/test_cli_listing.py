@@ -14,5 +14,5 @@ def test_models_lists_the_embedded_model_first(capsys):
 
 def test_tables_without_results_is_one_line_and_exit_2(tmp_path, capsys):
     assert main(["tables", str(tmp_path), "--output", str(tmp_path / "t")]) == 2
-    out = capsys.readouterr().out.strip().splitlines()
-    assert len(out) == 1 and "no results.json" in out[0]
+    err = capsys.readouterr().err.strip().splitlines()  # errors go to stderr (issue 19)
+    assert len(err) == 1 and "no results.json" in err[0]

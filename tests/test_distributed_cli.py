@@ -25,6 +25,8 @@ def _args(image_folder, out, cache) -> list[str]:
             "--output", str(out), "--cache-dir", str(cache), "--seed", "3", "--depth", "2"]
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="--nproc 2 is refused on fewer than 2 "
+                    "usable cores (and no GPU)")
 def test_nproc_2_equals_one_process(image_folder, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     two = tmp_path / "two"

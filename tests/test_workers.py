@@ -134,8 +134,8 @@ def test_cli_flags(capsys):
     assert "workers: 2" in capsys.readouterr().out
     assert main(["protocol", "--datasets", "x", "--methods", "coop", "--output", "o", "--data-workers", "1",
                  "--workers", "2", "--print-config"]) == 0
-    grid_base = yaml.safe_load(capsys.readouterr().out)  # the grid's base layer (validated per cell)
-    assert RunConfig.from_dict(grid_base).data.workers == 1
+    grid = yaml.safe_load(capsys.readouterr().out)  # the grid's lists and its cells' resolved base config
+    assert grid["data"]["workers"] == 1 and grid["grid"]["workers"] == 2
     p = build_parser()
     for argv in (["eval", "run", "--nproc", "2", "--data-workers", "2"], ["zeroshot", "--nproc", "2"],
                  ["train", "--nproc", "3"]):

@@ -14,6 +14,8 @@ import pytest
 from ncprompt.cli import main
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="--nproc 2 is refused on fewer than 2 "
+                    "usable cores (and no GPU)")
 def test_eval_nproc_2_with_workers_equals_one_process(image_folder, tmp_path):
     run = tmp_path / "run"
     assert main(["--no-progress", "train", "--model", "pocket", "--method", "maple", "--dataset", "folder", "--root",

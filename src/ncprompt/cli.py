@@ -338,7 +338,9 @@ def cmd_demo(a: argparse.Namespace) -> int:
 def cmd_protocol(a: argparse.Namespace) -> int:
     base, _ = layers_from_args(a, [a.protocol_defaults])
     if a.print_config:
-        print(dump_yaml(base), end="")
+        from ncprompt.protocols.demo import protocol_config
+
+        print(dump_yaml(protocol_config(base, a.datasets, a.methods, a.seeds, a.output, a.shots, a.workers)), end="")
         return 0
     from ncprompt.protocols.demo import run_protocol
 
@@ -433,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--methods", nargs="+", help="e.g. zeroshot coop coop+npt")
     s.add_argument("--seeds", nargs="+", type=int, default=[1], help="[default 1]")
     s.add_argument("--epochs", type=int, help="[default: the pocket recipe's]")
-    s.add_argument("--workers", type=int, default=1, help="parallel runs (processes) [default 1]")
+    s.add_argument("--workers", type=_nproc, default=1, help="parallel runs (processes) [default 1]")
     s.add_argument("--no-resume", action="store_true", help="run every cell again (even one finished earlier)")
     s.set_defaults(func=cmd_demo)
 
@@ -444,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="[default 1 2 3]")
     s.add_argument("--shots", type=int, nargs="+", help="shots per class; several values: a few-shot sweep")
     s.add_argument("--output", required=True, help="grid folder (one run folder per cell)")
-    s.add_argument("--workers", type=int, default=1, help="parallel runs (processes) [default 1]")
+    s.add_argument("--workers", type=_nproc, default=1, help="parallel runs (processes) [default 1]")
     s.add_argument("--no-resume", action="store_true", help="start every cell over (even with other settings)")
     add_layer_flags(s)
     skip = {("run", "output"), ("data", "dataset"), ("data", "shots"), ("train", "seed"), ("npt", "enabled")}
@@ -473,6 +475,22 @@ def _nproc(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"a number of processes >= 1 is needed, got {text!r}")
     return int(text)
+
+
+def nproc_problem(nproc: int, cpus: int | None = None, gpus: int | None = None) -> str | None:
+    """Why ``--nproc nproc`` cannot run here, or None: one rank per usable CPU core, or per visible CUDA GPU
+    (ranks beyond them only wait on each other). Torch is imported only when ``nproc`` exceeds the cores."""
+    cpus = len(usable_cpus()) if cpus is None else cpus
+    if nproc <= cpus:
+        return None
+    if gpus is None:
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if nproc <= gpus:
+        return None
+    return (f"--nproc {nproc}: this process may use {cpus} CPU core(s) and sees {gpus} CUDA GPU(s); run at most one "
+            f"process per core or GPU: --nproc {max(cpus, gpus)} or fewer")
 
 
 def add_nproc_flag(p: argparse.ArgumentParser) -> None:
@@ -608,6 +626,10 @@ def main(argv: list[str] | None = None) -> int:
         pin_threads(a)
         default_threads()
     if getattr(a, "nproc", None) and a.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        too_many = nproc_problem(a.nproc)
+        if too_many:
+            print(f"ncprompt: error: {too_many}", file=sys.stderr)
+            return 2
         from ncprompt.engine.distributed import launch
 
         return launch(a.nproc, list(argv) if argv is not None else sys.argv[1:])

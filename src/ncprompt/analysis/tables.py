@@ -116,8 +116,29 @@ def collect_rows(dirs: list[str | Path]) -> list[dict[str, Any]]:
     rows = []
     for f in results_files(dirs):
         cfg, inputs = run_files(f)
-        rows.append(run_row(json.loads(f.read_text()), cfg, inputs, run=f.parent))
+        rows.append(run_row(_read_file(f, json.loads), cfg, inputs, run=f.parent))
     return rows
+
+
+
+def _read_file(f: Path, parse: Any) -> Any:
+    """``parse(f's text)`` as a mapping, or a :class:`ResultsError` naming ``f`` (a corrupt or foreign file)."""
+    from ncprompt.engine.results import ResultsError
+
+    try:
+        data = parse(f.read_text())
+    except (OSError, UnicodeDecodeError, ValueError, ArithmeticError) as e:
+        raise ResultsError(f"{f} cannot be read ({type(e).__name__}: {' '.join(str(e).split())[:120]}); rerun that run "
+                           "or move its folder out of the tables' folders") from None
+    except Exception as e:  # noqa: BLE001 - yaml's errors (not imported here) span several lines
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ResultsError(f"{f} cannot be read ({type(e).__name__}{at}); rerun that run or move its folder out of "
+                           "the tables' folders") from None
+    if not isinstance(data, dict):
+        raise ResultsError(f"{f} holds a {type(data).__name__}, not a mapping; rerun that run or move its folder out "
+                           "of the tables' folders")
+    return data
 
 
 # --- cells and tables -------------------------------------------------------------------------
@@ -467,7 +488,11 @@ def write_paper_tables(rows: list[dict[str, Any]], out_dir: str | Path,
     """``out_dir/{layout}.{md,csv,tex}`` for every layout with data (repeated seeds: see :func:`all_tables`), and
     ``few_shot.png`` (accuracy against shots, :func:`ncprompt.analysis.plots.few_shot_plot`) with the few-shot
     table; returns the files written."""
-    tables = all_tables(rows, warnings)
+    return write_tables(all_tables(rows, warnings), rows, out_dir)
+
+
+def write_tables(tables: list[Table], rows: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
+    """Write ``tables`` (of ``rows``) and, with a few-shot table, ``few_shot.png``; returns the files written."""
     paths = [p for t in tables for p in t.write(out_dir)]
     if any(t.name == "few_shot" for t in tables):
         from ncprompt.analysis.plots import few_shot_plot
@@ -485,20 +510,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("dirs", nargs="+", help="run folders or folders holding them (a grid folder)")
     p.add_argument("--output", default="tables", help="folder for {layout}.md/.csv/.tex [default tables]")
     a = p.parse_args(argv)
-    rows = collect_rows(a.dirs)
+    from ncprompt.engine.results import ResultsError
+
+    try:
+        rows = collect_rows(a.dirs)
+    except ResultsError as e:
+        print(f"ncprompt tables: error: {e}", file=sys.stderr)
+        return 2
     if not rows:
-        print(f"ncprompt tables: error: no results.json under {' '.join(a.dirs)}; pass run or grid folders")
+        print(f"ncprompt tables: error: no results.json under {' '.join(a.dirs)}; pass run or grid folders",
+              file=sys.stderr)
         return 2
     warnings: list[str] = []
     tables = all_tables(rows, warnings)
-    paths = [p for t in tables for p in t.write(a.output)]
+    paths = write_tables(tables, rows, a.output)
     for t in tables:
         print(t.markdown())
     for w in warnings:
         print(f"ncprompt tables: {w}", file=sys.stderr)
     repeats = len(rows) - len(drop_repeated_seeds(rows)[0])
     counted = f" ({repeats} repeated seeds counted once)" if repeats else ""
-    print(f"{len(rows)} runs{counted}; {len(paths)} files in {a.output}/ (.md, .csv, .tex)")
+    print(f"{len(rows)} runs{counted}; {len(paths)} files in {a.output}/ (.md, .csv, .tex, few-shot .png)")
     return 0
 
 

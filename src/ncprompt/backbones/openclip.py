@@ -4,8 +4,9 @@ The model is *read*, never copied: :class:`Backbone` holds the open_clip model, 
 transforms, and every later module calls the model's own sub-modules. Loading goes through
 open_clip's own factory and checkpoint loader, so every name scheme open_clip knows works
 (architecture names with pretrained tags, ``hf-hub:org/repo``, ``local-dir:/folder``) and
-open_clip's conversions apply (position-embedding resize, ``logit_bias``, big_vision ``.npz``,
-custom-text key layout). Around it this module adds:
+open_clip's conversions apply (``logit_bias``, big_vision ``.npz``, custom-text key layout; not its
+position-embedding resize: a file of another context length or image size is refused). Around it this
+module adds:
 
 * safety: local weights are inspected before open_clip reads them: ``.safetensors`` (preferred)
   must parse, ``.pt``/``.bin`` are read with ``torch.load(weights_only=True)`` only, OpenAI
@@ -371,12 +372,45 @@ def _compare_keys(model: nn.Module, readable: str) -> str:
     return _format_diff(sorted(set(own) - set(sd)), sorted(set(sd) - set(own)), sizes)
 
 
+class _WouldResize(Exception):
+    """open_clip was about to interpolate a position embedding to the model's length."""
+
+
+def _refusing(resize: Any) -> Any:
+    def guarded(state_dict: dict[str, torch.Tensor], model: nn.Module, *args: Any, **kwargs: Any) -> None:
+        before = {k: tuple(v.shape) for k, v in state_dict.items() if k.endswith("positional_embedding")}
+        probe = dict(state_dict)  # open_clip writes the resized tensor into the mapping it is given
+        resize(probe, model, *args, **kwargs)
+        if any(tuple(probe[k].shape) != shape for k, shape in before.items()):
+            raise _WouldResize
+    return guarded
+
+
+@contextlib.contextmanager
+def _no_resizing() -> Iterator[None]:
+    """Within: open_clip's ``load_checkpoint`` raises :class:`_WouldResize` where it would interpolate a text
+    or image position embedding of another length (``resize_text_pos_embed`` / ``resize_pos_embed``): a
+    checkpoint of another context length or image size is another model, whose numbers would change."""
+    from open_clip import factory
+
+    saved = {n: getattr(factory, n) for n in ("resize_pos_embed", "resize_text_pos_embed") if hasattr(factory, n)}
+    for name, fn in saved.items():
+        setattr(factory, name, _refusing(fn))
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(factory, name, fn)
+
+
 def _load_file(model: nn.Module, ckpt: CheckpointFile, label: str) -> None:
     """Load ``ckpt`` into ``model`` with open_clip's own ``load_checkpoint`` (strict, with its
-    conversions); any failure becomes one line naming the file, the differing keys and the fix."""
+    conversions, but no position-embedding resizing: a file of another context length or image size is
+    refused); any failure becomes one line naming the file, the differing keys and the fix."""
     with _readable_by_open_clip(ckpt, model) as readable:
         try:
-            open_clip.load_checkpoint(model, readable, strict=True, weights_only=True)
+            with _no_resizing():
+                open_clip.load_checkpoint(model, readable, strict=True, weights_only=True)
             return
         except Exception as e:  # noqa: BLE001 - conversion code raises RuntimeError/AssertionError/KeyError/...
             error = e

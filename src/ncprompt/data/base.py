@@ -39,6 +39,26 @@ def _require(path: str | Path, folder: bool, what: str, fix: str) -> Path:
     raise DataError(f"{what} {p} {state}; {fix}")
 
 
+def check_classnames(names: list[str], where: str, shown: list[str] | None = None) -> list[str]:
+    """``names`` when they make a classification problem, else a :class:`DataError` naming ``where``: at
+    least 2 classes (with one, every prediction is right), and no two names equal up to letter case,
+    ``_``/space and surrounding blanks ("Red" and "red" are one class entered two ways, almost always).
+    ``shown[i]`` says where class i came from (a folder name, a CSV line); default the quoted name."""
+    shown = shown or [repr(n) for n in names]
+    if len(names) < 2:
+        raise DataError(f"{where} has {len(names)} class{'es' if len(names) != 1 else ''} "
+                        f"({', '.join(shown) or 'none'}); a classifier needs at least 2 (with one every prediction "
+                        "is right): add classes or point the root at the right dataset")
+    seen: dict[str, int] = {}
+    for i, n in enumerate(names):
+        key = " ".join(n.replace("_", " ").split()).casefold()
+        if key in seen:
+            raise DataError(f"{where}: classes {shown[seen[key]]} and {shown[i]} differ only in letter case, "
+                            "'_' or spaces (almost always one class entered two ways); merge them or rename one")
+        seen[key] = i
+    return names
+
+
 def fingerprint_of(*parts: object) -> str:
     """A short stable hash of the given parts (strings, numbers, numpy arrays)."""
     h = hashlib.sha256()

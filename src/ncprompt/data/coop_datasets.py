@@ -101,7 +101,7 @@ def read_split_file(path: Path, image_dir: Path, rename: dict[str, str] | None =
 
 
 def _make_split_builder(spec: SplitFileDataset):
-    def build(root: str | None = None, **_: object) -> DatasetSplits:
+    def build(root: str | None = None) -> DatasetSplits:
         base = _root(root, spec.folder, spec.name)
         rename = EUROSAT_NAMES if spec.name == "eurosat" else None
         names, s = read_split_file(base / spec.split_file, base / spec.image_dir, rename)
@@ -150,7 +150,7 @@ def _wnid_folder_split(folder: Path, wnids: list[str], where: str) -> FileImages
 
 
 @DATASETS.register("imagenet", help="ImageNet from ROOT/imagenet/images/{train,val}/<wnid>/ + classnames.txt")
-def imagenet(root: str | None = None, **_: object) -> DatasetSplits:
+def imagenet(root: str | None = None) -> DatasetSplits:
     base = _root(root, "imagenet", "imagenet")
     pairs = read_imagenet_classnames(base)
     wnids = [w for w, _ in pairs]
@@ -160,7 +160,7 @@ def imagenet(root: str | None = None, **_: object) -> DatasetSplits:
 
 
 def _variant(name: str, folder: str, sub: str, numbered: bool = False):
-    def build(root: str | None = None, **_: object) -> DatasetSplits:
+    def build(root: str | None = None) -> DatasetSplits:
         base = _root(root, folder, name)
         pairs = read_imagenet_classnames(Path(root).expanduser() / "imagenet") if (
             Path(root).expanduser() / "imagenet" / "classnames.txt").is_file() else read_imagenet_classnames(base)
@@ -194,7 +194,7 @@ DATASETS.register("imagenet_r")(_variant("imagenet_r", "imagenet-rendition", "im
 
 
 @DATASETS.register("fgvc_aircraft", help="FGVC-Aircraft from ROOT/fgvc_aircraft/ (variants.txt, images_variant_*.txt)")
-def fgvc_aircraft(root: str | None = None, **_: object) -> DatasetSplits:
+def fgvc_aircraft(root: str | None = None) -> DatasetSplits:
     """CoOp's reading: class names from variants.txt, splits from images_variant_{train,val,test}.txt."""
     base = _root(root, "fgvc_aircraft", "fgvc_aircraft")
     vf = base / "variants.txt"

@@ -1,4 +1,8 @@
-"""The dataset registry: ``DATASETS.get(name)(root=..., **options) -> DatasetSplits``."""
+"""The dataset registry: ``DATASETS.get(name)(root=..., **options) -> DatasetSplits``.
+
+A builder names its options as keyword parameters (no ``**kwargs``), so ``get_dataset`` can refuse an
+option it does not take; one without a ``root`` parameter reads no root.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Dataset specs of a grid: one root per dataset, named by the user.
 
-``NAME`` is a registered dataset (``ncprompt datasets``). ``NAME=ROOT`` gives it a root; when NAME
+``NAME`` is a registered dataset (``ncprompt datasets``). ``NAME=ROOT`` gives it a root (refused for a
+registered dataset that reads none, e.g. the pocket suite's: the results would carry its name); when NAME
 is not registered, ROOT says what it is: a folder is an image folder (``folder``), a ``.csv`` file
 a CSV dataset (``csv``), and NAME is the user's name for it in run folders and tables.
 """
@@ -30,6 +31,14 @@ def parse_dataset_spec(spec: str) -> DatasetSpec:
     if not name or (sep and not root):
         raise DataError(f"dataset spec {spec!r}: write NAME or NAME=ROOT (e.g. digits=~/data/digits)")
     if name in DATASETS:
+        if sep:
+            from ncprompt.data import dataset_parameters
+
+            params = dataset_parameters(name)
+            if params is not None and not params[0]:
+                raise DataError(f"dataset spec {spec!r}: {name} is a registered dataset that reads no root, so its "
+                                f"results would be labelled {name} without reading {root}; give your folder or CSV "
+                                f"file a name of its own (e.g. my_{name}={root})")
         return DatasetSpec(name, name, root or None)
     if not sep:
         raise DataError(f"unknown dataset {name!r}: give its folder as {name}=ROOT (an image folder or a .csv "

@@ -328,7 +328,7 @@ def build(name: str, seed: int = 0) -> DatasetSplits:
 def _register(name: str) -> None:
     s = SETS[name]
 
-    def factory(root: str | None = None, seed: int = 0, **kw) -> DatasetSplits:
+    def factory(seed: int = 0) -> DatasetSplits:
         return build(name, seed)
 
     factory.__doc__ = f"Pocket emoji suite ({s.role} role): {s.doc}."

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ncprompt.config import ConfigError, method_options, preset
+from ncprompt.config import ConfigError, RunConfig, merge_layers, method_options, preset
 from ncprompt.protocols.grid import MethodSpec, markdown_table, run_grid, summarise
 
 #: a representative part of the emoji suite (docs/datasets.md): the OxfordPets, StanfordCars, DTD and
@@ -67,3 +67,31 @@ def run_protocol(base: dict[str, Any], datasets: list[str], methods: list[str], 
     rows = run_grid(base, datasets, specs, seeds, output, workers=workers, shots=shots, resume=resume)
     print(markdown_table(summarise(rows)))
     return 0
+
+
+#: keys each grid cell sets from the grid's lists (left out of the printed base config)
+PER_CELL = (("data", "dataset"), ("data", "shots"), ("train", "seed"), ("npt", "enabled"), ("run", "output"))
+
+
+def protocol_config(base: dict[str, Any], datasets: list[str], methods: list[str], seeds: list[int],
+                    output: str | Path, shots: list[int] | None = None, workers: int = 1) -> dict[str, Any]:
+    """What ``ncprompt protocol`` runs, resolved (``--print-config``): ``grid`` (its lists: datasets, shots,
+    methods, seeds; output, workers), the base config of every cell with defaults filled (run, data, train,
+    npt; less the keys a cell sets: dataset, shots, seed, npt on/off; NAME=ROOT also sets the root) and
+    ``methods``: each method spec's method section as its cells get it (base options, then per_method)."""
+    base = dict(base)
+    options = per_method_options(base)
+    specs = list({m.label: m for m in (MethodSpec.parse(x, options) for x in methods)}.values())
+    seeds = list(dict.fromkeys(seeds))
+    cells = {m.label: RunConfig.from_dict(merge_layers(base, {
+        "method": {"name": m.method, **dict(m.options)}, "npt": {"enabled": m.npt}, "train": {"seed": seeds[0]},
+        "run": {"output": None}}), where=f"grid cell {m.label}").to_dict() for m in specs}
+    first = next(iter(cells.values()))
+    grid = {"datasets": list(dict.fromkeys(datasets)),
+            "shots": list(dict.fromkeys(shots or [first["data"]["shots"]])),
+            "methods": [m.label for m in specs], "seeds": seeds, "output": str(output), "workers": workers}
+    out: dict[str, Any] = {"grid": grid}
+    for section in ("run", "data", "train", "npt"):
+        out[section] = {k: v for k, v in first[section].items() if (section, k) not in PER_CELL}
+    out["methods"] = {label: {**cfg["method"], "npt": cfg["npt"]["enabled"]} for label, cfg in cells.items()}
+    return out

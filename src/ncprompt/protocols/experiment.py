@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from ncprompt.backbones.openclip import Backbone, load_backbone
 from ncprompt.collapse.regularizers import NPTRegularizer
 from ncprompt.config import ConfigError, RunConfig, load_yaml
-from ncprompt.data import DataError, DatasetSplits, LabeledImages, get_dataset
+from ncprompt.data import DataError, DatasetSplits, LabeledImages, check_dataset_args, get_dataset
 from ncprompt.data.cache import FeatureCache
 from ncprompt.data.cache_key import content_digest, weights_digest
 from ncprompt.data.class_split import choose_base_classes
@@ -82,6 +82,8 @@ class Experiment:
             torch.set_num_threads(run.threads)
         check_available(cfg.train.report_to)  # a tracker's missing package: refused before anything loads
         seed_everything(cfg.seed)
+        if dataset is None:  # a root or option the dataset would ignore: refused before the model loads
+            check_dataset_args(data.dataset, data.root, data.options)
         if backbone is None:
             check_device(run.device)
             backbone = load_backbone(run.model, run.pretrained, run.device, run.precision)
@@ -89,7 +91,7 @@ class Experiment:
             backbone = backbone.with_augmentation(cfg.train.crop_min, cfg.train.flip)
         self.backbone = backbone
         if dataset is None:
-            dataset = get_dataset(data.dataset, data.root, **{"seed": 0, **data.options})
+            dataset = get_dataset(data.dataset, data.root, **data.options)
         self.dataset = dataset
         #: under torchrun the ranks share the encoding of missing cache shards (rank 0 writes)
         self.cache = distributed.attach_cache(FeatureCache(run.cache_dir, enabled=run.use_cache,
@@ -115,7 +117,7 @@ class Experiment:
     def _target_dataset(spec: str) -> DatasetSplits:
         name, _, root = spec.partition("=")
         try:
-            return get_dataset(name, root or None, seed=0)
+            return get_dataset(name, root or None)
         except DataError as e:
             raise DataError(f"data.targets {spec!r}: {e}") from None
 

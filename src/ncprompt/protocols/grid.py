@@ -74,7 +74,7 @@ def run_one(job: dict[str, Any]) -> RunResult:
 
             _DATASETS.clear()  # keep one dataset in memory: the grid runs dataset by dataset
             # the grid's name for it (NAME of NAME=ROOT) is the one results.json and the tables show
-            _DATASETS[key] = replace(get_dataset(data.dataset, data.root, **{"seed": 0, **data.options}),
+            _DATASETS[key] = replace(get_dataset(data.dataset, data.root, **data.options),
                                      name=job["dataset"])
         with quiet():  # a run's epochs go to its train.log; the grid shows one line per run
             exp = Experiment(cfg, dataset=_DATASETS[key])
@@ -95,6 +95,7 @@ def grid_jobs(base: dict[str, Any], datasets: list[str], methods: list[MethodSpe
     """One job per distinct (dataset, shots, method, seed) cell, each config validated and its run
     folder checked (read only) before any job runs. A dataset is ``NAME`` (registered) or ``NAME=ROOT``
     (its own root; an unregistered NAME names an image folder or CSV file, :mod:`ncprompt.data.specs`)."""
+    from ncprompt.data import check_dataset_args
     from ncprompt.data.specs import parse_dataset_specs
 
     base = merge_layers(base)
@@ -113,6 +114,7 @@ def grid_jobs(base: dict[str, Any], datasets: list[str], methods: list[MethodSpe
         sub = f"shots{n}/" if len(shot_list) > 1 else ""
         run_dir = out_dir / ds / f"{sub}{m.label}" / f"seed{seed}"
         cfg = RunConfig.from_dict(merged, where=f"grid cell {ds} {m.label} seed {seed}")
+        check_dataset_args(cfg.data.dataset, cfg.data.root, cfg.data.options)
         RunFolder(run_dir).check(cfg, resume)
         jobs.append({"run_dir": str(run_dir), "config": cfg.to_dict(), "dataset": ds, "label": m.label,
                      "seed": seed, "shots": n, "resume": resume})
