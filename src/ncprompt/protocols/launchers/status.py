@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ncprompt.engine.run_folder import RunFolder, RunFolderError
 from ncprompt.protocols.launchers.records import last_line, last_records, read_grid_record, this_host
 
 STATES = ("done", "running", "queued", "failed", "missing")
@@ -73,16 +72,25 @@ def _state(job: dict[str, Any], rec: dict[str, Any]) -> CellState:
     return CellState(job, "missing", job_id=job_id)
 
 
-def _locked(run: Path) -> bool:
-    """True when another process holds the run folder's lock."""
-    if not (run / ".lock").is_file():
+def _locked(run: Path, locks: str = "/proc/locks") -> bool:
+    """True when a process holds the run folder's lock, read from the kernel's lock table (``/proc/locks``: the
+    lock file's device and inode) without touching the lock, which a starting cell may be about to take; where
+    there is no such table, when the pid recorded in the lock file is alive."""
+    f = run / ".lock"
+    if not f.is_file():
         return False
-    folder = RunFolder(run)
+    st = f.stat()
     try:
-        folder.acquire()
-    except RunFolderError:
-        return True
-    folder.release()
+        table = Path(locks).read_text()
+    except OSError:
+        head = f.read_text(errors="replace").split()
+        return bool(head) and head[0].isdigit() and _pid_alive(int(head[0]), "")
+    for line in table.splitlines():
+        for field in line.split()[4:6]:  # "1: FLOCK ADVISORY WRITE PID MAJ:MIN:INODE START END"
+            dev = field.split(":")
+            if len(dev) == 3 and dev[2].isdigit() and int(dev[2]) == st.st_ino and \
+                    (int(dev[0], 16), int(dev[1], 16)) == (os.major(st.st_dev), os.minor(st.st_dev)):
+                return True
     return False
 
 
@@ -154,7 +162,8 @@ def format_status(out: Path, states: list[CellState]) -> str:
 
 
 def status_command(out: str | Path, resubmit_failed: bool = False) -> int:
-    """``ncprompt protocol --status GRID [--resubmit-failed]``; 0 when every cell is done, else 3."""
+    """``ncprompt protocol --status GRID [--resubmit-failed]``: print each cell's state (0 whatever they are);
+    with every cell done, write the grid's summary and tables."""
     from ncprompt.config.grid import GridSection
 
     out = Path(out)
@@ -175,8 +184,7 @@ def status_command(out: str | Path, resubmit_failed: bool = False) -> int:
             print(format_status(out, states))
     if all(c.state == "done" for c in states):
         finish_tables(out, [c.job for c in states])
-        return 0
-    return 3
+    return 0
 
 
 def finish_tables(out: Path, jobs: list[dict[str, Any]]) -> None:
