@@ -81,7 +81,7 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
 
 
 def test_killed_cell_is_reported_failed_and_finishes_on_resubmission(local_grid, cache, tmp_path, capsys):
-    from ncprompt.protocols.launchers.status import grid_status
+    from ncprompt.protocols.launchers.status import grid_status, run_locked
 
     out = tmp_path / "kill"
     args = grid_args(out, cache, "--launcher", "submitit", "--slurm-cluster", "local", "--no-wait",
@@ -89,8 +89,8 @@ def test_killed_cell_is_reported_failed_and_finishes_on_resubmission(local_grid,
     assert main(args) == 0
     assert "--status" in capsys.readouterr().out and not (out / "summary.md").exists()
     victim = out / DATASETS[0] / "coop" / "seed1"
-    _wait_for(lambda: any(c.state == "running" and c.job["run_dir"] == str(victim) for c in grid_status(out)), 600,
-              "the coop cell to start")
+    _wait_for(lambda: run_locked(victim), 600, "the coop cell to start")  # its process holds the run folder
+    assert next(c.state for c in grid_status(out) if c.job["run_dir"] == str(victim)) == "running"
     os.kill(int((victim / ".lock").read_text().split()[0]), signal.SIGKILL)  # the cell's process, mid-run
     _wait_for(lambda: all(c.state not in ("running", "queued") for c in grid_status(out)), 600, "the array to end")
     assert not (victim / "results.json").exists(), "the cell finished before it could be killed"

@@ -58,7 +58,7 @@ def _state(job: dict[str, Any], rec: dict[str, Any]) -> CellState:
     job_id = str(rec.get("job_id", ""))
     if (run / "results.json").is_file():
         return CellState(job, "done", job_id=job_id)
-    if _locked(run):
+    if run_locked(run):
         return CellState(job, "running", job_id=job_id)
     said, detail = _launcher_state(rec) if rec else (None, "")
     if said in ("running", "queued"):
@@ -72,7 +72,7 @@ def _state(job: dict[str, Any], rec: dict[str, Any]) -> CellState:
     return CellState(job, "missing", job_id=job_id)
 
 
-def _locked(run: Path, locks: str = "/proc/locks") -> bool:
+def run_locked(run: Path, locks: str = "/proc/locks") -> bool:
     """True when a process holds the run folder's lock, read from the kernel's lock table (``/proc/locks``: the
     lock file's device and inode) without touching the lock, which a starting cell may be about to take; where
     there is no such table, when the pid recorded in the lock file is alive."""
