@@ -1,6 +1,6 @@
 """What a grid folder records about its cells and where they were sent.
 
-* ``grid.json``: the cells of the grid's last invocation (each cell's job: run folder, full config, dataset,
+* ``grid.json``: the cells of the grid's last invocation (each cell's job: absolute run folder, full config, dataset,
   method label, seed, shots) and its ``grid`` section (launcher settings), rewritten atomically each time the
   grid is started. ``ncprompt protocol --status GRID`` and ``--resubmit-failed`` read it.
 * ``jobs.jsonl``: one line per submission or outcome, appended: ``{"run_dir", "launcher", "job_id", "time",
@@ -28,7 +28,9 @@ def write_grid_record(out: Path, jobs: list[dict[str, Any]], section: dict[str, 
     from ncprompt.utils import atomic_write_bytes
 
     out.mkdir(parents=True, exist_ok=True)
-    cells = [{k: v for k, v in job.items() if k != "threads"} for job in jobs]
+    # absolute run folders: --status may be asked from another working directory
+    cells = [{**{k: v for k, v in job.items() if k != "threads"}, "run_dir": str(Path(job["run_dir"]).absolute())}
+             for job in jobs]
     blob = json.dumps({"grid": section, "cells": cells}, indent=1) + "\n"
     atomic_write_bytes(out / GRID_RECORD, blob.encode())
 
