@@ -205,3 +205,27 @@ def test_cells_still_running_are_refused_before_submitting(tmp_path):
                                           r"job abc\)"):
         launch_cells(GridSection(launcher="ray"), [job], tmp_path / "g", lambda j, r: submitted.append(j))
     assert not submitted
+
+
+def test_slurm_keys_reach_the_sbatch_script(tmp_path, monkeypatch):
+    """The grid section's SLURM keys become the array's #SBATCH lines (a stand-in `srun` on PATH; nothing is
+    submitted); without SLURM the launcher says so in one line and names the local executor."""
+    from ncprompt.config.grid import SlurmSection
+    from ncprompt.protocols.launchers import LaunchError
+    from ncprompt.protocols.launchers.slurm import executor
+
+    pytest.importorskip("submitit")
+    section = SlurmSection(partition="gpu", account="lab", time_min=90, cpus_per_cell=8, gpus_per_cell=1, mem_gb=32,
+                           array_parallelism=2, sbatch={"qos": "high"}, setup=["module load cuda"])
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(LaunchError, match="srun.*--slurm-cluster local"):
+        executor(section, tmp_path / "grid")
+    (tmp_path / "srun").write_text("#!/bin/sh\n")
+    (tmp_path / "srun").chmod(0o755)
+    ex = executor(section, tmp_path / "grid")
+    ex._executor.parameters["map_count"] = 4  # (what map_array sets for 4 cells)
+    script = ex._executor._make_submission_file_text("python -m submitit.core._submit", "uid")
+    for line in ("--partition=gpu", "--account=lab", "--time=90", "--cpus-per-task=8", "--gpus-per-node=1",
+                 "--mem=32GB", "--array=0-3%2", "--qos=high"):
+        assert f"#SBATCH {line}\n" in script, line
+    assert "\nmodule load cuda\n" in script and str(tmp_path / "grid" / "submitit") in script

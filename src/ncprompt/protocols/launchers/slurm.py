@@ -21,10 +21,14 @@ FOLDER = "submitit"
 
 def executor(s: SlurmSection, out: Path) -> Any:
     """A submitit executor with one cell's resources (SLURM keys are ignored by the local executor)."""
-    from ncprompt.protocols.launchers import require
+    from ncprompt.protocols.launchers import LaunchError, require
 
     submitit = require("submitit")
-    ex = submitit.AutoExecutor(folder=out / FOLDER, cluster=s.cluster)
+    try:
+        ex = submitit.AutoExecutor(folder=out / FOLDER, cluster=s.cluster)
+    except RuntimeError as e:  # no srun / sbatch here
+        raise LaunchError(f"--launcher submitit: {e} (without SLURM, --slurm-cluster local runs the array's cells "
+                          "on this machine)") from None
     params: dict[str, Any] = {"name": f"ncprompt-{out.name}", "timeout_min": s.time_min,
                               "cpus_per_task": s.cpus_per_cell, "gpus_per_node": s.gpus_per_cell,
                               "slurm_array_parallelism": s.array_parallelism,
