@@ -99,7 +99,7 @@ def test_killed_cell_is_reported_failed_and_finishes_on_resubmission(local_grid,
     assert "1 done, 1 failed" in shown
     failed = next(line for line in shown.splitlines() if "failed " in line)
     assert "coop seed 1" in failed and "job " in failed
-    # a new submission of the grid refuses nothing and reruns only the failed cell; here: --resubmit-failed
+    # only the failed cell goes again (the grid's recorded launcher: submitit local, no wait); it resumes
     assert main(["protocol", "--status", str(out), "--resubmit-failed"]) == 0
     assert "resubmitting 1 failed cell(s) with launcher submitit" in capsys.readouterr().out
     _wait_for(lambda: all(c.state == "done" for c in grid_status(out)), 600, "the resubmitted cell")
