@@ -40,6 +40,14 @@ RENAMES = {("npt", "enabled"): "npt", ("run", "use_cache"): "no-cache", ("data",
 ALIASES = {("method", "class_specific"): ["--csc"], ("npt", "centered"): ["--uncentered"]}
 #: keys only reachable with --set (mappings)
 SET_ONLY = {("data", "options")}
+#: ``protocol``'s flags for its ``grid`` section (launcher; ncprompt.config.grid): key under grid -> flag name
+GRID_FLAGS = {"launcher": "launcher", "slurm.partition": "partition", "slurm.account": "account",
+              "slurm.time_min": "time-min", "slurm.cpus_per_cell": "cpus-per-cell",
+              "slurm.gpus_per_cell": "gpus-per-cell", "slurm.mem_gb": "mem-gb",
+              "slurm.array_parallelism": "array-parallelism", "slurm.cluster": "slurm-cluster",
+              "slurm.wait": "no-wait", "ray.address": "ray-address", "ray.cpus_per_task": "cpus-per-task",
+              "ray.gpus_per_task": "gpus-per-task", "ray.num_cpus": "ray-num-cpus"}
+RENAMES.update({("grid", key): name for key, name in GRID_FLAGS.items()})
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -116,6 +124,22 @@ def run_flags(skip: set[tuple[str, str]] = frozenset(),  # type: ignore[assignme
     return out
 
 
+def grid_flags(taken: set[str]) -> list[Flag]:
+    """One flag per scalar key of the grid section (``sbatch`` and ``setup``: --set grid.slurm.sbatch.qos=high)."""
+    from ncprompt.config.grid import GridSection
+
+    out = []
+    for key in GRID_FLAGS:
+        sub, _, leaf = key.rpartition(".")
+        model = GridSection.model_fields[sub].annotation if sub else GridSection
+        field = model.model_fields[leaf]
+        default = field.get_default(call_default_factory=True)
+        f = _flag("grid", key, field, default, taken, f"default {default!r}")
+        if f is not None:
+            out.append(f)
+    return out
+
+
 def method_flags(methods: list[str] | None = None, taken: set[str] | None = None) -> list[Flag]:
     """One flag per method option (the union over methods); help lists each method's default."""
     names = methods if methods is not None else sorted(METHOD_CONFIGS)
@@ -179,12 +203,13 @@ def _flag_layer(a: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
     for dest, value in vars(a).items():
         if not dest.startswith("cfg:"):
             continue
-        section, key = dest[4:].split(".", 1)
+        section, *path = dest[4:].split(".")  # (grid keys have two levels: grid.slurm.partition)
+        key = ".".join(path)
         if section == "method" and key == "templates" and isinstance(value, list) and len(value) == 1:
             value = value[0]
         if section == "method" and key != "name":
             method_keys.append(key)
-        layer = set_dotted(layer, [section, key], value)
+        layer = set_dotted(layer, [section, *path], value)
     return layer, method_keys
 
 
@@ -336,6 +361,15 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def cmd_protocol(a: argparse.Namespace) -> int:
+    if a.status:
+        from ncprompt.protocols.launchers.status import status_command
+
+        return status_command(a.status, a.resubmit_failed)
+    if a.resubmit_failed:
+        raise ConfigError("--resubmit-failed goes with --status GRID (the grid folder whose failed cells to resubmit)")
+    missing = [f"--{k}" for k in ("datasets", "methods", "output") if not getattr(a, k)]
+    if missing:
+        raise ConfigError(f"protocol needs {', '.join(missing)} (or --status GRID to see a grid's cells)")
     base, _ = layers_from_args(a, [a.protocol_defaults])
     if a.print_config:
         from ncprompt.protocols.demo import protocol_config
@@ -441,16 +475,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("protocol", help="a grid of runs (datasets x shots x methods x seeds) with summary tables",
                        epilog=EPILOG + " Per-method options: --set per_method.coop.n_ctx=4 or per_method: in YAML.")
-    s.add_argument("--datasets", nargs="+", required=True)
-    s.add_argument("--methods", nargs="+", required=True, help="method specs, e.g. zeroshot coop coop+npt")
+    s.add_argument("--datasets", nargs="+", help="datasets: NAME or NAME=ROOT (needed unless --status)")
+    s.add_argument("--methods", nargs="+", help="method specs, e.g. zeroshot coop coop+npt (needed unless --status)")
     s.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="[default 1 2 3]")
     s.add_argument("--shots", type=int, nargs="+", help="shots per class; several values: a few-shot sweep")
-    s.add_argument("--output", required=True, help="grid folder (one run folder per cell)")
+    s.add_argument("--output", help="grid folder (one run folder per cell; needed unless --status)")
     s.add_argument("--workers", type=_nproc, default=1, help="parallel runs (processes) [default 1]")
     s.add_argument("--no-resume", action="store_true", help="start every cell over (even with other settings)")
+    s.add_argument("--status", metavar="GRID", help="show each cell of the grid folder GRID: done, running, queued, "
+                   "failed (with its last log line) or missing; writes the summary once every cell is done")
+    s.add_argument("--resubmit-failed", action="store_true",
+                   help="with --status: submit the failed cells again (the grid's launcher; they resume)")
     add_layer_flags(s)
     skip = {("run", "output"), ("data", "dataset"), ("data", "shots"), ("train", "seed"), ("npt", "enabled")}
-    add_config_flags(s, run_flags(skip, {("data", "protocol"): "base2new"}), "base run options (every cell)")
+    pflags = run_flags(skip, {("data", "protocol"): "base2new"})
+    add_config_flags(s, pflags, "base run options (every cell)")
+    add_config_flags(s, grid_flags({n.removeprefix("--") for f in pflags for n in f.names}),
+                     "where the cells run (grid section: local, SLURM through submitit, Ray; docs/distributed.md)")
     s.set_defaults(func=cmd_protocol, protocol_defaults={"data": {"protocol": "base2new"}})
 
     s = sub.add_parser("analyze", help="NC report (JSON + markdown) and plots of run folders")
@@ -494,9 +535,14 @@ def nproc_problem(nproc: int, cpus: int | None = None, gpus: int | None = None) 
 
 
 def add_nproc_flag(p: argparse.ArgumentParser) -> None:
-    """``--nproc N`` on a command that is one run (grids place one run per process/device instead: --workers)."""
+    """``--nproc N`` (and the multi-node ``--nnodes``, ``--node-rank``, ``--rdzv-endpoint``) on a command that is
+    one run (grids place one run per process/device instead: --workers)."""
     p.add_argument("--nproc", type=_nproc, metavar="N",
-                   help="run on N processes: re-executes this command under torchrun (docs/distributed.md)")
+                   help="run on N processes (per node): re-executes this command under torchrun (docs/distributed.md)")
+    p.add_argument("--nnodes", type=_nproc, metavar="N", help="nodes taking part (run the same command on each)")
+    p.add_argument("--node-rank", type=int, metavar="R", help="this node's rank, 0..N-1 [default: $SLURM_NODEID]")
+    p.add_argument("--rdzv-endpoint", metavar="HOST:PORT",
+                   help="node 0's address for torchrun's rendezvous [default: $MASTER_ADDR:$MASTER_PORT]")
 
 
 def _call(module: str, name: str, a: argparse.Namespace) -> int:
@@ -625,14 +671,21 @@ def main(argv: list[str] | None = None) -> int:
     if a.command in ("zeroshot", "train", "eval", "predict", "export", "demo", "protocol", "analyze"):  # computing
         pin_threads(a)
         default_threads()
-    if getattr(a, "nproc", None) and a.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        too_many = nproc_problem(a.nproc)
+    nodes = getattr(a, "nnodes", None) or 1
+    multi = any(getattr(a, k, None) is not None for k in ("nnodes", "node_rank", "rdzv_endpoint"))
+    if ((getattr(a, "nproc", None) or 1) * nodes > 1 or multi) and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        too_many = nproc_problem(a.nproc) if (getattr(a, "nproc", None) or 1) > 1 else None
         if too_many:
             print(f"ncprompt: error: {too_many}", file=sys.stderr)
             return 2
-        from ncprompt.engine.distributed import launch
+        from ncprompt.engine.distributed import DistributedError, launch, node_options
 
-        return launch(a.nproc, list(argv) if argv is not None else sys.argv[1:])
+        try:
+            rendezvous = node_options(nodes, a.node_rank, a.rdzv_endpoint)
+        except DistributedError as e:
+            print(f"ncprompt: error: {e}", file=sys.stderr)
+            return 2
+        return launch(a.nproc or 1, list(argv) if argv is not None else sys.argv[1:], nodes=rendezvous)
     import logging
 
     logging.basicConfig(level=logging.INFO if a.debug else logging.ERROR, format="%(message)s")

@@ -1,7 +1,8 @@
 """Runs on several processes with PyTorch's own engine: ``torchrun`` + DistributedDataParallel.
 
 Launch (both are the same): ``ncprompt train --nproc 2 ...`` re-executes the CLI as
-``python -m torch.distributed.run --standalone --nproc_per_node 2 -m ncprompt.cli train ...``.
+``python -m torch.distributed.run --standalone --nproc_per_node 2 -m ncprompt.cli train ...``; on several
+nodes ``--nnodes N --node-rank R --rdzv-endpoint HOST:PORT`` replace ``--standalone`` (:func:`node_options`).
 Every rank joins the process group described by torchrun's environment (RANK, WORLD_SIZE,
 LOCAL_RANK, MASTER_ADDR/PORT): gloo on CPU, NCCL on CUDA (one device per local rank).
 
@@ -377,19 +378,54 @@ def strip_option(argv: Sequence[str], name: str) -> list[str]:
     return out
 
 
-def torchrun_command(nproc: int, argv: Sequence[str], module: str = "ncprompt.cli") -> list[str]:
-    """The torchrun line that runs ``python -m module argv`` on ``nproc`` local ranks."""
+#: the CLI options that describe the launch, not the run (left out of the command torchrun re-executes)
+LAUNCH_OPTIONS = ("--nproc", "--nnodes", "--node-rank", "--rdzv-endpoint")
+
+
+def node_options(nnodes: int, node_rank: int | None = None, endpoint: str | None = None,
+                 env: dict[str, str] | None = None) -> list[str]:
+    """torchrun's rendezvous options: ``--standalone`` on one node; on ``nnodes`` nodes the static rendezvous
+    (``--nnodes``, ``--node_rank``, ``--rdzv_endpoint`` HOST:PORT of node 0, which hosts it). Under ``srun`` the
+    node rank defaults to ``SLURM_NODEID`` and the endpoint to ``MASTER_ADDR``:``MASTER_PORT`` (port 29500)."""
+    env = os.environ if env is None else env
+    if nnodes < 1:
+        raise DistributedError(f"--nnodes must be >= 1, got {nnodes}")
+    if nnodes == 1:
+        if node_rank is not None or endpoint is not None:
+            raise DistributedError("--node-rank and --rdzv-endpoint go with --nnodes N (N > 1 nodes)")
+        return ["--standalone"]
+    if node_rank is None and env.get("SLURM_NODEID", "").isdigit():
+        node_rank = int(env["SLURM_NODEID"])
+    if node_rank is None or not 0 <= node_rank < nnodes:
+        raise DistributedError(f"--nnodes {nnodes}: give this node's --node-rank in 0..{nnodes - 1} (srun sets "
+                               f"SLURM_NODEID){'' if node_rank is None else f', got {node_rank}'}")
+    if endpoint is None and env.get("MASTER_ADDR"):
+        endpoint = f"{env['MASTER_ADDR']}:{env.get('MASTER_PORT', '29500')}"
+    host, _, port = (endpoint or "").rpartition(":")
+    if not host or not port.isdigit():
+        raise DistributedError(f"--nnodes {nnodes}: give --rdzv-endpoint HOST:PORT of node 0 (the same on every "
+                               f"node; or set MASTER_ADDR), got {endpoint!r}")
+    return ["--nnodes", str(nnodes), "--node_rank", str(node_rank), "--rdzv_endpoint", endpoint]
+
+
+def torchrun_command(nproc: int, argv: Sequence[str], module: str = "ncprompt.cli",
+                     nodes: Sequence[str] = ("--standalone",)) -> list[str]:
+    """The torchrun line that runs ``python -m module argv`` on ``nproc`` ranks per node (``nodes``: the
+    rendezvous options of :func:`node_options`)."""
     if nproc < 1:
         raise DistributedError(f"--nproc must be >= 1, got {nproc}")
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-            "-m", module, *strip_option(argv, "--nproc")]
+    for name in LAUNCH_OPTIONS:
+        argv = strip_option(argv, name)
+    return [sys.executable, "-m", "torch.distributed.run", *nodes, "--nproc_per_node", str(nproc),
+            "-m", module, *argv]
 
 
-def launch(nproc: int, argv: Sequence[str], module: str = "ncprompt.cli") -> int:
-    """Re-execute the CLI under torchrun on ``nproc`` processes; returns torchrun's exit status."""
+def launch(nproc: int, argv: Sequence[str], module: str = "ncprompt.cli", nodes: Sequence[str] = ("--standalone",)
+           ) -> int:
+    """Re-execute the CLI under torchrun on ``nproc`` processes (per node); returns torchrun's exit status."""
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    return subprocess.call(torchrun_command(nproc, argv, module), env=env)
+    return subprocess.call(torchrun_command(nproc, argv, module, nodes), env=env)
 
 
 def free_port() -> int:

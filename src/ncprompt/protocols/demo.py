@@ -61,11 +61,17 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 def run_protocol(base: dict[str, Any], datasets: list[str], methods: list[str], seeds: list[int],
                  output: str | Path, shots: list[int] | None = None, workers: int = 1, resume: bool = True) -> int:
-    """``ncprompt protocol``: ``base`` is the merged (unvalidated) base config of every cell."""
+    """``ncprompt protocol``: ``base`` is the merged (unvalidated) base config of every cell; its ``grid`` section
+    (:mod:`ncprompt.config.grid`) says where the cells run."""
+    from ncprompt.config.grid import pop_grid_section
+
+    launcher = pop_grid_section(base)
     options = per_method_options(base)
     specs = [MethodSpec.parse(m, options) for m in methods]
-    rows = run_grid(base, datasets, specs, seeds, output, workers=workers, shots=shots, resume=resume)
-    print(markdown_table(summarise(rows)))
+    rows = run_grid(base, datasets, specs, seeds, output, workers=workers, shots=shots, resume=resume,
+                    launcher=launcher)
+    if rows:  # (none: submitted without waiting)
+        print(markdown_table(summarise(rows)))
     return 0
 
 

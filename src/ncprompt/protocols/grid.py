@@ -30,6 +30,7 @@ import numpy as np
 from ncprompt.analysis.names import display_name
 from ncprompt.analysis.runs import run_setting
 from ncprompt.config import ConfigError, RunConfig, merge_layers
+from ncprompt.config.grid import GridSection
 from ncprompt.engine.progress import ProgressLog, quiet
 from ncprompt.engine.results import RunResult, read_results
 from ncprompt.engine.run_folder import RunFolder
@@ -145,12 +146,21 @@ def _die_with_parent(parent: int) -> None:
 
 def run_grid(base: dict[str, Any], datasets: list[str], methods: list[MethodSpec], seeds: list[int],
              out_dir: str | Path, workers: int = 1, log: Callable[[str], None] | None = None,
-             shots: list[int | None] | None = None, resume: bool = True) -> list[dict[str, Any]]:
-    """Run every distinct (dataset, shots, method, seed) cell; returns one summary row per cell."""
+             shots: list[int | None] | None = None, resume: bool = True,
+             launcher: GridSection | None = None) -> list[dict[str, Any]]:
+    """Run every distinct (dataset, shots, method, seed) cell; returns one summary row per cell (none when a
+    launcher submitted the cells without waiting). ``launcher``: where the cells run (the ``grid`` section;
+    default this machine, ``workers`` processes); every launcher runs :func:`run_one`."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--output {out} is an existing file; give a folder for the grid")
+    launcher = launcher or GridSection()
+    if launcher.launcher != "local":  # tasks may run elsewhere (another working directory)
+        out = out.resolve()
     jobs = grid_jobs(base, datasets, methods, seeds, out, shots, resume)
+    from ncprompt.protocols.launchers.records import write_grid_record
+
+    write_grid_record(out, jobs, launcher.model_dump(mode="json"))  # for --status and --resubmit-failed
     _DATASETS.clear()  # a dataset is read again by each grid: its files may have changed since the last one
     rows: list[dict[str, Any]] = []
     threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
@@ -158,18 +168,7 @@ def run_grid(base: dict[str, Any], datasets: list[str], methods: list[MethodSpec
     reused = {job["run_dir"] for job in jobs if resume and (Path(job["run_dir"]) / "results.json").is_file()}
 
     def record(job: dict[str, Any], res: RunResult) -> None:
-        row: dict[str, Any] = {"dataset": job["dataset"], "shots": job["shots"], "method": job["label"],
-                               "seed": job["seed"], "run": job["run_dir"],
-                               "setting": run_setting(Path(job["run_dir"]) / "results.json", res.to_dict())}
-        for k, split in res.splits.items():
-            row[k] = split.top1
-            for g, v in (split.groups or {}).items():
-                row[f"{k}_{g}"] = v
-        if res.hm is not None:
-            row["hm"] = res.hm
-        for name, rep in res.targets.items():
-            row[f"target:{name}"] = rep.top1
-        row["seconds"] = res.seconds
+        row = cell_row(job, res)
         rows.append(row)
         shown = ", ".join(f"{k} {row[k]:.1f}" for k in ("all", "base", "new", "hm") if k in row)
         took = "reused" if job["run_dir"] in reused else f"{res.seconds or 0:.0f} s"
@@ -178,7 +177,13 @@ def run_grid(base: dict[str, Any], datasets: list[str], methods: list[MethodSpec
         if log is not None:
             log(line)
 
-    if workers <= 1:
+    if launcher.launcher != "local":
+        from ncprompt.protocols.launchers import launch_cells
+
+        if not launch_cells(launcher, jobs, out, record):  # submitted, not waited for: --status writes the tables
+            plog.close()
+            return []
+    elif workers <= 1:
         for job in jobs:
             record(job, run_one(job))
     else:
@@ -197,18 +202,44 @@ def run_grid(base: dict[str, Any], datasets: list[str], methods: list[MethodSpec
                 proc.kill()
             raise
         pool.shutdown()
+    order = {(j["dataset"], j["shots"], j["label"], j["seed"]): i for i, j in enumerate(jobs)}
+    rows.sort(key=lambda r: order[(r["dataset"], r["shots"], r["method"], r["seed"])])  # launchers: any order
+    for w in finish_grid(rows, out, jobs):
+        plog.note(w)
+        if log is not None:
+            log(w)
     plog.close()
+    return rows
+
+
+def cell_row(job: dict[str, Any], res: RunResult) -> dict[str, Any]:
+    """A cell's row of runs.csv: dataset, shots, method, seed, run folder, setting (:mod:`ncprompt.config.setting`),
+    each split's top-1 (and groups), hm, targets."""
+    row: dict[str, Any] = {"dataset": job["dataset"], "shots": job["shots"], "method": job["label"],
+                           "seed": job["seed"], "run": job["run_dir"],
+                           "setting": run_setting(Path(job["run_dir"]) / "results.json", res.to_dict())}
+    for k, split in res.splits.items():
+        row[k] = split.top1
+        for g, v in (split.groups or {}).items():
+            row[f"{k}_{g}"] = v
+    if res.hm is not None:
+        row["hm"] = res.hm
+    for name, rep in res.targets.items():
+        row[f"target:{name}"] = rep.top1
+    row["seconds"] = res.seconds
+    return row
+
+
+def finish_grid(rows: list[dict[str, Any]], out: Path, jobs: list[dict[str, Any]]) -> list[str]:
+    """The grid's summary tables and plot, and the paper tables of its cells (not of other runs in the folder);
+    returns the warnings of seeds counted once (a setting run twice)."""
     write_tables(rows, out)
     from ncprompt.analysis.tables import collect_rows, write_paper_tables
 
     # the paper tables of this grid's cells (not of other runs left in the folder)
     repeated: list[str] = []
     write_paper_tables(collect_rows([Path(job["run_dir"]) for job in jobs]), out / "tables", repeated)
-    for w in repeated:  # e.g. zero-shot CLIP at several shots: one setting (it reads no training images)
-        plog.note(w)
-        if log is not None:
-            log(w)
-    return rows
+    return repeated  # e.g. zero-shot CLIP at several shots: one setting (it reads no training images)
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
