@@ -59,7 +59,7 @@ def test_submitit_array_equals_local_grid(local_grid, cache, tmp_path, capsys):
     assert main(grid_args(out, cache, "--launcher", "submitit", "--slurm-cluster", "local", "--cpus-per-cell", "1",
                           "--time-min", "30")) == 0
     printed = capsys.readouterr().out
-    assert "submitted 4 cell(s) to local" in printed and "| average | coop |" in printed
+    assert "submitted 4 cell(s) to local" in printed and "| average | CoOp |" in printed
     assert table(out) == table(local_grid) and len(table(out)) == 4
     assert (out / "summary.md").read_text() == (local_grid / "summary.md").read_text()
     records = [json.loads(x) for x in (out / "jobs.jsonl").read_text().splitlines()]
