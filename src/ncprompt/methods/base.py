@@ -38,11 +38,13 @@ class MethodConfigError(ConfigError):
 
 @dataclass(frozen=True)
 class MethodContext:
-    """What a method is built on: the frozen backbone, the class names, the dataset's templates."""
+    """What a method is built on: the frozen backbone, the class names, the dataset's templates, and whether
+    prompts encode their shared prefix once (``train.shared_prefix``; :class:`ncprompt.methods.coop.PromptLearner`)."""
 
     backbone: Backbone
     classnames: list[str]
     templates: list[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
+    shared_prefix: bool = True
 
     def with_classnames(self, classnames: list[str]) -> MethodContext:
         return replace(self, classnames=list(classnames))
