@@ -245,3 +245,23 @@ def test_unsupported_reason_names_the_problem(pocket):
     assert sp.unsupported_reason(enc) is None
     assert sp._is_causal_mask(enc.tower.attn_mask)
     assert not sp._is_causal_mask(torch.zeros(4, 4))
+
+
+@pytest.mark.parametrize("name", ["coop", "cocoop"])
+def test_bf16_autocast_close_to_full_path(one_thread, name):
+    """Under bf16 autocast both paths round every matmul to bf16 (relative 2^-8 = 0.4%), in other shapes and so
+    differently: about 0.5% apart here; 3% bounds it (a wrong prefix is off by tens of percent)."""
+    torch.manual_seed(0)
+    bb = load_backbone("pocket", device="cpu", precision="bf16")
+    out = {}
+    for shared in (False, True):
+        torch.manual_seed(0)
+        m = build_method(parse_method({"name": name}), MethodContext(bb, NAMES, TEMPLATES, shared))
+        f = torch.randn(2, bb.embed_dim, generator=torch.Generator().manual_seed(0))
+        t = m.conditional_text_features(f) if name == "cocoop" else m.text_features()
+        t.float().pow(2).sum().backward()
+        out[shared] = t.detach(), m.prompt_learner.ctx.grad.clone(), m.prompt_learner.prefix_len
+    (t0, g0, p0), (t1, g1, p1) = out[False], out[True]
+    assert p0 == 0 < p1
+    assert (t1 - t0).abs().max() <= 3e-2 * float(t0.abs().max())
+    assert (g1 - g0).abs().max() <= 3e-2 * float(g0.abs().max())
