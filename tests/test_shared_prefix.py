@@ -265,3 +265,16 @@ def test_bf16_autocast_close_to_full_path(one_thread, name):
     assert p0 == 0 < p1
     assert (t1 - t0).abs().max() <= 3e-2 * float(t0.abs().max())
     assert (g1 - g0).abs().max() <= 3e-2 * float(g0.abs().max())
+
+
+def test_fallback_note_in_the_run_log(tiny_backbone, tmp_path, one_thread):
+    from ncprompt.data.cache import CachedFeatures
+    from ncprompt.engine.trainer import TrainConfig, train
+
+    m = build_method("coop", tiny_backbone, NAMES, {"n_ctx": 4, "class_token_position": "front"})
+    feats = torch.randn(10, 1, tiny_backbone.embed_dim, generator=torch.Generator().manual_seed(0))
+    train(m, CachedFeatures(feats), torch.arange(10) % 5, TrainConfig(epochs=1, batch_size=5, views=1,
+                                                                     warmup_epochs=0), tmp_path)
+    log = (tmp_path / "train.log").read_text()
+    assert log.count("shared-prefix prompt encoding is off") == 1 and "class token is at the front" in log
+    assert build_method("coop", tiny_backbone, NAMES, {"n_ctx": 4}).notes() == []

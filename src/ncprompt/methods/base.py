@@ -146,6 +146,11 @@ class PromptMethod(nn.Module):
         it to project the CE gradient off the zero-shot direction)."""
         loss.backward()
 
+    def notes(self) -> list[str]:
+        """Lines for the run's log about how this method computes (e.g. why the shared-prefix prompt encoding is
+        off): every sub-module's ``encoding_note``, when set."""
+        return [n for m in self.modules() if (n := getattr(m, "encoding_note", None))]
+
     def end_epoch(self, epoch: int, epochs: int) -> None:
         """Called by the trainer after the steps of 0-based ``epoch`` (PromptSRC: Gaussian prompt aggregation)."""
 

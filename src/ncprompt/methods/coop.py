@@ -97,9 +97,11 @@ class PromptLearner(nn.Module):
         reason = None if not shared_prefix else (
             f"the class token is at the {cfg.class_token_position}, not the end" if cfg.class_token_position != "end"
             else "the context is class-specific" if cfg.class_specific else unsupported_reason(self.encoder))
+        #: why the shared-prefix encoding is off although asked for (the trainer puts it in the run's log)
+        self.encoding_note = (f"note: shared-prefix prompt encoding is off for {backbone.name}: {reason}; every "
+                              "prompt is encoded in full") if reason else None
         if reason:
-            say_once(f"shared-prefix prompt encoding is off for {backbone.name}: {reason}; every prompt is encoded "
-                     "in full")
+            say_once(self.encoding_note)
         #: positions every prompt shares ([SOS], context, frozen ctx_init words); 0: encode the full prompts
         self.prefix_len = 1 + n_ctx + self.n_frozen if shared_prefix and reason is None else 0
 
