@@ -10,6 +10,8 @@ the text side of one training step. Three ways, same weights, same prompts:
            no attention to the prefix): the same tokens through the same blocks, the least the shared step can cost
 
 Each repetition times full, shared and floor in turn (interleaved, so drift and other processes hit all three).
+Each cell also records the largest difference between the full and the shared step's features and gradients
+(relative to the largest entry), so a GPU run (fp32 / bf16) checks the equality as well.
 Models: the pocket model (K = 42 and 100: the suite's 70-100-class sets' base halves and all classes) and a random
 ViT-B-16 (K = 100; ``--k1000`` adds K = 1000). TCP's class tokens enter at a middle block, from which its rows run
 in full (its floor is the shared part's floor). Results: ``benchmarks/results/shared_prefix_<device>_<precision>.json``
@@ -146,6 +148,23 @@ def floor_fn(backbone, m, images, w):
     return step
 
 
+def agreement(backbone, b: dict[str, Any]) -> dict[str, float]:
+    """Largest difference between the full and the shared step: features (of the largest |feature|) and
+    prompt gradients (of each parameter's largest entry), so a GPU run checks equality too."""
+    res = {}
+    for way in ("full", "shared"):
+        m = b[way]
+        for p in m.parameters():
+            p.grad = None
+        with backbone.autocast():
+            t = _text(m, b["images"])
+        (F.normalize(t.float(), dim=-1) * b["w"]).sum().backward()
+        res[way] = t.detach().float(), {n: p.grad.float() for n, p in m.named_parameters() if p.grad is not None}
+    (t0, g0), (t1, g1) = res["full"], res["shared"]
+    return {"features_rel": float((t1 - t0).abs().max() / t0.abs().max()),
+            "grads_rel": max(float((g1[n] - g).abs().max() / g.abs().max().clamp_min(1e-30)) for n, g in g0.items())}
+
+
 def measure_cell(backbone, method: str, opts: dict[str, Any], k: int, reps: int, warmup: int,
                  cocoop_batch: int) -> dict[str, Any]:
     b = build(backbone, method, opts, k, cocoop_batch)
@@ -168,7 +187,7 @@ def measure_cell(backbone, method: str, opts: dict[str, Any], k: int, reps: int,
     med = {n: statistics.median(v) for n, v in times.items()}
     groups = 1 if b["images"] is None else len(b["images"])
     return {"method": method, "k": k, "options": opts, "groups": groups, "prefix_len": pl.prefix_len,
-            "length": pl.length, "times_s": times, "median_s": med,
+            "length": pl.length, "times_s": times, "median_s": med, "max_rel_diff": agreement(backbone, b),
             "speedup_full_over_shared": med["full"] / med["shared"],
             "shared_over_floor": med["shared"] / med["floor"], "others_cpu_share": mon.read()["others_share"]}
 
@@ -217,15 +236,16 @@ def table(data: dict[str, Any]) -> str:
     rows = []
     for r in data["rows"]:
         if "error" in r:
-            rows.append([r["model"], str(r["k"]), r["method"], "-", "-", "-", "-", "-", r["error"]])
+            rows.append([r["model"], str(r["k"]), r["method"], "-", "-", "-", "-", "-", r["error"], "-"])
             continue
         m = r["median_s"]
         rows.append([r["model"], str(r["k"]), r["method"], f"{r['prefix_len']} + {r['length'] - r['prefix_len']}"
                      + (f" (x{r['groups']})" if r["groups"] > 1 else ""), fmt_s(m["full"]), fmt_s(m["shared"]),
-                     fmt_s(m["floor"]), f"{r['speedup_full_over_shared']:.2f}x", f"{r['shared_over_floor']:.2f}"])
+                     fmt_s(m["floor"]), f"{r['speedup_full_over_shared']:.2f}x", f"{r['shared_over_floor']:.2f}",
+                     "{features_rel:.1e} / {grads_rel:.1e}".format(**r["max_rel_diff"])])
     return head + "\n\n" + markdown_table(
         ["model", "K", "method", "prefix + class positions", "full", "shared", "floor", "full / shared",
-         "shared / floor"], rows)
+         "shared / floor", "max rel. diff features / grads"], rows)
 
 
 def section(results_dir: Path = RESULTS_DIR) -> str:
