@@ -53,11 +53,18 @@ def cell(backbone, preset: str, dataset: str, shared: bool, cache: str, epochs: 
         t0 = time.perf_counter()
         res = Experiment(RunConfig.from_dict(cfg), backbone=backbone).run(Path(tmp) / "run")
         wall = time.perf_counter() - t0
-        log = [json.loads(x) for x in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
+        metrics = Path(tmp) / "run" / "metrics.jsonl"  # none for methods without SGD epochs (linear probe)
+        log = [json.loads(x) for x in metrics.read_text().splitlines()] if metrics.is_file() else []
     return {"preset": preset, "dataset": dataset, "shared_prefix": shared, "wall_s": wall,
-            "train_s": sum(r["epoch_time_s"] for r in log), "epochs": len(log),
-            "base": res.splits["base"].top1, "new": res.splits["new"].top1, "hm": res.hm,
-            "final_loss": log[-1]["loss"]}
+            "train_s": sum(r["epoch_time_s"] for r in log) if log else wall, "epochs": len(log),
+            "base": _top1(res, "base"), "new": _top1(res, "new"), "hm": res.hm,
+            "final_loss": log[-1]["loss"] if log else None}
+
+
+def _top1(res, split: str) -> float | None:
+    """top-1 of ``split``; a preset of protocol "all" (the linear probe) has only "all": its top-1 as "base"."""
+    s = res.splits.get(split) or (res.splits.get("all") if split == "base" else None)
+    return None if s is None else s.top1
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -82,7 +89,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     res = cell(backbone, preset, dataset, shared, args.cache, args.epochs)
                     out["runs"].append(res)
                     print(f"{preset} {dataset} shared_prefix={shared}: {fmt_s(res['wall_s'])} (train "
-                          f"{fmt_s(res['train_s'])}), base {res['base']:.2f} new {res['new']:.2f}", flush=True)
+                          f"{fmt_s(res['train_s'])}), base {res['base']} new {res['new']}", flush=True)
                     write_json(args.out.with_suffix(".partial.json"), out)
     finish_info(info, monitor)
     return out
@@ -102,13 +109,17 @@ def summarise(data: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         med = {name: {"off": statistics.median(r[name] for r in off), "on": statistics.median(r[name] for r in on)}
                for name in ("wall_s", "train_s")}
-        diff = {m: max(abs(a[m] - b[m]) for a, b in zip(off, on) if a[m] is not None and b[m] is not None)
-                for m in ("base", "new", "hm", "final_loss")}
+        diff = {m: max((abs(a[m] - b[m]) for a, b in zip(off, on) if a[m] is not None and b[m] is not None),
+                       default=0.0) for m in ("base", "new", "hm", "final_loss")}
         rows.append({"preset": preset, "dataset": dataset, "median": med,
                      "speedup_wall": med["wall_s"]["off"] / med["wall_s"]["on"],
                      "speedup_train": med["train_s"]["off"] / med["train_s"]["on"], "max_abs_diff": diff,
                      "base": on[0]["base"], "new": on[0]["new"], "hm": on[0]["hm"]})
     return rows
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
 
 
 def section(data: dict[str, Any] | None) -> str:
@@ -121,7 +132,7 @@ def section(data: dict[str, Any] | None) -> str:
               f"{100 * info.get('cpu_during_run', {}).get('others_share', 0):.0f}%; epochs: "
               f"{data['epochs'] or 'the presets'}; {data['rounds']} interleaved round(s). {info.get('note', '')}", ""]
     rows = [[r["preset"], r["dataset"], fmt_s(r["median"]["wall_s"]["off"]), fmt_s(r["median"]["wall_s"]["on"]),
-             f"{r['speedup_wall']:.2f}x", f"{r['speedup_train']:.2f}x", f"{r['base']:.2f} / {r['new']:.2f}",
+             f"{r['speedup_wall']:.2f}x", f"{r['speedup_train']:.2f}x", f"{_num(r['base'])} / {_num(r['new'])}",
              "{base:.2f} / {new:.2f} / {final_loss:.1e}".format(**r["max_abs_diff"])] for r in summarise(data)]
     lines += [markdown_table(["preset", "dataset", "cell off", "cell on", "off / on (cell)", "off / on (training)",
                               "base / new top-1 (on)", "max abs diff base / new / loss"], rows), ""]
