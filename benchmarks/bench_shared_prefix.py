@@ -20,6 +20,7 @@ and the ``bench_shared_prefix`` section of docs/benchmarks.md (every such JSON f
     .venv/bin/python benchmarks/bench_shared_prefix.py                                  # CPU fp32, both models
     .venv/bin/python benchmarks/bench_shared_prefix.py --device cuda --precision bf16 --k1000
     .venv/bin/python benchmarks/bench_shared_prefix.py --models pocket --ks-pocket 8 --methods coop --reps 1  # smoke
+    .venv/bin/python benchmarks/bench_shared_prefix.py --models pocket --methods coop --seeds 5   # seeds batched
     .venv/bin/python benchmarks/bench_shared_prefix.py --doc                            # rewrite the docs section
 """
 
@@ -192,6 +193,62 @@ def measure_cell(backbone, method: str, opts: dict[str, Any], k: int, reps: int,
             "shared_over_floor": med["shared"] / med["floor"], "others_cpu_share": mon.read()["others_share"]}
 
 
+def seeds_cell(backbone, opts: dict[str, Any], k: int, seeds: int, reps: int, warmup: int) -> dict[str, Any]:
+    """CoOp prompt steps of ``seeds`` runs (contexts from init seeds 0..S-1): one after another (S shared-prefix
+    steps) against one step whose S contexts are the S prefixes of one encoding (G = S; the class positions'
+    tokens then go through the blocks together). Whether batching several seeds of one dataset helps, and that
+    it gives each seed its own features and gradients."""
+    from ncprompt.config.methods import parse_method
+    from ncprompt.methods import build_method
+    from ncprompt.methods.base import MethodContext
+
+    names = classnames(k)
+    ms = [build_method(parse_method({"name": "coop", **opts, "init_seed": s}),
+                       MethodContext(backbone, names, ["a photo of a {}."], True)).train() for s in range(seeds)]
+    w = torch.randn(seeds, k, backbone.embed_dim, generator=torch.Generator().manual_seed(1)).to(backbone.device)
+    ctxs = [m.prompt_learner.ctx for m in ms]
+
+    def zero() -> None:
+        for c in ctxs:
+            c.grad = None
+
+    def separate() -> torch.Tensor:
+        zero()
+        out = []
+        for i, m in enumerate(ms):
+            with backbone.autocast():
+                t = m.text_features()
+            (F.normalize(t.float(), dim=-1) * w[i]).sum().backward()
+            out.append(t.detach())
+        _sync(backbone.device)
+        return torch.stack(out)
+
+    def batched() -> torch.Tensor:
+        zero()
+        with backbone.autocast():
+            t = ms[0].prompt_learner.encode(torch.stack(ctxs)).float().view(seeds, k, -1)
+        (F.normalize(t, dim=-1) * w).sum().backward()
+        _sync(backbone.device)
+        return t.detach()
+
+    t_sep = separate()
+    g_sep = [c.grad.clone() for c in ctxs]
+    t_bat = batched()
+    diff = {"features_rel": float((t_bat - t_sep).abs().max() / t_sep.abs().max()),
+            "grads_rel": max(float((c.grad - g).abs().max() / g.abs().max()) for c, g in zip(ctxs, g_sep))}
+    for _ in range(warmup):
+        separate(), batched()
+    times: dict[str, list[float]] = {"separate": [], "batched": []}
+    for _ in range(reps):
+        for name, fn in (("separate", separate), ("batched", batched)):
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    med = {n: statistics.median(v) for n, v in times.items()}
+    return {"method": "coop", "k": k, "seeds": seeds, "times_s": times, "median_s": med,
+            "speedup_separate_over_batched": med["separate"] / med["batched"], "max_rel_diff": diff}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from ncprompt.backbones.openclip import load_backbone
 
@@ -222,6 +279,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                           flush=True)
                 out["rows"].append(r)
                 write_json(args.out.with_suffix(".partial.json"), out)
+            if args.seeds > 1:
+                print(f"{model} K={k} coop, {args.seeds} seeds ...", flush=True)
+                r = {"model": model, **seeds_cell(backbone, METHODS["coop"][0 if model == "pocket" else 1], k,
+                                                  args.seeds, args.reps, args.warmup)}
+                print(f"  separate {fmt_s(r['median_s']['separate'])}, batched {fmt_s(r['median_s']['batched'])}",
+                      flush=True)
+                out.setdefault("seed_rows", []).append(r)
+                write_json(args.out.with_suffix(".partial.json"), out)
     finish_info(info, monitor)
     return out
 
@@ -243,9 +308,19 @@ def table(data: dict[str, Any]) -> str:
                      + (f" (x{r['groups']})" if r["groups"] > 1 else ""), fmt_s(m["full"]), fmt_s(m["shared"]),
                      fmt_s(m["floor"]), f"{r['speedup_full_over_shared']:.2f}x", f"{r['shared_over_floor']:.2f}",
                      "{features_rel:.1e} / {grads_rel:.1e}".format(**r["max_rel_diff"])])
-    return head + "\n\n" + markdown_table(
+    text = head + "\n\n" + markdown_table(
         ["model", "K", "method", "prefix + class positions", "full", "shared", "floor", "full / shared",
          "shared / floor", "max rel. diff features / grads"], rows)
+    seed_rows = [[r["model"], str(r["k"]), str(r["seeds"]), fmt_s(r["median_s"]["separate"]),
+                  fmt_s(r["median_s"]["batched"]), f"{r['speedup_separate_over_batched']:.2f}x",
+                  "{features_rel:.1e} / {grads_rel:.1e}".format(**r["max_rel_diff"])]
+                 for r in data.get("seed_rows", [])]
+    if seed_rows:
+        text += "\n\nSeveral CoOp seeds' prompt steps, one after another (shared prefix each) or as one encoding " \
+                "(their contexts as the prefixes):\n\n" + markdown_table(
+                    ["model", "K", "seeds", "separate", "batched", "separate / batched",
+                     "max rel. diff features / grads"], seed_rows)
+    return text
 
 
 def section(results_dir: Path = RESULTS_DIR) -> str:
@@ -271,6 +346,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--k1000", action="store_true", help="also ViT-B-16 at K = 1000")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--cocoop-batch", type=int, default=4, help="images (contexts) per CoCoOp prompt step")
+    p.add_argument("--seeds", type=int, default=0, help="also time S CoOp seeds separately vs batched (S >= 2)")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=2, help="torch threads on CPU")
