@@ -11,6 +11,10 @@ ViT-B-16 with random weights (timings do not depend on the weights), K classes w
              epochs of ncprompt.engine.trainer.train itself (epoch_time_s / steps).
   floor      only the text encoder's forward + backward over the K prompts at their real (truncated) length.
 
+Since issue 20 the cached path also encodes the prompts' shared start once (``train.shared_prefix``, on by
+default), so it can run below this floor, which encodes every prompt in full; ``bench_shared_prefix.py`` times
+the shared-prefix step against its own floor.
+
 Per epoch = (16 K / 32) steps x step time. The cached path pays a one-off feature extraction instead: N images x
 views / image-encoding throughput (also measured, batch 32 on the same threads).
 

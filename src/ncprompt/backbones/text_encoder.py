@@ -136,8 +136,7 @@ class PromptTextEncoder(nn.Module):
         if deep_prompts is None and length == self.full_length:
             x = transformer(x, attn_mask=mask)
         else:
-            x = _run_blocks(transformer, x, mask, deep_prompts)
-        x = tower.ln_final(x)
+            x = run_blocks(transformer, x, mask, deep_prompts)
         n = x.shape[0]
         if self.pool_type == "first":
             x = x[:, 0]
@@ -145,21 +144,31 @@ class PromptTextEncoder(nn.Module):
             x = x[:, -1]
         else:
             x = x[torch.arange(n, device=x.device), pool_index]
+        return self.head(x)
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Features (N, embed_dim) of the pooled last-layer hidden states (N, width): ``ln_final(x) @ W_proj``
+        (ln_final acts per position, so pooling first is the same as open_clip's order)."""
+        tower = self.tower
+        x = tower.ln_final(x)
         proj = tower.text_projection
         if proj is not None:
             x = proj(x) if isinstance(proj, nn.Linear) else x @ proj
         return x
 
 
-def _run_blocks(
-    transformer: nn.Module, x: torch.Tensor, mask: torch.Tensor | None, deep_prompts: list[torch.Tensor] | None
+def run_blocks(
+    transformer: nn.Module, x: torch.Tensor, mask: torch.Tensor | None, deep_prompts: list[torch.Tensor] | None,
+    start: int = 0,
 ) -> torch.Tensor:
-    """Calls ``transformer.resblocks`` in order (as ``Transformer.forward`` does), optionally
+    """Calls ``transformer.resblocks[start:]`` in order (as ``Transformer.forward`` does), optionally
     replacing the context positions with per-layer prompts before layers 1.."""
     batch_first = getattr(transformer, "batch_first", True)
     if not batch_first:
         x = x.transpose(0, 1)
     for i, block in enumerate(transformer.resblocks):
+        if i < start:
+            continue
         if deep_prompts is not None and 1 <= i <= len(deep_prompts):
             p = deep_prompts[i - 1].to(x.dtype)
             n_ctx = p.shape[0]

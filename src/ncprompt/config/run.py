@@ -138,6 +138,9 @@ class TrainConfig(ConfigModel):
     seed: int = Field(1, ge=0, description="seed of sampling, initialisation and order")
     checkpoint_every: int = Field(1, ge=1, description="write a resumable checkpoint every N epochs")
     max_grad_norm: float = Field(0.0, ge=0, allow_inf_nan=False, description="clip gradients to this norm (0: off)")
+    shared_prefix: bool = Field(True, description="encode the prompts' shared start (start token + context) once "
+                                "and only the class positions per class: exact, faster; falls back to full prompts "
+                                "where it does not apply (class token middle/front, bidirectional text tower)")
     report_to: list[str] = Field(
         default_factory=list, description="experiment trackers that also record the run: tensorboard, mlflow, wandb "
         "(comma-separated; pip install 'ncprompt[tracking]'; docs/usage.md)")

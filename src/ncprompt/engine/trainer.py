@@ -254,6 +254,8 @@ def train(
         if cfg.warmup_epochs > effective_warmup(cfg):
             plog.note(f"note: warm-up clipped to {effective_warmup(cfg)} epoch(s): train.warmup_epochs "
                       f"{cfg.warmup_epochs} >= epochs {cfg.epochs}")
+        for line in method.notes():
+            plog.note(line)
     try:
         for epoch in range(start, end):
             t0 = time.perf_counter()

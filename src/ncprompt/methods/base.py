@@ -38,13 +38,16 @@ class MethodConfigError(ConfigError):
 
 @dataclass(frozen=True)
 class MethodContext:
-    """What a method is built on: the frozen backbone, the class names, the dataset's templates and its registered
-    name (``data.dataset``; methods with published per-dataset tables, e.g. ProGrad's templates, look it up)."""
+    """What a method is built on: the frozen backbone, the class names, the dataset's templates, its registered
+    name (``data.dataset``; methods with published per-dataset tables, e.g. ProGrad's templates, look it up), and
+    whether prompts encode their shared prefix once (``train.shared_prefix``;
+    :class:`ncprompt.methods.coop.PromptLearner`)."""
 
     backbone: Backbone
     classnames: list[str]
     templates: list[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
     dataset: str = ""
+    shared_prefix: bool = True
 
     def with_classnames(self, classnames: list[str]) -> MethodContext:
         return replace(self, classnames=list(classnames))
@@ -145,6 +148,11 @@ class PromptMethod(nn.Module):
         """Back-propagate one step: dL/dtheta of ``loss`` = the sum of the summed ``parts`` (ProGrad overrides
         it to project the CE gradient off the zero-shot direction)."""
         loss.backward()
+
+    def notes(self) -> list[str]:
+        """Lines for the run's log about how this method computes (e.g. why the shared-prefix prompt encoding is
+        off): every sub-module's ``encoding_note``, when set."""
+        return [n for m in self.modules() if (n := getattr(m, "encoding_note", None))]
 
     def end_epoch(self, epoch: int, epochs: int) -> None:
         """Called by the trainer after the steps of 0-based ``epoch`` (PromptSRC: Gaussian prompt aggregation)."""

@@ -28,7 +28,8 @@ class CoCoOp(PromptMethod):
     def __init__(self, context, cfg=None, ctx: nn.Parameter | None = None, meta_net: nn.Module | None = None) -> None:
         super().__init__(context, cfg)
         backbone = self.backbone
-        self.prompt_learner = PromptLearner(backbone, self.classnames, self.cfg, ctx=ctx)
+        self.prompt_learner = PromptLearner(backbone, self.classnames, self.cfg, ctx=ctx,
+                                            shared_prefix=self.context.shared_prefix)
         d_img, d_txt = backbone.embed_dim, backbone.text_width
         hidden = max(1, d_img // self.cfg.meta_reduction)
         if meta_net is None:
@@ -49,10 +50,9 @@ class CoCoOp(PromptMethod):
         bias = self.meta_net(F.normalize(image_features.float(), dim=-1))  # (B, d_txt)
         b, k = bias.shape[0], pl.token_prefix.shape[0]
         ctx = pl.ctx.unsqueeze(0) + bias.unsqueeze(1)  # (B, M, d_txt)
-        # the same prompt layout as text_features() (class token end / middle / front)
-        seq = pl.sequences(ctx=ctx.unsqueeze(1).expand(-1, k, -1, -1))
+        # the same prompt layout as text_features(); each image's prefix encoded once where it is shared
         with self.backbone.autocast():
-            t = pl.encoder(seq, pl.pool_idx.repeat(b)).float()
+            t = pl.encode(ctx).float()
         return t.view(b, k, -1)
 
     def forward(self, image_features: torch.Tensor) -> MethodOutput:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ncprompt.backbones.openclip import Backbone
+from ncprompt.backbones.shared_prefix import encode_shared_prefix, say_once, unsupported_reason
 from ncprompt.backbones.text_encoder import PromptTextEncoder
 from ncprompt.config.methods import CoOpConfig
 from ncprompt.methods.base import MethodConfigError, MethodContext, PromptMethod, register_method
@@ -27,10 +28,15 @@ class PromptLearner(nn.Module):
     len(ctx_init.split())``; "n_ctx": MaPLe's; "tokens": all its BPE tokens), the context starts from
     the first M token embeddings of ctx_init, and ctx_init's further tokens stay frozen text, as in
     the published code. A prompt longer than the text context is a :class:`PromptOverflowError`.
+
+    With ``shared_prefix`` (and the class token at the end, one shared context, a causal text tower) the
+    prompts' common start, [SOS] + context + frozen ctx_init words (``prefix_len`` positions), is encoded once
+    and only the class positions per class (:mod:`ncprompt.backbones.shared_prefix`; equal to the full path
+    to rounding); otherwise ``prefix_len`` is 0 and every prompt is encoded in full.
     """
 
     def __init__(self, backbone: Backbone, classnames: list[str], cfg: CoOpConfig,
-                 ctx: nn.Parameter | None = None) -> None:
+                 ctx: nn.Parameter | None = None, shared_prefix: bool = True) -> None:
         super().__init__()
         self.encoder = PromptTextEncoder(backbone.model)
         self.cfg = cfg
@@ -88,6 +94,16 @@ class PromptLearner(nn.Module):
         # class-name length in tokens: the tokens between the context and "." + EOS
         name_tokens = tok(names).to(device)
         self.name_lens = (self.encoder.pool_index(name_tokens) - 1).tolist()
+        reason = None if not shared_prefix else (
+            f"the class token is at the {cfg.class_token_position}, not the end" if cfg.class_token_position != "end"
+            else "the context is class-specific" if cfg.class_specific else unsupported_reason(self.encoder))
+        #: why the shared-prefix encoding is off although asked for (the trainer puts it in the run's log)
+        self.encoding_note = (f"note: shared-prefix prompt encoding is off for {backbone.name}: {reason}; every "
+                              "prompt is encoded in full") if reason else None
+        if reason:
+            say_once(self.encoding_note)
+        #: positions every prompt shares ([SOS], context, frozen ctx_init words); 0: encode the full prompts
+        self.prefix_len = 1 + n_ctx + self.n_frozen if shared_prefix and reason is None else 0
 
     def suffix(self, full: bool = False) -> torch.Tensor:
         """Class-name, "." and end-token embeddings (and padding when ``full``)."""
@@ -119,8 +135,25 @@ class PromptLearner(nn.Module):
             rows.append(torch.cat(parts, dim=1))
         return torch.stack(rows, dim=1).flatten(0, 1)
 
+    def encode(self, ctx: torch.Tensor | None = None, deep_prompts: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Text features (G K, E) (row g K + k, the tower's dtype) of the K prompts for G contexts: ``ctx``
+        (G, M, width), e.g. CoCoOp's per-image ones, or None: the learned context (G = 1). ``deep_prompts`` as in
+        :meth:`PromptTextEncoder.forward`. Shared prefix encoded once where ``prefix_len``, else full prompts."""
+        if not self.prefix_len:
+            n, k = (1 if ctx is None else ctx.shape[0]), self.token_prefix.shape[0]
+            seq = self.sequences(ctx=None if ctx is None else ctx.unsqueeze(1).expand(-1, k, -1, -1))
+            return self.encoder(seq, self.pool_idx.repeat(n), deep_prompts=deep_prompts)
+        ctx = self.ctx if ctx is None else ctx
+        ctx = ctx.unsqueeze(0) if ctx.ndim == 2 else ctx
+        g = ctx.shape[0]
+        sos = self.token_prefix[:1].expand(g, -1, -1)
+        frozen = self.token_suffix[:1, : self.n_frozen].expand(g, -1, -1)
+        prefix = torch.cat([sos, ctx.to(sos.dtype), frozen], dim=1)
+        suffix = self.suffix()[:, self.n_frozen :]  # positions prefix_len .. length - 1
+        return encode_shared_prefix(self.encoder, prefix, suffix, self.pool_idx - self.prefix_len, deep_prompts)
+
     def forward(self) -> torch.Tensor:
-        return self.encoder(self.sequences(), self.pool_idx).float()
+        return self.encode().float()
 
 
 def _check_fit(backbone: Backbone, prompts: list[str], names: list[str], n_ctx: int, ctx_init: str,
@@ -149,7 +182,8 @@ class CoOp(PromptMethod):
 
     def __init__(self, context: MethodContext, cfg: CoOpConfig | None = None, ctx: nn.Parameter | None = None) -> None:
         super().__init__(context, cfg)
-        self.prompt_learner = PromptLearner(self.backbone, self.classnames, self.learner_config(), ctx=ctx)
+        self.prompt_learner = PromptLearner(self.backbone, self.classnames, self.learner_config(), ctx=ctx,
+                                            shared_prefix=context.shared_prefix)
 
     def learner_config(self) -> CoOpConfig:
         """The options the prompt learner is built from: the method's own (ProGrad: its template as ctx_init)."""

@@ -58,7 +58,8 @@ class IVLP(PromptMethod):
         if cfg.depth_vision == 0:  # an unprompted image tower is the frozen one: its features can be cached
             self.image_input = "cached"
         coop_cfg = CoOpConfig(n_ctx=cfg.n_ctx_text, ctx_init=cfg.ctx_init, init_seed=cfg.init_seed)
-        self.prompt_learner = PromptLearner(backbone, self.classnames, coop_cfg, ctx=shared[0] if shared else None)
+        self.prompt_learner = PromptLearner(backbone, self.classnames, coop_cfg, ctx=shared[0] if shared else None,
+                                            shared_prefix=context.shared_prefix)
         if cfg.ctx_init and self.prompt_learner.n_ctx != cfg.n_ctx_text:
             raise MethodConfigError(f"ctx_init {cfg.ctx_init!r} has {self.prompt_learner.n_ctx} tokens but "
                                     f"n_ctx_text is {cfg.n_ctx_text}: make them agree")
@@ -71,7 +72,7 @@ class IVLP(PromptMethod):
         pl = self.prompt_learner
         deep = list(self.prompts.deep_text) or None
         with self.backbone.autocast():
-            return pl.encoder(pl.sequences(), pl.pool_idx, deep_prompts=deep).float()
+            return pl.encode(deep_prompts=deep).float()
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Prompted image features (B, E) of preprocessed pixels (the frozen tower's when depth_vision is 0)."""

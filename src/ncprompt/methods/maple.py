@@ -56,7 +56,8 @@ class MaPLe(PromptMethod):
                 f"MaPLe depth {self.cfg.depth} exceeds the {layers} blocks of {backbone.name}'s towers: set "
                 f"method.depth <= {layers} (--set method.depth={layers}, or `depth: {layers}` under method: in YAML)")
         ctx = shared[0] if shared else None
-        self.prompt_learner = PromptLearner(backbone, self.classnames, self.cfg, ctx=ctx)
+        self.prompt_learner = PromptLearner(backbone, self.classnames, self.cfg, ctx=ctx,
+                                            shared_prefix=self.context.shared_prefix)
         d_img = visual.conv1.out_channels
         self.prompts = shared[1] if shared else MaPLePrompts(
             self.prompt_learner.n_ctx, self.cfg.depth, backbone.text_width, d_img, self.cfg.init_seed, backbone.device)
@@ -64,7 +65,7 @@ class MaPLe(PromptMethod):
     def text_features(self) -> torch.Tensor:
         pl = self.prompt_learner
         with self.backbone.autocast():
-            return pl.encoder(pl.sequences(), pl.pool_idx, deep_prompts=list(self.prompts.deep_text)).float()
+            return pl.encode(deep_prompts=list(self.prompts.deep_text)).float()
 
     def visual_prompts(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
         c = self.prompts.couple

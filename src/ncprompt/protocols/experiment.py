@@ -135,7 +135,7 @@ class Experiment:
     # --- method -----------------------------------------------------------------------------
     def context(self) -> MethodContext:
         return MethodContext(self.backbone, list(self.train_ds.classnames), list(self.train_ds.templates),
-                             dataset=self.cfg.data.dataset)
+                             dataset=self.cfg.data.dataset, shared_prefix=self.cfg.train.shared_prefix)
 
     def build(self) -> PromptMethod:
         return build_method(self.cfg.method, self.context())
