@@ -98,7 +98,8 @@ def build(backbone, method: str, opts: dict[str, Any], k: int, cocoop_batch: int
     ms = {}
     for shared in (False, True):
         torch.manual_seed(0)
-        ms[shared] = build_method(cfg, MethodContext(backbone, names, ["a photo of a {}."], shared)).train()
+        ctx = MethodContext(backbone, names, ["a photo of a {}."], shared_prefix=shared)
+        ms[shared] = build_method(cfg, ctx).train()
     g = torch.Generator().manual_seed(1)
     images = None
     if method == "cocoop":
@@ -203,8 +204,8 @@ def seeds_cell(backbone, opts: dict[str, Any], k: int, seeds: int, reps: int, wa
     from ncprompt.methods.base import MethodContext
 
     names = classnames(k)
-    ms = [build_method(parse_method({"name": "coop", **opts, "init_seed": s}),
-                       MethodContext(backbone, names, ["a photo of a {}."], True)).train() for s in range(seeds)]
+    ctx = MethodContext(backbone, names, ["a photo of a {}."], shared_prefix=True)
+    ms = [build_method(parse_method({"name": "coop", **opts, "init_seed": s}), ctx).train() for s in range(seeds)]
     w = torch.randn(seeds, k, backbone.embed_dim, generator=torch.Generator().manual_seed(1)).to(backbone.device)
     ctxs = [m.prompt_learner.ctx for m in ms]
 

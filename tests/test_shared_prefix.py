@@ -53,7 +53,8 @@ METHODS = {
 def _step(backbone, name: str, opts: dict, names: list[str], shared: bool, npt: bool, batch: int):
     """One trainer step (lr 0) of a fresh method: text features, loss parts, gradients, prefix length."""
     torch.manual_seed(0)
-    m = build_method(parse_method({"name": name, **opts}), MethodContext(backbone, names, TEMPLATES, shared))
+    m = build_method(parse_method({"name": name, **opts}),
+                     MethodContext(backbone, names, TEMPLATES, shared_prefix=shared))
     m.train()
     g = torch.Generator().manual_seed(1)
     if m.image_input == "live":
@@ -117,7 +118,7 @@ def test_maple_text_path_vit_b16(vit_b16):
     for shared in (False, True):
         torch.manual_seed(0)
         m = build_method(parse_method({"name": "maple", "depth": 9}),
-                         MethodContext(vit_b16, NAMES[:3], TEMPLATES, shared))
+                         MethodContext(vit_b16, NAMES[:3], TEMPLATES, shared_prefix=shared))
         t = m.text_features()
         w = torch.randn(t.shape, generator=torch.Generator().manual_seed(2))
         (torch.nn.functional.normalize(t, dim=-1) * w).sum().backward()
@@ -256,7 +257,7 @@ def test_bf16_autocast_close_to_full_path(one_thread, name):
     out = {}
     for shared in (False, True):
         torch.manual_seed(0)
-        m = build_method(parse_method({"name": name}), MethodContext(bb, NAMES, TEMPLATES, shared))
+        m = build_method(parse_method({"name": name}), MethodContext(bb, NAMES, TEMPLATES, shared_prefix=shared))
         f = torch.randn(2, bb.embed_dim, generator=torch.Generator().manual_seed(0))
         t = m.conditional_text_features(f) if name == "cocoop" else m.text_features()
         t.float().pow(2).sum().backward()

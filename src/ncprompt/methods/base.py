@@ -46,8 +46,8 @@ class MethodContext:
     backbone: Backbone
     classnames: list[str]
     templates: list[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
-    dataset: str = ""
-    shared_prefix: bool = True
+    dataset: str = field(default="", kw_only=True)
+    shared_prefix: bool = field(default=True, kw_only=True)
 
     def with_classnames(self, classnames: list[str]) -> MethodContext:
         return replace(self, classnames=list(classnames))

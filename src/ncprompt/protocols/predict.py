@@ -259,7 +259,8 @@ def load_run(path: str | Path, device: str | None = None, backbone: Backbone | N
         experiment.check_device(cfg.run.device)
         backbone = load_backbone(cfg.run.model, cfg.run.pretrained, cfg.run.device, cfg.run.precision)
     _check_inputs(d, inputs, backbone, names, templates)
-    method = build_method(cfg.method, MethodContext(backbone, train_names, templates))
+    method = build_method(cfg.method, MethodContext(backbone, train_names, templates, dataset=cfg.data.dataset,
+                                                    shared_prefix=cfg.train.shared_prefix))
     if method.trainable:
         prompt = d / "prompt.safetensors"
         if not prompt.is_file():
