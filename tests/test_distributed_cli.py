@@ -22,7 +22,7 @@ from ncprompt.cli import main
 def _args(image_folder, out, cache) -> list[str]:
     return ["--no-progress", "train", "--model", "pocket", "--method", "maple", "--dataset", "folder", "--root",
             str(image_folder), "--shots", "2", "--epochs", "2", "--batch-size", "4", "--views", "2",
-            "--output", str(out), "--cache-dir", str(cache), "--seed", "3", "--depth", "2"]
+            "--output", str(out), "--cache-dir", str(cache), "--seed", "3", "--depth", "2", "--device", "cpu"]
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="--nproc 2 is refused on fewer than 2 "

@@ -65,11 +65,11 @@ def test_plain_open_clip_gives_the_same_predictions(exported, tmp_path, monkeypa
     image.save("photo.png")
     scope: dict = {}
     exec(compile(docs_snippet(), "docs/usage.md export snippet", "exec"), scope)
-    pred = ncprompt.load_run(run_dir).predict(["photo.png"], top_k=1)[0]
+    pred = ncprompt.load_run(run_dir, device="cpu").predict(["photo.png"], top_k=1)[0]  # the snippet runs on CPU
     assert scope["meta"]["classnames"][int(scope["probs"].argmax())] == pred.label
     # the same fp32 model and formula, encoded by open_clip directly vs through ncprompt's batches: close, not equal
     assert float(scope["probs"].max()) == pytest.approx(pred.probs[0], abs=1e-4)
-    again = ncprompt.load_run(export).predict(["photo.png"], top_k=1)[0]  # the export folder is a run folder
+    again = ncprompt.load_run(export, device="cpu").predict(["photo.png"], top_k=1)[0]  # a run folder too
     assert (again.label, again.probs) == (pred.label, pred.probs)
 
 

@@ -11,7 +11,9 @@ from ncprompt.protocols.grid import MethodSpec, grid_jobs, run_grid, summarise
 
 @pytest.fixture()
 def grid_base(image_folder, tmp_path):
-    return {"model": "tiny-clip", "dataset": "folder", "root": str(image_folder), "protocol": "base2new",
+    # CPU: the grid's cells compared bit for bit across worker layouts (a GPU's kernels need not replay)
+    return {"model": "tiny-clip", "device": "cpu", "dataset": "folder", "root": str(image_folder),
+            "protocol": "base2new",
             "shots": 2, "cache_dir": str(tmp_path / "cache"), "dataset_options": {"test_fraction": 0.5},
             "method_options": {"n_ctx": 2}, "train": {"epochs": 2, "views": 1, "batch_size": 2}}
 

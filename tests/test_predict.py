@@ -91,13 +91,13 @@ def test_predict_top_k_paths_and_pil(trained, images):
 
 def test_cli_predict_csv_json_and_classes(trained, images, capsys, tmp_path):
     assert main(["predict", str(trained), str(images / "list.csv"), str(images / "sub" / "im3.png"),
-                 "--top-k", "2"]) == 0
+                 "--top-k", "2", "--device", "cpu"]) == 0
     out = capsys.readouterr()
     rows = list(csv.reader(io.StringIO(out.out)))
     assert rows[0] == ["path", "label_1", "prob_1", "label_2", "prob_2"]
     assert [Path(r[0]).name for r in rows[1:]] == ["im0.png", "im4.png", "im3.png"]
     assert "predicting 3 image(s)" in out.err
-    same = ncprompt.load_run(trained).predict([images / "im0.png"], top_k=2)[0]
+    same = ncprompt.load_run(trained, device="cpu").predict([images / "im0.png"], top_k=2)[0]
     assert rows[1][1::2] == same.labels and [float(x) for x in rows[1][2::2]] == pytest.approx(same.probs, abs=1e-6)
 
     out_file = tmp_path / "p.json"

@@ -113,6 +113,10 @@ def test_nproc_beyond_cores_and_gpus_is_refused():
 
     assert nproc_problem(2, cpus=2, gpus=0) is None
     assert nproc_problem(4, cpus=2, gpus=4) is None  # one rank per GPU
+    # one GPU: two ranks would share it (NCCL refuses); CPU ranks are still allowed when asked for
+    assert "--nproc 2 on CUDA needs a GPU per process and 1 is/are visible" in nproc_problem(2, cpus=16, gpus=1)
+    assert "--device cpu" in nproc_problem(2, cpus=16, gpus=1, device="cuda")
+    assert nproc_problem(2, cpus=16, gpus=1, device="cpu") is None
     msg = nproc_problem(99, cpus=2, gpus=0)
     assert msg == ("--nproc 99: this process may use 2 CPU core(s) and sees 0 CUDA GPU(s); run at most one process "
                    "per core or GPU: --nproc 2 or fewer")

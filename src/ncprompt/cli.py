@@ -518,17 +518,25 @@ def _nproc(text: str) -> int:
     return int(text)
 
 
-def nproc_problem(nproc: int, cpus: int | None = None, gpus: int | None = None) -> str | None:
-    """Why ``--nproc nproc`` cannot run here, or None: one rank per usable CPU core, or per visible CUDA GPU
-    (ranks beyond them only wait on each other). Torch is imported only when ``nproc`` exceeds the cores."""
+def nproc_problem(nproc: int, cpus: int | None = None, gpus: int | None = None, device: str | None = None
+                  ) -> str | None:
+    """Why ``--nproc nproc`` cannot run here, or None. On CUDA (``device`` cuda, or unset with a GPU visible) each
+    rank needs a GPU of its own (NCCL refuses two ranks on one device); on CPU, one rank per usable core (ranks
+    beyond them only wait on each other). Torch is imported only when the answer depends on the GPUs."""
     cpus = len(usable_cpus()) if cpus is None else cpus
-    if nproc <= cpus:
+    if device is not None and device.startswith("cpu") and nproc <= cpus:
         return None
     if gpus is None:
         import torch
 
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if nproc <= gpus:
+    on_cuda = device.startswith("cuda") if device is not None else gpus > 0
+    if on_cuda:
+        if nproc <= gpus:
+            return None
+        return (f"--nproc {nproc} on CUDA needs a GPU per process and {gpus} is/are visible: run --nproc {gpus} or "
+                f"fewer, or --device cpu (gloo, one process per core)")
+    if nproc <= cpus:
         return None
     return (f"--nproc {nproc}: this process may use {cpus} CPU core(s) and sees {gpus} CUDA GPU(s); run at most one "
             f"process per core or GPU: --nproc {max(cpus, gpus)} or fewer")
@@ -631,15 +639,22 @@ def pin_threads(a: argparse.Namespace, env: dict[str, str] | None = None) -> Non
     """``run.threads`` given (flag, --set, YAML, preset) -> ``OMP_NUM_THREADS`` before torch loads, so OpenMP
     starts with it (the run also sets torch's count: :class:`~ncprompt.protocols.experiment.Experiment`)."""
     env = os.environ if env is None else env
-    try:
-        merged, _ = layers_from_args(a)
-    except Exception:  # noqa: BLE001  (a bad layer is reported by the command itself, in one line)
-        return
-    threads = (merged.get("run") or {}).get("threads") if isinstance(merged.get("run"), dict) else None
+    threads = _run_key(a, "threads")
     if isinstance(threads, bool) or not isinstance(threads, (int, str)) or not str(threads).strip().isdigit():
         return  # unset, or not a count: validation names run.threads
     if int(threads) >= 1:
         env["OMP_NUM_THREADS"] = str(int(threads))
+
+
+def _run_key(a: argparse.Namespace, key: str) -> Any:
+    """``run.<key>`` as the command's flags, --set, YAML and presets give it, unvalidated (None: unset, or a layer
+    that cannot be read, which the command itself then reports in one line)."""
+    try:
+        merged, _ = layers_from_args(a)
+    except Exception:  # noqa: BLE001
+        return None
+    run = merged.get("run")
+    return run.get(key) if isinstance(run, dict) else None
 
 
 def one_line_warnings() -> None:
@@ -673,8 +688,9 @@ def main(argv: list[str] | None = None) -> int:
         default_threads()
     nodes = getattr(a, "nnodes", None) or 1
     multi = any(getattr(a, k, None) is not None for k in ("nnodes", "node_rank", "rdzv_endpoint"))
-    if ((getattr(a, "nproc", None) or 1) * nodes > 1 or multi) and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        too_many = nproc_problem(a.nproc) if (getattr(a, "nproc", None) or 1) > 1 else None
+    nproc = getattr(a, "nproc", None) or 1
+    if (nproc * nodes > 1 or multi) and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        too_many = nproc_problem(nproc, device=_run_key(a, "device") or None) if nproc > 1 else None
         if too_many:
             print(f"ncprompt: error: {too_many}", file=sys.stderr)
             return 2
