@@ -88,6 +88,16 @@ def test_pairing_is_by_setting_and_seed_and_unpaired_runs_are_named(tmp_path):
     assert doc["unpaired"] == unpaired and "other_tau" in (tmp_path / "ev" / "evidence.md").read_text()
 
 
+def test_the_seeds_training_sample_never_splits_a_setting():
+    """Observed on a real grid: inputs.json's `portable.data.train` (the seed's sample) made each seed its own
+    setting, so no two seeds pooled (tables: n = 1 rows) and every NPT pair was its own family."""
+    from ncprompt.config.setting import setting_items
+
+    cfg = RunConfig.from_dict({})
+    a, b = ({"data.train": f"t{i}", "portable.data.train": f"t{i}", "data.test.base": "x"} for i in (1, 2))
+    assert setting_items(cfg, a) == setting_items(cfg, b)
+
+
 def test_unpaired_runs_refused_on_the_command_line_in_one_line(tmp_path, capsys):
     folder(tmp_path / "a", "ds0", 1, 0.25, True, 51.0, 43.0)
     folder(tmp_path / "b", "ds0", 2, 0.25, False, 51.0, 43.0)  # another seed: not its control
@@ -184,16 +194,21 @@ def test_compact_parts_read_back_as_the_runs(tmp_path):
     assert read_compact(tmp_path / "empty.json") == []
 
 
-def test_tiny_real_grid_end_to_end(tmp_path, image_folder, one_thread, capsys):
-    """coop and coop+npt x 2 seeds on one small dataset, 1 epoch, then `ncprompt evidence` over the grid."""
+def test_tiny_real_grid_end_to_end(tmp_path, one_thread, capsys):
+    """A real pocket grid (coop and coop+npt x 2 seeds on emoji_hands, the pocket recipe at 1 epoch, 2 shots, 2
+    test images per class), then `ncprompt evidence` over it, and over its exported part."""
     out = tmp_path / "grid"
-    assert main(["--no-progress", "protocol", "--datasets", f"folder={image_folder}", "--methods", "coop", "coop+npt",
-                 "--seeds", "1", "2", "--shots", "2", "--model", "tiny-clip", "--epochs", "1", "--output", str(out),
-                 "--set", "data.options.test_fraction=0.5", "--set", f"run.cache_dir={tmp_path / 'cache'}",
-                 "--set", "method.n_ctx=2", "--set", "train.views=1", "--set", "train.batch_size=2"]) == 0
-    assert main(["evidence", str(out), "--output", str(tmp_path / "ev"), "--n-boot", "200", "--min-n", "2"]) == 0
+    assert main(["--no-progress", "protocol", "--config", "configs/pocket_b2n.yaml", "--datasets", "emoji_hands",
+                 "--methods", "coop", "coop+npt", "--seeds", "1", "2", "--shots", "2", "--epochs", "1",
+                 "--output", str(out), "--set", "data.max_test_per_class=2",
+                 "--set", f"run.cache_dir={tmp_path / 'cache'}"]) == 0
+    part = tmp_path / "parts" / "tiny.json"
+    assert main(["evidence", str(out), "--output", str(tmp_path / "ev"), "--n-boot", "200", "--export", str(part),
+                 "--part", "tiny"]) == 0
     doc = json.loads((tmp_path / "ev" / "evidence.json").read_text())
     assert doc["pairs"] == 2 and not doc["unpaired"]
     (hm_v,) = [v for v in doc["verdicts"] if v["kind"] == "hm"]
     assert hm_v["n_pairs"] == 2 and hm_v["n_datasets"] == 1 and "one dataset" in " ".join(hm_v["notes"])
     assert "2 pairs" in capsys.readouterr().out
+    assert main(["evidence", str(part), "--output", str(tmp_path / "ev2"), "--n-boot", "200"]) == 0
+    assert json.loads((tmp_path / "ev2" / "evidence.json").read_text())["verdicts"] == doc["verdicts"]
