@@ -78,8 +78,8 @@ def test_pairing_is_by_setting_and_seed_and_unpaired_runs_are_named(tmp_path):
     rows = collect([tmp_path])
     pairs, unpaired = pair_runs(rows)
     # two NPT forms of CoOp: each family labelled by what tells them apart
-    assert sorted((p.family, p.seed) for p in pairs) == [("coop (npt.lambda_lc=0.1)", 1), ("coop (npt.lambda_lc=0.1)", 2),
-                                                         ("coop (npt.lambda_lc=2.0)", 1)]
+    assert sorted((p.family, p.seed) for p in pairs) == [
+        ("coop (npt.lambda_lc=0.1)", 1), ("coop (npt.lambda_lc=0.1)", 2), ("coop (npt.lambda_lc=2.0)", 1)]
     assert {p.gain("new") for p in pairs if p.family == "coop (npt.lambda_lc=0.1)"} == {3.0}
     assert len(unpaired) == 1 and "coop+npt on ds0 seed 1 tau 1" in unpaired[0] and "other_tau" in unpaired[0]
     with pytest.raises(EvidenceError, match=r"1 unpaired run\(s\): coop\+npt on ds0 seed 1 tau 1.*--allow-unpaired"):
@@ -181,8 +181,8 @@ def test_compact_parts_read_back_as_the_runs(tmp_path):
                  "--part", "p1", "--command", "scripts/evidence_grid.sh b2n-1"]) == 0
     direct = collect([tmp_path / "runs"])
     back = read_compact(tmp_path / "parts" / "p1.json")
-    strip = lambda rs: sorted((json.dumps({k: v for k, v in r.items() if v is not None and k != "part"},  # noqa: E731
-                                          sort_keys=True, default=str) for r in rs))
+    strip = lambda rs: sorted(json.dumps({k: v for k, v in r.items() if v is not None and k != "part"},  # noqa: E731
+                                          sort_keys=True, default=str) for r in rs)
     assert strip(back) == strip(direct) and back[0]["part"]["part"] == "p1"
     a = write_evidence(direct, tmp_path / "a", n_boot=100)
     b = write_evidence(collect([tmp_path / "parts"]), tmp_path / "b", n_boot=100)
@@ -212,3 +212,40 @@ def test_tiny_real_grid_end_to_end(tmp_path, one_thread, capsys):
     assert "2 pairs" in capsys.readouterr().out
     assert main(["evidence", str(part), "--output", str(tmp_path / "ev2"), "--n-boot", "200"]) == 0
     assert json.loads((tmp_path / "ev2" / "evidence.json").read_text())["verdicts"] == doc["verdicts"]
+
+
+def _grid_script(monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "evidence_grid.py"
+    spec = importlib.util.spec_from_file_location("evidence_grid", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    sizes = {"big": 500, "mid": 100, "small": 10, "emoji_generic": 500}
+    monkeypatch.setattr(mod, "classes", sizes.__getitem__)
+    return mod
+
+
+def test_grid_parts_fit_the_budget_keep_pairs_and_groups_together(monkeypatch):
+    g = _grid_script(monkeypatch)
+    a = g.options().parse_args(["list", "--datasets", "big", "mid", "small", "--budget-s", "3000"])
+    parts = g.parts(a)
+    assert parts == g.parts(a)  # the partition depends on the options only
+    every = [c for cs in parts.values() for c in cs]
+    # (3 datasets x 3 taus + DG) x seeds x methods x +-NPT
+    assert len(every) == len(g.cells(a)) == (3 * 3 + 1) * 5 * 6 * 2
+    where = {}
+    for name, cs in parts.items():
+        cost = [c["cost"] for c in cs]
+        assert cost == sorted(cost, reverse=True)  # longest cells first
+        assert sum(cost) <= 3000 * 2 + 1e-6 or len({(c["dataset"], c["seed"], c["tau"]) for c in cs}) == 1, name
+        for c in cs:
+            where.setdefault((c["kind"], c["dataset"], c["seed"], c["tau"], c["method"]), set()).add(name)
+    assert all(len(v) == 1 for v in where.values())  # an NPT cell and its control always share a part
+    for ds in ("small", "mid"):  # a (dataset, seed) group that fits a part is never split (one feature build)
+        for seed in range(1, 6):
+            assert len({n for (k, d, s, t, m), v in where.items() if (d, s) == (ds, seed) for n in v}) == 1
+    assert {n.split("-")[0] for n in parts} == {"b2n", "dg"}
+    no_dg = g.options().parse_args(["list", "--datasets", "small", "--no-dg"])
+    assert not any(n.startswith("dg") for n in g.parts(no_dg))

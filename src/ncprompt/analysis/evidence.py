@@ -157,7 +157,8 @@ def pair_runs(rows: list[dict[str, Any]]) -> tuple[list[Pair], list[str]]:
     for r in rows:
         s = r.get("setting") or {}
         cells[(setting_key(_no_npt(s)), r.get("seed"))]["on" if s.get("npt.enabled") else "off"].append(r)
-    npt_methods = {r.get("method", "").removesuffix("+npt") for r in rows if (r.get("setting") or {}).get("npt.enabled")}
+    npt_methods = {r.get("method", "").removesuffix("+npt") for r in rows
+                   if (r.get("setting") or {}).get("npt.enabled")}
     pairs: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
     unpaired: list[str] = []
     for on_off in cells.values():
