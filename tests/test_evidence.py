@@ -166,7 +166,7 @@ def test_report_json_markdown_and_figure(tmp_path):
     assert files == {"evidence.json", "evidence.md", "gain_vs_tau.png"}
     assert json.loads((tmp_path / "ev" / "evidence.json").read_text())["pairs"] == doc["pairs"] == 36
     md = (tmp_path / "ev" / "evidence.md").read_text()
-    for text in ("## tau 0.06: Base-to-new", "Class-imbalanced", "| NPT raises HM on coop at tau 0.25 |",
+    for text in ("## tau 0.06\n\n**Base-to-new", "Class-imbalanced", "| NPT raises HM on coop at tau 0.25 |",
                  "NPT raises tail accuracy on coop at tau 0.06: held", "ncprompt evidence parts/", "gain_vs_tau.png",
                  "pooled, dataset fixed effect"):
         assert text in md, text

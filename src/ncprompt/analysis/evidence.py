@@ -342,9 +342,9 @@ def write_evidence(rows: list[dict[str, Any]], out_dir: str | Path, *, allow_unp
     for r in rows:
         by_tau[_tau(r.get("setting") or {})].append(r)
     for t in sorted(by_tau, reverse=True):
+        md += [f"## tau {t:g}", ""]
         for table in (base_to_new_table(by_tau[t]), long_tail_table(by_tau[t]) if t < 1 else None):
-            if table is not None:
-                md += [f"## tau {t:g}: {table.caption}", "", table.markdown(), ""]
+            md += [table.markdown(), ""] if table is not None else []
     md += ["## Verdicts", "", verdict_table(verdicts), "## What held, in plain words (generated from the verdicts;"
            " edit freely, numbers stay as computed)", ""]
     md += [f"- {summary_line(v)}" for v in verdicts] + [""]
