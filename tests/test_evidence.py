@@ -98,6 +98,16 @@ def test_the_seeds_training_sample_never_splits_a_setting():
     assert setting_items(cfg, a) == setting_items(cfg, b)
 
 
+def test_two_versions_of_a_dataset_never_overwrite_each_other(tmp_path):
+    """The same dataset name with other test images (e.g. before and after bench 3) on the same seed: two pairs of
+    one cell, refused by name rather than one silently replacing the other."""
+    rows = [row("ds0", 1, 0.25, npt, 50.0, 40.0 + npt) for npt in (False, True)]
+    rows += [{**r, "setting": {**r["setting"], "inputs.data.test.base": "other"}, "run": f"v2/{i}"}
+             for i, r in enumerate(rows)]
+    with pytest.raises(EvidenceError, match="two pairs of coop on ds0 seed 1 tau 0.25 differ in their data"):
+        pair_runs(rows)
+
+
 def test_unpaired_runs_refused_on_the_command_line_in_one_line(tmp_path, capsys):
     folder(tmp_path / "a", "ds0", 1, 0.25, True, 51.0, 43.0)
     folder(tmp_path / "b", "ds0", 2, 0.25, False, 51.0, 43.0)  # another seed: not its control

@@ -174,6 +174,13 @@ def pair_runs(rows: list[dict[str, Any]]) -> tuple[list[Pair], list[str]]:
     labels = setting_labels(list(entries.values()))
     names = {fk: f"{m}" + (f" ({labels[fk]})" if labels.get(fk) else "") for fk, (_, m, _) in entries.items()}
     out = [Pair(names[fk], str(t.get("dataset")), t.get("seed"), _tau(t["setting"]), c, t) for fk, c, t in pairs]
+    seen: dict[tuple[str, float, str, Any], Pair] = {}
+    for p in out:  # one pair per cell: two would overwrite each other in the claims' (dataset, seed) differences
+        other = seen.setdefault((p.family, p.tau, p.dataset, str(p.seed)), p)
+        if other is not p:
+            raise EvidenceError(f"two pairs of {p.family} on {p.dataset} seed {p.seed} tau {p.tau:g} differ in their "
+                                f"data or in tau's spelling (1 and none): {other.treatment.get('run')} and "
+                                f"{p.treatment.get('run')}; pass the runs of one dataset version and one grid")
     return sorted(out, key=lambda p: (p.family, -p.tau, p.dataset, str(p.seed))), sorted(unpaired)
 
 
