@@ -212,6 +212,9 @@ def test_tiny_real_grid_end_to_end(tmp_path, one_thread, capsys):
                  "--methods", "coop", "coop+npt", "--seeds", "1", "2", "--shots", "2", "--epochs", "1",
                  "--output", str(out), "--set", "data.max_test_per_class=2",
                  "--set", f"run.cache_dir={tmp_path / 'cache'}"]) == 0
+    # one feature build per dataset and seed, shared by CoOp and CoOp+NPT: per seed the training views and centre
+    # view, plus the base and new test splits once (12 if each cell built its own)
+    assert len(list((tmp_path / "cache").glob("*/manifest.json"))) == 2 * 2 + 2
     part = tmp_path / "parts" / "tiny.json"
     assert main(["evidence", str(out), "--output", str(tmp_path / "ev"), "--n-boot", "200", "--export", str(part),
                  "--part", "tiny"]) == 0
