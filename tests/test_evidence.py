@@ -114,6 +114,8 @@ def test_unpaired_runs_refused_on_the_command_line_in_one_line(tmp_path, capsys)
     assert main(["evidence", str(tmp_path), "--output", str(tmp_path / "ev")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "2 unpaired run(s)" in err and "Traceback" not in err
+    assert main(["evidence", str(tmp_path)]) == 2
+    assert "pass --output DIR" in capsys.readouterr().err
 
 
 def _grid():

@@ -366,6 +366,8 @@ def write_evidence(rows: list[dict[str, Any]], out_dir: str | Path, *, allow_unp
 
 def cmd_evidence(a: Any) -> int:
     """``ncprompt evidence INPUT... --output DIR [--export FILE]``."""
+    if not (a.output or a.export):
+        raise EvidenceError("nothing to write: pass --output DIR (the report) and/or --export FILE (a compact part)")
     rows = collect(a.inputs)
     if not rows:
         raise EvidenceError(f"no runs found in {' '.join(a.inputs)}; pass run folders, grid folders or JSON parts")
