@@ -13,7 +13,7 @@ import torch
 from ncprompt.cli import build_parser, main
 
 COMMANDS = ("models", "datasets", "methods", "presets", "zeroshot", "train", "eval", "demo", "protocol", "analyze",
-            "report", "tables")
+            "report", "tables", "evidence")
 
 
 def _help(capsys, *argv: str) -> str:

@@ -509,6 +509,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="correlate each model's runs over datasets, protocols and shots together (default: each "
                         "family of one model, dataset, protocol and shots apart; no r below 5 runs)")
     s.set_defaults(func=lambda a: _call("ncprompt.analysis.cli", "cmd_report", a))
+    s = sub.add_parser("evidence", help="the NPT paper's claims decided by paired statistics (docs/evidence.md)")
+    s.add_argument("inputs", nargs="+", help="run or grid folders, or compact JSON parts (--export)")
+    s.add_argument("--output", help="folder for evidence.{json,md} and gain_vs_tau.png")
+    s.add_argument("--export", help="write the runs read as one compact JSON part (benchmarks/results/evidence/)")
+    s.add_argument("--part", help="the part's name, recorded in --export's file")
+    s.add_argument("--command", help="the command that made the runs, recorded in --export's file")
+    s.add_argument("--allow-unpaired", action="store_true", help="decide on the pairs found (unpaired runs named)")
+    s.add_argument("--tail-tau", type=float, default=0.06, help="tau of the head/middle/tail claims [default 0.06]")
+    s.add_argument("--min-n", type=int, default=15, help="fewest runs for a per-dataset Spearman [default 15]")
+    s.add_argument("--n-boot", type=int, default=10000, help="bootstrap resamples [default 10000]")
+    s.set_defaults(func=lambda a: _call("ncprompt.analysis.evidence", "cmd_evidence", a))
     return p
 
 

@@ -33,8 +33,8 @@ NOT_IN_SETTING = (*NOT_IN_FINGERPRINT, "train.seed", "run.device")
 #: items that say which data a run used: a dataset's own, not the method's (tables average over them)
 DATA_ITEMS = ("dataset", "data.dataset", "data.root", "data.options", "data.base_classes", "inputs.classes",
               "inputs.data.test.")
-#: the seed's items of inputs.json (the sampled training images)
-_SEED_INPUTS = ("data.train",)
+#: the seed's items of inputs.json (the sampled training images, also as their location-independent digest)
+_SEED_INPUTS = ("data.train", "portable.data.train")
 
 
 def _config_from_results(res: dict[str, Any]) -> dict[str, Any]:

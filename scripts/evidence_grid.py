@@ -1,0 +1,195 @@
+"""The evidence grid of issue 22 (docs/evidence.md) in parts of about two hours on 2 cores, one command each.
+
+    python scripts/evidence_grid.py list [OPTIONS]          # the parts: cells, estimated seconds, command
+    python scripts/evidence_grid.py run PART [OPTIONS]      # run one part, then write its compact results
+    scripts/evidence_grid.sh PART                           # the same, with the defaults
+
+Grid: base-to-new, 16 shots, the pocket presets (configs/pocket_b2n.yaml for CoOp and KgCoOp,
+configs/pocket_<method>_b2n.yaml for the others), each method without and with NPT at the spec's defaults
+(``NPTConfig``: lambda_lc = lambda_mi = 0.1, pairwise LC, self-duality MI: chosen by the spec, never on these
+test splits), tau in {1, 0.25, 0.06}, seeds 1-5, on ``--datasets`` (default: the pocket suite as registered,
+so bench 3's suite plugs in when it lands). Domain generalisation (parts ``dg-*``): prompts learned on
+emoji_generic (protocol all) evaluated on its four shifted variants and the cross-artist probe (targets).
+
+Parts: the cells of one (dataset, seed) stay together (their images' features are built once: the feature
+cache is keyed by image content and weights, data/cache_key.py, so every cell of a dataset and seed reuses
+one build) and so does each NPT run with its control; groups are packed first-fit, longest first, into parts
+of at most ``--budget-s`` estimated seconds on ``--workers`` cores. The partition depends on the options only,
+never on what has run, so a part names the same cells whenever it runs. A part's cells run longest first in
+``--workers`` single-threaded processes (finished cells are reused, a rerun resumes), then its finished runs go
+to ``benchmarks/results/evidence/PART.json`` (``ncprompt evidence`` reads those files, so parts add up).
+
+Cost per cell (idle seconds on one core of the 2-core machine), an *estimate*: ``COST_PER_CLASS[method] x
+classes`` of the dataset. CoCoOp, MaPLe, PromptSRC and TCP: docs/results.md's pilot on emoji_animals (37
+classes; its seconds were measured beside a second job, about twice the idle time, so halved), mean of with
+and without NPT. CoOp and KgCoOp: no per-cell timing is recorded; the upper bound 0.6 s per class comes from
+the demo's 366 s for 166 classes x 3.5 trained cells, feature builds included (docs/pocket-model.md).
+Imbalanced cells train on fewer images, so their estimate is conservative.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+#: estimated idle seconds per class of one cell (see the module docstring for where each comes from)
+COST_PER_CLASS = {"coop": 0.6, "kgcoop": 0.6, "cocoop": (54.2 + 51.0) / 4 / 37, "maple": (22.7 + 20.6) / 4 / 37,
+                  "promptsrc": (88.3 + 80.1) / 4 / 37, "tcp": (9.6 + 9.1) / 4 / 37}
+CONFIGS = {"coop": "configs/pocket_b2n.yaml", "kgcoop": "configs/pocket_b2n.yaml"}
+DG_SOURCE = "emoji_generic"
+DG_TARGETS = ["emoji_generic_v2", "emoji_generic_sketch", "emoji_generic_mono", "emoji_generic_r",
+              "emoji_generic_xartist"]
+#: an unmeasured guess: each DG target's evaluation costs this share of its source cell (replace when measured)
+DG_TARGET_SHARE = 0.2
+#: where each choice of the grid comes from (recorded in every part's JSON)
+CHOICES = {"npt": "NPTConfig defaults (the spec's: lambda_lc 0.1, lambda_mi 0.1, lc_form pairwise, "
+                  "mi_form self_duality); no choice made on the reported test splits",
+           "methods": "the pocket presets (configs/pocket_b2n.yaml per_method, configs/pocket_<method>_b2n.yaml)",
+           "shots": "16, as the papers' base-to-new", "dg": f"{DG_SOURCE} (protocol all) -> {', '.join(DG_TARGETS)}"}
+
+
+def options() -> argparse.ArgumentParser:
+    from ncprompt.pocket.suite import SUITE
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("action", choices=["list", "run"])
+    p.add_argument("part", nargs="?", help="the part to run (see `list`)")
+    p.add_argument("--datasets", nargs="+", default=list(SUITE), help="[default: the pocket suite]")
+    p.add_argument("--methods", nargs="+", default=["coop", "cocoop", "maple", "kgcoop", "promptsrc", "tcp"])
+    p.add_argument("--taus", nargs="+", type=float, default=[1.0, 0.25, 0.06])
+    p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3, 4, 5])
+    p.add_argument("--budget-s", type=float, default=7200.0, help="estimated wall seconds per part [default 7200]")
+    p.add_argument("--workers", type=int, default=2, help="processes, one thread each [default 2]")
+    p.add_argument("--out", default="runs/evidence", help="grid folder [default runs/evidence]")
+    p.add_argument("--results", default="benchmarks/results/evidence", help="compact JSON parts folder")
+    p.add_argument("--no-dg", action="store_true", help="leave out the domain-generalisation parts")
+    return p
+
+
+def classes(dataset: str) -> int:
+    from ncprompt.pocket.suite import SETS
+
+    return len(SETS[dataset].select())
+
+
+def base_config(method: str, tau: float, dg: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the cell's base config, per-method options) from the method's pocket preset file."""
+    import yaml
+
+    from ncprompt.config import merge_layers
+    from ncprompt.protocols.demo import per_method_options
+
+    base = yaml.safe_load((ROOT / CONFIGS.get(method, f"configs/pocket_{method}_b2n.yaml")).read_text())
+    opts = per_method_options(base)
+    data = {"protocol": "all", "targets": DG_TARGETS} if dg else {"protocol": "base2new"}
+    return merge_layers(base, {"data": {**data, "shots": 16, "imbalance": None if tau == 1.0 else tau}}), opts
+
+
+def cells(a: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every cell: (group, part kind, dataset, method, npt, tau, seed, estimated seconds)."""
+    out = []
+    grids = [("b2n", d, a.taus) for d in a.datasets] + ([] if a.no_dg else [("dg", DG_SOURCE, [1.0])])
+    for kind, ds, taus in grids:
+        for seed in a.seeds:
+            for m in a.methods:
+                for tau in taus:
+                    for npt in (False, True):
+                        share = DG_TARGET_SHARE * len(DG_TARGETS) if kind == "dg" else 0.0
+                        cost = COST_PER_CLASS[m] * classes(ds) * (1 + share)
+                        out.append({"kind": kind, "group": (kind, ds, seed), "dataset": ds, "method": m, "npt": npt,
+                                    "tau": tau, "seed": seed, "cost": cost})
+    return out
+
+
+def parts(a: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
+    """{part name: cells}: (dataset, seed) groups packed first-fit decreasing into ``budget_s x workers``
+    core-seconds; a group larger than a part is split by tau (a cell and its NPT twin stay together)."""
+    cap = a.budget_s * a.workers
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for c in cells(a):
+        groups.setdefault(c["group"], []).append(c)
+    units = []
+    for g, cs in groups.items():
+        total = sum(c["cost"] for c in cs)
+        by_tau = [[c for c in cs if c["tau"] == t] for t in sorted({c["tau"] for c in cs}, reverse=True)]
+        units += [(g[0], cs)] if total <= cap else [(g[0], u) for u in by_tau]
+    units.sort(key=lambda u: (u[0], -sum(c["cost"] for c in u[1]), u[1][0]["dataset"], u[1][0]["seed"]))
+    bins: dict[str, list[list[dict[str, Any]]]] = {}
+    for kind, u in units:
+        mine = bins.setdefault(kind, [])
+        cost = sum(c["cost"] for c in u)
+        free = [b for b in mine if sum(c["cost"] for c in b) + cost <= cap]
+        (free[0].extend(u) if free else mine.append(list(u)))
+    return {f"{kind}-{i + 1}": sorted(b, key=lambda c: -c["cost"]) for kind, bs in bins.items()
+            for i, b in enumerate(bs)}
+
+
+def jobs(a: argparse.Namespace, part: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """grid_jobs' job for each cell (run folders as scripts/pocket_methods.sh lays them out), longest first."""
+    from ncprompt.protocols.grid import MethodSpec, grid_jobs
+
+    out = []
+    for c in part:
+        base, opts = base_config(c["method"], c["tau"], c["kind"] == "dg")
+        spec = MethodSpec.parse(c["method"] + ("+npt" if c["npt"] else ""), opts)
+        where = Path(a.out) / ("dg" if c["kind"] == "dg" else f"tau{c['tau']}") / c["method"]
+        (j,) = grid_jobs(base, [c["dataset"]], [spec], [c["seed"]], where)
+        out.append({**j, "threads": 1, "cost": c["cost"]})
+    return out
+
+
+def run_part(a: argparse.Namespace, name: str, part: list[dict[str, Any]]) -> int:
+    from ncprompt.analysis.evidence import collect, write_compact
+    from ncprompt.protocols.grid import _die_with_parent, run_one
+
+    todo, t0, failed = jobs(a, part), time.time(), []
+    print(f"[{name}] {len(todo)} cells, {a.workers} workers, estimate {sum(c['cost'] for c in part) / a.workers:.0f} s",
+          flush=True)
+    with cf.ProcessPoolExecutor(a.workers, initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
+        futs = {pool.submit(run_one, j): j for j in todo}
+        for f in cf.as_completed(futs):
+            try:
+                f.result()
+            except Exception as e:  # noqa: BLE001  (a failed cell is named; the others still run)
+                failed.append(f"{futs[f]['run_dir']}: {type(e).__name__}: {e}")
+                print(f"[{name}] FAILED {failed[-1]}", flush=True)
+    wall = time.time() - t0
+    done = [j["run_dir"] for j in todo if (Path(j["run_dir"]) / "results.json").is_file()]
+    import torch
+
+    meta = {"part": name, "command": f"python scripts/evidence_grid.py run {name} " + " ".join(sys.argv[3:]),
+            "choices": CHOICES, "wall_s": round(wall, 1), "cells": len(todo), "finished": len(done),
+            "failed": failed, "estimate_s": round(sum(c["cost"] for c in part) / a.workers),
+            "machine": {"cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
+                        "torch": torch.__version__, "workers": a.workers}}
+    path = write_compact(collect(done), Path(a.results) / f"{name}.json", meta)
+    print(f"[{name}] {len(done)} of {len(todo)} cells finished in {wall:.0f} s; {path}", flush=True)
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = options().parse_args(argv)
+    os.chdir(ROOT)
+    ps = parts(a)
+    if a.action == "list":
+        for name, cs in ps.items():
+            groups = sorted({f"{c['dataset']}/seed{c['seed']}" for c in cs})
+            print(f"{name}: {len(cs)} cells, estimate {sum(c['cost'] for c in cs) / a.workers / 60:.0f} min on "
+                  f"{a.workers} cores; {', '.join(groups)}\n  python scripts/evidence_grid.py run {name}")
+        return 0
+    if a.part not in ps:
+        print(f"evidence_grid: unknown part {a.part!r}; the parts are {', '.join(ps)} (`list` shows them)",
+              file=sys.stderr)
+        return 2
+    return run_part(a, a.part, ps[a.part])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

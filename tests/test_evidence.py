@@ -1,0 +1,266 @@
+"""``ncprompt evidence`` (issue 22): NPT runs paired with their controls by setting, unpaired runs named and
+refused, each claim computed on a constructed case with a known answer, the report and figure written, the
+compact JSON parts read back as the runs were, and one tiny real grid end to end. Run folders are written by the
+real writers (RunFolder: config.yaml and inputs.json; write_results: results.json)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ncprompt.analysis.evidence import (
+    EvidenceError,
+    collect,
+    correlations,
+    decide,
+    pair_runs,
+    read_compact,
+    result_row,
+    write_compact,
+    write_evidence,
+)
+from ncprompt.cli import main
+from ncprompt.config import RunConfig
+from ncprompt.engine.results import RunResult, SplitResult, write_results
+from ncprompt.engine.run_folder import RunFolder
+
+DATASETS = [f"ds{i}" for i in range(6)]
+
+
+@pytest.fixture(autouse=True)
+def _no_fsync(monkeypatch):
+    """Content is tested here, not durability: skip the fsync of atomic writes."""
+    monkeypatch.setattr("ncprompt.utils._fsync", lambda path: None)
+
+
+def _run(dataset, seed, tau, npt, base, new, groups=None, nc=None, lam=None, method="coop"):
+    """(config, inputs, results) of one finished base-to-new run as `ncprompt train` leaves it."""
+    d = {"run": {"model": "pocket"}, "data": {"dataset": dataset, "shots": 16, "protocol": "base2new",
+                                              "imbalance": tau},
+         "method": {"name": method}, "train": {"epochs": 10, "seed": seed}, "npt": {"enabled": npt}}
+    if lam is not None:
+        d["npt"]["lambda_lc"] = lam
+    cfg = RunConfig.from_dict(d)
+    inputs = {"weights": "file:pocket.safetensors sha256:0123456789abcdef", "classes": f"names-{dataset}",
+              "data.train": f"train-{dataset}-{seed}-{tau}", "data.test.base": f"test-{dataset}"}
+    res = RunResult(method=method, npt=npt, dataset=dataset, model="pocket", protocol="base2new", seed=seed,
+                    shots=16, imbalance=tau, epochs_run=10,
+                    splits={"base": SplitResult(top1=base, groups=groups), "new": SplitResult(top1=new)},
+                    train=SplitResult(top1=base, nc={"nc3_self_duality": nc}) if nc is not None else None,
+                    info={"model": {"name": "pocket"}, "dataset": {"name": dataset}})
+    return cfg, inputs, res
+
+
+def row(*args, **kw):
+    cfg, inputs, res = _run(*args, **kw)
+    return result_row(res.to_dict(), cfg.to_dict(), inputs, None)
+
+
+def folder(path, *args, **kw):
+    cfg, inputs, res = _run(*args, **kw)
+    with RunFolder(path).open(cfg, inputs=inputs):
+        pass
+    write_results(path / "results.json", res)
+    return path
+
+
+def hm(b, n):
+    return 2 * b * n / (b + n)
+
+
+def test_pairing_is_by_setting_and_seed_and_unpaired_runs_are_named(tmp_path):
+    for s in (1, 2):
+        folder(tmp_path / f"c{s}", "ds0", s, 0.25, False, 50.0, 40.0)
+        folder(tmp_path / f"n{s}", "ds0", s, 0.25, True, 51.0, 43.0)
+    folder(tmp_path / "other_tau", "ds0", 1, 1.0, True, 60.0, 50.0)  # no control at tau 1
+    folder(tmp_path / "lam", "ds0", 1, 0.25, True, 52.0, 44.0, lam=2.0)  # a second NPT form: its own family
+    rows = collect([tmp_path])
+    pairs, unpaired = pair_runs(rows)
+    # two NPT forms of CoOp: each family labelled by what tells them apart
+    assert sorted((p.family, p.seed) for p in pairs) == [
+        ("coop (npt.lambda_lc=0.1)", 1), ("coop (npt.lambda_lc=0.1)", 2), ("coop (npt.lambda_lc=2.0)", 1)]
+    assert {p.gain("new") for p in pairs if p.family == "coop (npt.lambda_lc=0.1)"} == {3.0}
+    assert len(unpaired) == 1 and "coop+npt on ds0 seed 1 tau 1" in unpaired[0] and "other_tau" in unpaired[0]
+    with pytest.raises(EvidenceError, match=r"1 unpaired run\(s\): coop\+npt on ds0 seed 1 tau 1.*--allow-unpaired"):
+        write_evidence(rows, tmp_path / "ev")
+    doc = write_evidence(rows, tmp_path / "ev", allow_unpaired=True, n_boot=200)
+    assert doc["unpaired"] == unpaired and "other_tau" in (tmp_path / "ev" / "evidence.md").read_text()
+
+
+def test_the_seeds_training_sample_never_splits_a_setting():
+    """Observed on a real grid: inputs.json's `portable.data.train` (the seed's sample) made each seed its own
+    setting, so no two seeds pooled (tables: n = 1 rows) and every NPT pair was its own family."""
+    from ncprompt.config.setting import setting_items
+
+    cfg = RunConfig.from_dict({})
+    a, b = ({"data.train": f"t{i}", "portable.data.train": f"t{i}", "data.test.base": "x"} for i in (1, 2))
+    assert setting_items(cfg, a) == setting_items(cfg, b)
+
+
+def test_two_versions_of_a_dataset_never_overwrite_each_other(tmp_path):
+    """The same dataset name with other test images (e.g. before and after bench 3) on the same seed: two pairs of
+    one cell, refused by name rather than one silently replacing the other."""
+    rows = [row("ds0", 1, 0.25, npt, 50.0, 40.0 + npt) for npt in (False, True)]
+    rows += [{**r, "setting": {**r["setting"], "inputs.data.test.base": "other"}, "run": f"v2/{i}"}
+             for i, r in enumerate(rows)]
+    with pytest.raises(EvidenceError, match="two pairs of coop on ds0 seed 1 tau 0.25 differ in their data"):
+        pair_runs(rows)
+
+
+def test_unpaired_runs_refused_on_the_command_line_in_one_line(tmp_path, capsys):
+    folder(tmp_path / "a", "ds0", 1, 0.25, True, 51.0, 43.0)
+    folder(tmp_path / "b", "ds0", 2, 0.25, False, 51.0, 43.0)  # another seed: not its control
+    assert main(["evidence", str(tmp_path), "--output", str(tmp_path / "ev")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "2 unpaired run(s)" in err and "Traceback" not in err
+    assert main(["evidence", str(tmp_path)]) == 2
+    assert "pass --output DIR" in capsys.readouterr().err
+
+
+def _grid():
+    """6 datasets x 2 seeds x tau {1, 0.25, 0.06}: NPT adds (1 + 2k) base and (3 + 4k) new points, k = tau level,
+    a dataset- and seed-dependent offset on both arms; at tau 0.06 head -1, middle 0, tail +2 + dataset index."""
+    out = []
+    for i, ds in enumerate(DATASETS):
+        for s in (1, 2):
+            for k, tau in enumerate((1.0, 0.25, 0.06)):
+                b, n = 60.0 + i + s, 40.0 - i + 2 * s
+                g = {"head": 70.0 + i, "middle": 60.0, "tail": 50.0 - s}
+                gn = {"head": g["head"] - 1, "middle": 60.0, "tail": g["tail"] + 2 + i}
+                out.append(row(ds, s, tau, False, b, n, groups=g if tau < 1 else None))
+                out.append(row(ds, s, tau, True, b + 1 + 2 * k, n + 3 + 4 * k, groups=gn if tau < 1 else None))
+    return out
+
+
+def test_each_claim_has_its_known_answer():
+    pairs, unpaired = pair_runs(_grid())
+    assert not unpaired and len(pairs) == 36
+    v = {(x["kind"], str(x.get("tau") or x.get("taus")), x.get("group")): x for x in decide(pairs, n_boot=500)}
+    for k, tau in enumerate((1.0, 0.25, 0.06)):
+        want = [hm(60 + i + s + 1 + 2 * k, 40 - i + 2 * s + 3 + 4 * k) - hm(60 + i + s, 40 - i + 2 * s)
+                for i in range(6) for s in (1, 2)]
+        hm_v = v[("hm", str(tau), None)]
+        assert hm_v["mean"] == pytest.approx(sum(want) / len(want))
+        assert hm_v["verdict"] == "held" and hm_v["datasets_helped"] == 6 and hm_v["n_pairs"] == 12
+        assert hm_v["wilcoxon_p"] == pytest.approx(2 / 2 ** 6)  # all 6 datasets positive: the smallest p
+        new = v[("new", str(tau), None)]  # new gain - base gain = (3 + 4k) - (1 + 2k), on every pair
+        assert new["mean"] == pytest.approx(2 + 2 * k) and new["ci_low"] == pytest.approx(2 + 2 * k)
+    step = v[("tau", "[1.0, 0.25]", None)]
+    want = [hm(60 + i + s + 3, 40 - i + 2 * s + 7) - hm(60 + i + s + 1, 40 - i + 2 * s + 3) for i in range(6)
+            for s in (1, 2)]
+    assert step["mean"] == pytest.approx(sum(want) / len(want)) and step["verdict"] == "held"
+    assert ("tau", "[1.0, 0.06]", None) in v and ("tau", "[0.25, 0.06]", None) in v
+    assert v[("group", "0.06", "head")]["mean"] == pytest.approx(-1) and \
+        v[("group", "0.06", "head")]["verdict"] == "not held"
+    assert v[("group", "0.06", "middle")]["verdict"] == "not held"  # no gain at all: the interval is [0, 0]
+    tail = v[("group", "0.06", "tail")]
+    assert tail["mean"] == pytest.approx(2 + 2.5) and tail["verdict"] == "held"
+    assert tail["per_dataset"] == {f"ds{i}": pytest.approx(2 + i) for i in range(6)}
+
+
+def test_correlation_within_datasets_and_pooled_with_a_fixed_effect():
+    """Within each dataset lower NC3 goes with higher new accuracy; the datasets' levels run the other way
+    (Simpson): pooled naively the sign would flip, the fixed effect keeps the within-dataset sign."""
+    rows = [row(f"ds{d}", s, 1.0, bool(s % 2), 50.0, 30.0 + 10 * d - j, nc=0.1 * j + d)
+            for d in range(2) for j in range(16) for s in [j + 1]]
+    corr = correlations(rows, min_n=15)
+    for d in ("ds0", "ds1"):
+        assert corr["new"]["per_dataset"][d]["rho"] == pytest.approx(-1.0) and corr["new"]["per_dataset"][d]["n"] == 16
+    assert corr["new"]["pooled"]["r"] == pytest.approx(-1.0) and corr["new"]["pooled"]["datasets"] == 2
+    short = correlations(rows[:10], min_n=15)["new"]["per_dataset"]["ds0"]
+    assert short["rho"] is None and "n = 10 < 15" in short["why"]
+
+
+def test_report_json_markdown_and_figure(tmp_path):
+    doc = write_evidence(_grid(), tmp_path / "ev", n_boot=300, commands=["ncprompt evidence parts/"])
+    files = {p.name for p in (tmp_path / "ev").iterdir()}
+    assert files == {"evidence.json", "evidence.md", "gain_vs_tau.png"}
+    assert json.loads((tmp_path / "ev" / "evidence.json").read_text())["pairs"] == doc["pairs"] == 36
+    md = (tmp_path / "ev" / "evidence.md").read_text()
+    for text in ("## tau 0.06\n\n**Base-to-new", "Class-imbalanced", "| NPT raises HM on coop at tau 0.25 |",
+                 "NPT raises tail accuracy on coop at tau 0.06: held", "ncprompt evidence parts/", "gain_vs_tau.png",
+                 "pooled, dataset fixed effect"):
+        assert text in md, text
+    assert (tmp_path / "ev" / "gain_vs_tau.png").stat().st_size > 5000
+
+
+def test_compact_parts_read_back_as_the_runs(tmp_path):
+    for s in (1, 2):
+        folder(tmp_path / "runs" / f"c{s}", "ds0", s, 0.25, False, 50.0, 40.0 + s)
+        folder(tmp_path / "runs" / f"n{s}", "ds0", s, 0.25, True, 51.0, 43.0 + s)
+    assert main(["evidence", str(tmp_path / "runs"), "--export", str(tmp_path / "parts" / "p1.json"),
+                 "--part", "p1", "--command", "scripts/evidence_grid.sh b2n-1"]) == 0
+    direct = collect([tmp_path / "runs"])
+    back = read_compact(tmp_path / "parts" / "p1.json")
+    strip = lambda rs: sorted(json.dumps({k: v for k, v in r.items() if v is not None and k != "part"},  # noqa: E731
+                                          sort_keys=True, default=str) for r in rs)
+    assert strip(back) == strip(direct) and back[0]["part"]["part"] == "p1"
+    a = write_evidence(direct, tmp_path / "a", n_boot=100)
+    b = write_evidence(collect([tmp_path / "parts"]), tmp_path / "b", n_boot=100)
+    assert a["verdicts"] == b["verdicts"] and "scripts/evidence_grid.sh b2n-1" in b["commands"]
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(EvidenceError, match="not an evidence part"):
+        collect([tmp_path / "bad.json"])
+    write_compact([], tmp_path / "empty.json")
+    assert read_compact(tmp_path / "empty.json") == []
+
+
+def test_tiny_real_grid_end_to_end(tmp_path, one_thread, capsys):
+    """A real pocket grid (coop and coop+npt x 2 seeds on emoji_hands, the pocket recipe at 1 epoch, 2 shots, 2
+    test images per class), then `ncprompt evidence` over it, and over its exported part."""
+    out = tmp_path / "grid"
+    assert main(["--no-progress", "protocol", "--config", "configs/pocket_b2n.yaml", "--datasets", "emoji_hands",
+                 "--methods", "coop", "coop+npt", "--seeds", "1", "2", "--shots", "2", "--epochs", "1",
+                 "--output", str(out), "--set", "data.max_test_per_class=2",
+                 "--set", f"run.cache_dir={tmp_path / 'cache'}"]) == 0
+    # one feature build per dataset and seed, shared by CoOp and CoOp+NPT: per seed the training views and centre
+    # view, plus the base and new test splits once (12 if each cell built its own)
+    assert len(list((tmp_path / "cache").glob("*/manifest.json"))) == 2 * 2 + 2
+    part = tmp_path / "parts" / "tiny.json"
+    assert main(["evidence", str(out), "--output", str(tmp_path / "ev"), "--n-boot", "200", "--export", str(part),
+                 "--part", "tiny"]) == 0
+    doc = json.loads((tmp_path / "ev" / "evidence.json").read_text())
+    assert doc["pairs"] == 2 and not doc["unpaired"]
+    (hm_v,) = [v for v in doc["verdicts"] if v["kind"] == "hm"]
+    assert hm_v["n_pairs"] == 2 and hm_v["n_datasets"] == 1 and "one dataset" in " ".join(hm_v["notes"])
+    assert "2 pairs" in capsys.readouterr().out
+    assert main(["evidence", str(part), "--output", str(tmp_path / "ev2"), "--n-boot", "200"]) == 0
+    assert json.loads((tmp_path / "ev2" / "evidence.json").read_text())["verdicts"] == doc["verdicts"]
+
+
+def _grid_script(monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "evidence_grid.py"
+    spec = importlib.util.spec_from_file_location("evidence_grid", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    sizes = {"big": 500, "mid": 100, "small": 10, "emoji_generic": 500}
+    monkeypatch.setattr(mod, "classes", sizes.__getitem__)
+    return mod
+
+
+def test_grid_parts_fit_the_budget_keep_pairs_and_groups_together(monkeypatch):
+    g = _grid_script(monkeypatch)
+    a = g.options().parse_args(["list", "--datasets", "big", "mid", "small", "--budget-s", "3000"])
+    parts = g.parts(a)
+    assert parts == g.parts(a)  # the partition depends on the options only
+    every = [c for cs in parts.values() for c in cs]
+    # (3 datasets x 3 taus + DG) x seeds x methods x +-NPT
+    assert len(every) == len(g.cells(a)) == (3 * 3 + 1) * 5 * 6 * 2
+    where = {}
+    for name, cs in parts.items():
+        cost = [c["cost"] for c in cs]
+        assert cost == sorted(cost, reverse=True)  # longest cells first
+        assert sum(cost) <= 3000 * 2 + 1e-6 or len({(c["dataset"], c["seed"], c["tau"]) for c in cs}) == 1, name
+        for c in cs:
+            where.setdefault((c["kind"], c["dataset"], c["seed"], c["tau"], c["method"]), set()).add(name)
+    assert all(len(v) == 1 for v in where.values())  # an NPT cell and its control always share a part
+    for ds in ("small", "mid"):  # a (dataset, seed) group that fits a part is never split (one feature build)
+        for seed in range(1, 6):
+            assert len({n for (k, d, s, t, m), v in where.items() if (d, s) == (ds, seed) for n in v}) == 1
+    assert {n.split("-")[0] for n in parts} == {"b2n", "dg"}
+    no_dg = g.options().parse_args(["list", "--datasets", "small", "--no-dg"])
+    assert not any(n.startswith("dg") for n in g.parts(no_dg))
