@@ -26,5 +26,16 @@ def get_dataset(name: str, root: str | None = None, **options: object) -> Datase
     return builder(root=root, **options)
 
 
-__all__ = ["ArrayImages", "DATASETS", "DataError", "DatasetSplits", "FileImages", "LabeledImages", "get_dataset",
+def dataset_options(name: str, options: dict[str, object], run_seed: int) -> dict[str, object]:
+    """A run's builder options: ``seed`` (the data seed) is 0, or the run's seed for a dataset whose builder
+    sets ``data_seed_follows_run`` (the pocket bench 3), unless ``options`` set it."""
+    try:
+        follows = bool(getattr(DATASETS.get(name), "data_seed_follows_run", False))
+    except KeyError:
+        follows = False
+    return {"seed": run_seed if follows else 0, **options}
+
+
+__all__ = ["ArrayImages", "DATASETS", "DataError", "DatasetSplits", "FileImages", "LabeledImages", "dataset_options",
+           "get_dataset",
            "register_builtin_datasets"]

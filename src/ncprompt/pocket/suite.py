@@ -96,6 +96,10 @@ def _add(s: SuiteSet) -> None:
     SETS[s.name] = s
 
 
+THEMES: dict[str, tuple[str, tuple[str, ...], str, int | None]] = {}
+"""Thematic datasets: name -> (role, subgroups, doc, limit); bench 3 (:mod:`~ncprompt.pocket.suite3`) reuses them."""
+
+
 def _add_theme(
     name: str, role: str, subgroups: tuple[str, ...], doc: str, limit: int | None = None, artist: str | None = None
 ) -> None:
@@ -105,6 +109,7 @@ def _add_theme(
     base/new split) drawn by that one artist, a source pretraining saw rarely, as EuroSAT's satellite tiles
     and DTD's texture close-ups are rare on the web; ``name`` stays registered with the artist mix, outside
     the suite (the earlier version of the role, which docs/results.md's grids use)."""
+    THEMES[name] = (role, subgroups, doc, limit)
     select = _by_subgroup(name, subgroups, limit)
     if artist is None:
         _add(SuiteSet(name, role, select, doc=doc))
