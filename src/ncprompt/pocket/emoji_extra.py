@@ -16,8 +16,9 @@ artist           npm package                                 look               
 ``@svgmoji/blob`` (Blobmoji) was checked and left out: its npm package holds no artwork (it
 fetches sprites from a CDN).  Each Iconify icon is an SVG body; it is mapped to an emojibase
 concept by code point (``chars.json``, the Fluent sets) or else by name: the icon's name equals the
-kebab-cased emojibase label or one of the emoji-datasource short names (EmojiOne's ``chars.json``
-is empty) or Iconify's name of the code point in the Fluent sets.  Skin-tone and gender variants are not used (one artwork per concept and artist).
+kebab-cased emojibase label (``flag-for-...`` for flags) or one of the emoji-datasource short names (EmojiOne's ``chars.json``
+is empty) or Iconify's name of the code point in the Fluent sets.  Skin-tone and gender variants
+are not used (one artwork per concept and artist).
 
 :func:`build_bank` renders them like the v1 bank (cairosvg at 256 px, cropped to content, fitted in
 64x64 RGBA) into ``sprites64-v2.npy`` ``(C, 4, 64, 64, 4)``, in the concept order of
@@ -27,7 +28,6 @@ bank and everything built on it are unchanged.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -48,7 +48,8 @@ PACKAGES = {
 LICENCES = {"emojione": "CC-BY-4.0", "emojione_v1": "CC-BY-SA-4.0", "fluent_flat": "MIT", "fluent_hc": "MIT"}
 """SPDX licence of each package's art, as its ``info.json`` states (checked by the tests)."""
 BANK_VERSION = 2
-_FIX = "run `bash scripts/setup.sh` (it fetches the bench-3 Iconify packages) then `python -m ncprompt.pocket.emoji_extra`"
+_FIX = ("run `bash scripts/setup.sh` (it fetches the bench-3 Iconify packages and renders their bank: "
+        "`python -m ncprompt.pocket.emoji_extra`)")
 
 
 def slug(text: str) -> str:
@@ -71,6 +72,8 @@ def _name_index(root: Path, concepts: list[E.Concept]) -> dict[str, str]:
         k = E.norm_hex(e["hexcode"])
         if k in keys:
             index.setdefault(slug(e["label"]), k)
+            if e["label"].startswith("flag: "):  # EmojiOne's flag names: flag-for-japan
+                index.setdefault("flag-for-" + slug(e["label"][6:]), k)
     for e in E._read_json(root / "google" / "emoji.json"):
         k = E.norm_hex(e["unified"])
         if k in keys:
@@ -153,10 +156,11 @@ def build_bank(root: Path = E.EMOJI_DIR, verbose: bool = True) -> Path:
 
 
 def load_bank(root: Path = E.EMOJI_DIR) -> np.ndarray:
-    """The v2 bank ``(C, 4, 64, 64, 4)`` uint8, memory-mapped."""
+    """The v2 bank ``(C, 4, 64, 64, 4)`` uint8, memory-mapped; rendered on first use (about a minute)."""
     path = bank_path(root)
     if not path.is_file():
-        raise DataError(f"bench-3 sprite bank {path} not found; {_FIX}")
+        print(f"[emoji] rendering the bench-3 sprite bank {path} (once)", flush=True)
+        build_bank(root)
     return np.load(path, mmap_mode="r")
 
 
