@@ -184,3 +184,30 @@ def test_every_bench3_package_is_pinned_licensed_and_documented():
         if info.is_file():  # the package's own files state the licence we list
             assert X.package_licence(E.EMOJI_DIR, artist) == licence
             assert json.loads(info.read_text())["version"] == spec.rsplit("@", 1)[1]
+
+
+class _Stop(Exception):
+    pass
+
+
+class _Backbone:
+    def with_augmentation(self, *a, **k):
+        return self
+
+
+@pytest.mark.parametrize(("dataset", "run_seed", "data_seed"), [("b3_hands", 3, 3), ("emoji_hands_openmoji", 3, 0)])
+def test_a_run_builds_bench3_data_with_its_own_seed(monkeypatch, dataset, run_seed, data_seed):
+    from ncprompt.config import RunConfig
+    from ncprompt.protocols import experiment
+
+    seen = {}
+
+    def fake_get_dataset(name, root=None, **options):
+        seen.update(options)
+        raise _Stop
+
+    monkeypatch.setattr(experiment, "get_dataset", fake_get_dataset)
+    cfg = RunConfig.from_dict({"data": {"dataset": dataset}, "train": {"seed": run_seed}})
+    with pytest.raises(_Stop):
+        experiment.Experiment(cfg, backbone=_Backbone())
+    assert seen == {"seed": data_seed}

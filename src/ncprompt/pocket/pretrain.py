@@ -22,6 +22,7 @@ copy into ``src/ncprompt/pocket/weights/``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -162,9 +163,11 @@ def _pretrain(
             f"--output {output} must be a fresh run folder (not the shipped weights); copy the result explicitly"
         )
     output.mkdir(parents=True, exist_ok=True)
-    if torch.device(device).type == "cuda":  # cuBLAS is deterministic only with a fixed workspace
+    on_gpu = torch.device(device).type == "cuda"
+    if on_gpu:  # cuBLAS is deterministic only with a fixed workspace
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True)
+    # on a GPU an op without a deterministic kernel warns instead of ending the run
+    torch.use_deterministic_algorithms(True, warn_only=on_gpu)
     torch.manual_seed(seed)
     name = _register_config(model_config)
     model = open_clip.create_model(name).to(device)
@@ -185,8 +188,9 @@ def _pretrain(
         "threads": threads,
         "bf16": bf16,
     }
-    if bench != 1:  # the key only where it differs, so bench-1 checkpoints still resume
+    if bench != 1:  # the keys only where they differ, so bench-1 checkpoints still resume
         recipe["bench"] = bench
+        recipe["sprites_sha256"] = hashlib.sha256(world.cat.sprites.numpy().tobytes()).hexdigest()[:16]
     start, loss_avg = 0, None
     if ckpt_path.is_file():
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
