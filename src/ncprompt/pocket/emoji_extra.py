@@ -16,9 +16,9 @@ artist           npm package                                 look               
 ``@svgmoji/blob`` (Blobmoji) was checked and left out: its npm package holds no artwork (it
 fetches sprites from a CDN).  Each Iconify icon is an SVG body; it is mapped to an emojibase
 concept by code point (``chars.json``, the Fluent sets) or else by name: the icon's name equals the
-kebab-cased emojibase label (``flag-for-...`` for flags) or one of the emoji-datasource short names (EmojiOne's ``chars.json``
-is empty) or Iconify's name of the code point in the Fluent sets.  Skin-tone and gender variants
-are not used (one artwork per concept and artist).
+kebab-cased emojibase label (``flag-for-...`` for flags), one of the emoji-datasource short names, or
+Iconify's name of the code point in the Fluent sets (EmojiOne's ``chars.json`` is empty).  Skin-tone
+and gender variants are not used (one artwork per concept and artist).
 
 :func:`build_bank` renders them like the v1 bank (cairosvg at 256 px, cropped to content, fitted in
 64x64 RGBA) into ``sprites64-v2.npy`` ``(C, 4, 64, 64, 4)``, in the concept order of
