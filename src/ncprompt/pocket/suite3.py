@@ -148,3 +148,12 @@ def _register(name: str) -> None:
 
 for _n in SETS3:
     _register(_n)
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = S.zero_shot_parser("Zero-shot accuracy of a pocket model on the bench-3 datasets.").parse_args(argv)
+    S.print_zero_shot_table(a, SUITE3 + VARIANTS3, {n: s.role for n, s in SETS3.items()})
+
+
+if __name__ == "__main__":
+    main()
