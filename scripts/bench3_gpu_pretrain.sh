@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Bench 3's pretraining on a lent GPU machine (CUDA image with torch, no internet, the working tree only).
 # Carry: .gpu/wheels (open_clip and the other wheels of benchmarks/gpu_session.sh) and the pack
-# runs/bench3/pretrain-pack.npz (`python -m ncprompt.pocket.bench3 pack`, ~8 MB: the pretraining artworks
+# runs/bench3/pretrain-pack.npz (`python -m ncprompt.pocket.bench3 pack`, 6.4 MiB: the pretraining artworks
 # only, no test or training artwork). Writes the run folder's weights, config and log to $OUT.
 #   bash scripts/bench3_gpu_pretrain.sh [extra pretrain flags, e.g. --steps 20 for a smoke test]
 set -uo pipefail

@@ -53,6 +53,20 @@ def test_split_is_three_way_and_disjoint_per_concept():
         assert roles[c, B3.ARTISTS3.index("symbola")] in (B3.NONE, B3.HELD_OUT)
 
 
+def test_no_version_of_a_test_design_is_in_pretraining():
+    has, keys = _synthetic_has()
+    roles = B3.split_artworks(has, keys)
+    checked = 0
+    for main, versions in B3.SAME_DESIGN.items():
+        m = B3.ARTISTS3.index(main)
+        for v in versions:
+            col = B3.ARTISTS3.index(v)
+            unseen = np.isin(roles[:, m], (B3.TEST, B3.VAL)) & has[:, col]
+            assert (roles[unseen, col] == B3.HELD_OUT).all(), (main, v)
+            checked += int(unseen.sum())
+    assert checked > 50
+
+
 def test_pretraining_sees_only_pretraining_artworks():
     has, keys = _synthetic_has(60)
     roles = B3.split_artworks(has, keys)

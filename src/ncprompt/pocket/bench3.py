@@ -11,7 +11,8 @@ the four Iconify sets of :mod:`ncprompt.pocket.emoji_extra`.  :func:`split_artwo
   and is no bench-3 class;
 * the *shift* artists (:data:`SHIFT`: Fluent 3D, OpenMoji line art, Fluent high contrast): a seeded
   coin per concept puts the artwork in pretraining or **held out** for the shifted variants;
-* Symbola: always held out (never in pretraining).
+* Symbola: always held out (never in pretraining);
+* a shift artwork of the same design as a test or val artwork (:data:`SAME_DESIGN`): held out.
 
 So a test (or val) image's artwork is in neither the shots nor pretraining, while the held-out
 artist differs from class to class and every artist's style is in pretraining and in training pools.
@@ -47,6 +48,10 @@ SHIFT = ("fluent", "lineart", "fluent_hc")
 """Styles of the shifted variants: per concept in pretraining or held out (a seeded coin)."""
 NEVER = ("symbola",)
 """Never in pretraining."""
+SAME_DESIGN = {"openmoji": ("lineart",), "fluent_flat": ("fluent", "fluent_hc")}
+"""Shift styles drawn from the same design as a main artist's artwork (OpenMoji's black line art of its
+colour art; Fluent's 3D and high-contrast versions of its flat art): held out whenever that main
+artwork is a test or val artwork, so no version of a test design reaches pretraining."""
 MIN_ARTWORKS = 4
 """Main artworks a concept needs to be a bench-3 class (test, val, train, pretraining)."""
 NONE, PRETRAIN, TRAIN, VAL, TEST, HELD_OUT = -1, 0, 1, 2, 3, 4
@@ -97,6 +102,11 @@ def split_artworks(has: np.ndarray, keys: list[str], artists: tuple[str, ...] = 
         for a in never:
             if has[c, a]:
                 roles[c, a] = HELD_OUT
+        for a, versions in SAME_DESIGN.items():
+            if a in artists and roles[c, artists.index(a)] in (TEST, VAL):
+                for v in versions:
+                    if v in artists and has[c, artists.index(v)]:
+                        roles[c, artists.index(v)] = HELD_OUT
     return roles
 
 

@@ -16,8 +16,8 @@ artist           npm package                                 look               
 ``@svgmoji/blob`` (Blobmoji) was checked and left out: its npm package holds no artwork (it
 fetches sprites from a CDN).  Each Iconify icon is an SVG body; it is mapped to an emojibase
 concept by code point (``chars.json``, the Fluent sets) or else by name: the icon's name equals the
-kebab-cased emojibase label (``flag-for-...`` for flags), one of the emoji-datasource short names, or
-Iconify's name of the code point in the Fluent sets (EmojiOne's ``chars.json`` is empty).  Skin-tone
+kebab-cased emojibase label (``flag-for-...`` for flags), Iconify's name of the code point in the
+Fluent sets, or one of the emoji-datasource short names (EmojiOne's ``chars.json`` is empty).  Skin-tone
 and gender variants are not used (one artwork per concept and artist).
 
 :func:`build_bank` renders them like the v1 bank (cairosvg at 256 px, cropped to content, fitted in
@@ -64,7 +64,8 @@ def package_licence(root: Path, artist: str) -> str:
 
 
 def _name_index(root: Path, concepts: list[E.Concept]) -> dict[str, str]:
-    """Icon name -> concept key, from the emojibase labels and the emoji-datasource short names."""
+    """Icon name -> concept key: the emojibase labels, then Iconify's names of code points, then the
+    emoji-datasource short names (the first source that names an icon wins)."""
     data = E._read_json(root / "emojibase" / "en" / "data.json")
     keys = {c.key for c in concepts}
     index: dict[str, str] = {}
@@ -74,16 +75,16 @@ def _name_index(root: Path, concepts: list[E.Concept]) -> dict[str, str]:
             index.setdefault(slug(e["label"]), k)
             if e["label"].startswith("flag: "):  # EmojiOne's flag names: flag-for-japan
                 index.setdefault("flag-for-" + slug(e["label"][6:]), k)
-    for e in E._read_json(root / "google" / "emoji.json"):
-        k = E.norm_hex(e["unified"])
-        if k in keys:
-            for s in e.get("short_names") or []:
-                index.setdefault(slug(s), k)
     for folder in ("fluent-flat", "fluent-hc"):  # Iconify's own names of the code points
         chars = root / folder / "chars.json"
         for cp, name in (E._read_json(chars).items() if chars.is_file() else ()):
             if (k := E.norm_hex(cp)) in keys:
                 index.setdefault(name, k)
+    for e in E._read_json(root / "google" / "emoji.json"):  # last: short names may be another set's label
+        k = E.norm_hex(e["unified"])
+        if k in keys:
+            for s in e.get("short_names") or []:
+                index.setdefault(slug(s), k)
     return index
 
 
