@@ -64,5 +64,16 @@ def get_dataset(name: str, root: str | None = None, **options: Any) -> DatasetSp
     return builder(**options) if params is not None and not params[0] else builder(root=root, **options)
 
 
+def dataset_options(name: str, options: dict[str, Any], run_seed: int) -> dict[str, Any]:
+    """A run's builder options: ``options``, plus ``seed`` (the data seed) for a builder that sets
+    ``data_seed_follows_run`` (the pocket bench 3): the run's seed, unless ``options`` set it. Other builders
+    keep their own default data seed (0), so the old suite's data do not move with the run seed."""
+    try:
+        follows = bool(getattr(DATASETS.get(name), "data_seed_follows_run", False))
+    except KeyError:
+        follows = False
+    return {"seed": run_seed, **options} if follows else dict(options)
+
+
 __all__ = ["ArrayImages", "DATASETS", "DataError", "DatasetSplits", "FileImages", "LabeledImages", "check_dataset_args",
-           "dataset_parameters", "get_dataset", "register_builtin_datasets"]
+           "dataset_options", "dataset_parameters", "get_dataset", "register_builtin_datasets"]

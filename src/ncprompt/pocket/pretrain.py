@@ -22,8 +22,10 @@ copy into ``src/ncprompt/pocket/weights/``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -111,11 +113,17 @@ def pretrain(
     device: str = "cpu",
     model_config: Path | str | None = None,
     stop_after: int | None = None,
+    bench: int = 1,
+    sprites: Path | str | None = None,
 ) -> dict:
     """Pretrain the pocket model for ``steps`` steps into the folder ``output`` (resuming from its checkpoint).
 
     ``stop_after`` ends this call after that many steps of the schedule (checkpoint written, no
     final weights); a later call with the same arguments resumes and finishes bitwise as one run would.
+
+    ``bench=3`` pretrains on bench 3's pretraining artworks only (:mod:`ncprompt.pocket.bench3`), read
+    from the pack ``sprites`` (``python -m ncprompt.pocket.bench3 pack``) or, without it, from the
+    installed sprite banks (the same catalogue, bit for bit).
 
     Deterministic under ``seed`` for a given step count (and thread count).  ``minutes`` only
     caps the wall time: a run that hits it stops early, saves what it has and reports
@@ -146,6 +154,8 @@ def _pretrain(
     threads,
     model_config,
     stop_after,
+    bench,
+    sprites,
 ) -> dict:
     output = Path(output)
     if output.suffix == ".safetensors" or output.resolve() == POCKET_OPEN_CLIP_CONFIG.parent.resolve():
@@ -153,13 +163,17 @@ def _pretrain(
             f"--output {output} must be a fresh run folder (not the shipped weights); copy the result explicitly"
         )
     output.mkdir(parents=True, exist_ok=True)
-    torch.use_deterministic_algorithms(True)
+    on_gpu = torch.device(device).type == "cuda"
+    if on_gpu:  # cuBLAS is deterministic only with a fixed workspace
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    # on a GPU an op without a deterministic kernel warns instead of ending the run
+    torch.use_deterministic_algorithms(True, warn_only=on_gpu)
     torch.manual_seed(seed)
     name = _register_config(model_config)
     model = open_clip.create_model(name).to(device)
     model.train()
     tokenizer = open_clip.get_tokenizer(name)
-    world = PretrainWorld(seed=seed)
+    world = _world(seed, bench, sprites)
     opt = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6)
     n_params = sum(p.numel() for p in model.parameters())
     ckpt_path = output / "checkpoint.pt"
@@ -174,6 +188,9 @@ def _pretrain(
         "threads": threads,
         "bf16": bf16,
     }
+    if bench != 1:  # the keys only where they differ, so bench-1 checkpoints still resume
+        recipe["bench"] = bench
+        recipe["sprites_sha256"] = hashlib.sha256(world.cat.sprites.numpy().tobytes()).hexdigest()[:16]
     start, loss_avg = 0, None
     if ckpt_path.is_file():
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
@@ -257,6 +274,20 @@ def _pretrain(
     return summary
 
 
+def _world(seed: int, bench: int, sprites: Path | str | None) -> PretrainWorld:
+    """The pretraining stream of bench 1 (every artwork) or bench 3 (its pretraining artworks only)."""
+    if bench == 1:
+        if sprites is not None:
+            raise ValueError("--sprites is a bench-3 pack; give --bench 3 with it")
+        return PretrainWorld(seed=seed)
+    if bench != 3:
+        raise ValueError(f"--bench {bench}: only 1 (the shipped model) and 3 exist")
+    from ncprompt.pocket import bench3
+
+    cat = bench3.load_pack(sprites) if sprites is not None else bench3.pretrain_catalogue()
+    return PretrainWorld(seed=seed, mix=bench3.PRETRAIN_MIX3, cat=cat)
+
+
 def _register_config(model_config: Path | str | None) -> str:
     """Register the model config with open_clip; returns its model name (``pocket`` by default)."""
     register_pocket()
@@ -318,6 +349,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     ap.add_argument("--device", default="cpu", help="torch device (the committed weights were trained on cpu)")
     ap.add_argument("--export", type=Path, default=None, help="only write the checkpoint's model to this folder")
+    ap.add_argument("--bench", type=int, default=1, choices=[1, 3],
+                    help="3: pretrain on bench 3's pretraining artworks only (docs/pocket-model.md)")
+    ap.add_argument("--sprites", type=Path, default=None,
+                    help="bench 3: the pack of `python -m ncprompt.pocket.bench3 pack` (default: the sprite banks)")
+    ap.add_argument("--stop-after", type=int, default=None, help="end this call after N steps (checkpoint kept)")
     a = ap.parse_args(argv)
     if a.export:
         export_checkpoint(a.output, a.export)
@@ -336,6 +372,9 @@ def main(argv: list[str] | None = None) -> None:
         bf16=a.bf16,
         device=a.device,
         model_config=a.model_config,
+        stop_after=a.stop_after,
+        bench=a.bench,
+        sprites=a.sprites,
     )
 
 

@@ -96,6 +96,10 @@ def _add(s: SuiteSet) -> None:
     SETS[s.name] = s
 
 
+THEMES: dict[str, tuple[str, tuple[str, ...], str, int | None]] = {}
+"""Thematic datasets: name -> (role, subgroups, doc, limit); bench 3 (:mod:`~ncprompt.pocket.suite3`) reuses them."""
+
+
 def _add_theme(
     name: str, role: str, subgroups: tuple[str, ...], doc: str, limit: int | None = None, artist: str | None = None
 ) -> None:
@@ -105,6 +109,7 @@ def _add_theme(
     base/new split) drawn by that one artist, a source pretraining saw rarely, as EuroSAT's satellite tiles
     and DTD's texture close-ups are rare on the web; ``name`` stays registered with the artist mix, outside
     the suite (the earlier version of the role, which docs/results.md's grids use)."""
+    THEMES[name] = (role, subgroups, doc, limit)
     select = _by_subgroup(name, subgroups, limit)
     if artist is None:
         _add(SuiteSet(name, role, select, doc=doc))
@@ -390,35 +395,46 @@ def zero_shot(
     }
 
 
-def main(argv: list[str] | None = None) -> None:
+def zero_shot_parser(description: str):
+    """The options of the zero-shot table commands (this module's and :mod:`~ncprompt.pocket.suite3`'s)."""
     import argparse
 
-    from ncprompt.pocket.model import create_pocket
-
-    ap = argparse.ArgumentParser(description="Zero-shot accuracy of the pocket model on the pocket suite.")
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--weights", default=None, help="safetensors file (default: the committed weights)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-images", type=int, default=None)
     ap.add_argument("--template", action="append", help="prompt template(s), default: each dataset's first")
     ap.add_argument("--threads", type=int, default=2)
-    a = ap.parse_args(argv)
+    ap.add_argument("--split", default="test", choices=["val", "test"], help="the split to score (val: for choices)")
+    return ap
+
+
+def print_zero_shot_table(a, names: list[str], roles: dict[str, str]) -> None:
+    """A markdown table of zero-shot accuracy per dataset and template (options of :func:`zero_shot_parser`)."""
+    from ncprompt.pocket.model import create_pocket
+
     torch.set_num_threads(a.threads)
     model, preprocess, tokenizer = create_pocket(weights=a.weights)
     templates = a.template or [None]
     head = " | ".join(t or TEMPLATES[0] for t in templates)
     print(f"| dataset | role | classes | chance | {head} |\n|---|---|---|---|" + "---|" * len(templates))
-    for name in SUITE + VARIANTS:
+    for name in names:
         data = DATASETS.get(name)(seed=a.seed)
         accs = [
-            zero_shot_accuracy(model, tokenizer, preprocess, data, max_images=a.max_images, template=t)
+            zero_shot_accuracy(model, tokenizer, preprocess, data, a.split, max_images=a.max_images, template=t)
             for t in templates
         ]
         k = data.num_classes
         print(
-            f"| {name} | {SETS[name].role} | {k} | {100 / k:.1f}% | "
+            f"| {name} | {roles[name]} | {k} | {100 / k:.1f}% | "
             + " | ".join(f"{100 * x:.1f}%" for x in accs)
             + " |"
         )
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = zero_shot_parser("Zero-shot accuracy of the pocket model on the pocket suite.").parse_args(argv)
+    print_zero_shot_table(a, SUITE + VARIANTS, {n: s.role for n, s in SETS.items()})
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ PRETRAIN_MIX = {"google": 0.33, "twitter": 0.33, "openmoji": 0.18, "fluent": 0.1
 """Artist weights in pretraining (renormalised over the artists that drew the concept)."""
 HELD_OUT_ARTISTS = ("symbola",)
 """Artists never seen in pretraining."""
-INK_ARTISTS = ("lineart", "symbola")
+INK_ARTISTS = ("lineart", "symbola", "fluent_hc")
 """Black-ink artists: drawn on light backgrounds."""
 
 PALETTE: dict[str, tuple[int, int, int]] = {
@@ -66,7 +66,7 @@ class Catalogue:
     """Concepts with their tag incidence, subgroup / group ids and sprites as a float tensor."""
 
     concepts: list[E.Concept]
-    sprites: torch.Tensor  # (C, A, 4, 32, 32) float: premultiplied RGB and alpha
+    sprites: torch.Tensor  # (C, A, 4, 32, 32) float (or uint8, x 255): premultiplied RGB and alpha
     has: torch.Tensor  # (C, A) bool: the artist drew the concept
     tags: list[str]
     tag_matrix: torch.Tensor  # (C, T) float 0/1
@@ -75,6 +75,11 @@ class Catalogue:
     groups: list[str]
     group: torch.Tensor  # (C,)
     name_prob: torch.Tensor  # (C,) probability that a caption names the concept
+    artists: tuple[str, ...] = E.ARTISTS  # the artist axis of ``sprites`` / ``has``
+
+    def artist_ids(self, names) -> torch.Tensor:
+        """Indices of those of ``names`` that are on this catalogue's artist axis."""
+        return torch.tensor([self.artists.index(a) for a in names if a in self.artists], dtype=torch.long)
 
     def index(self, key: str) -> int:
         return self._keys[key]
@@ -91,17 +96,31 @@ def naming_probability(n: int, seed: int = 1234, hi: float = 0.9, lo: float = 0.
     return p
 
 
+def downsample(arr: np.ndarray) -> torch.Tensor:
+    """``(C, A, 64, 64, 4)`` uint8 RGBA -> ``(C, A, 4, 32, 32)`` float: premultiplied at 64 px, then
+    averaged down (antialiased)."""
+    raw = torch.from_numpy(np.array(arr)).permute(0, 1, 4, 2, 3)  # (C, A, 4, 64, 64) uint8
+    sprites = torch.empty(raw.shape[0], raw.shape[1], 4, IMAGE_SIZE, IMAGE_SIZE)
+    for i in range(0, raw.shape[0], 256):
+        x = raw[i : i + 256].float().div_(255.0).flatten(0, 1)
+        x = torch.cat([x[:, :3] * x[:, 3:], x[:, 3:]], 1)
+        sprites[i : i + 256] = F.avg_pool2d(x, SPRITE_POOL).view(-1, raw.shape[1], 4, IMAGE_SIZE, IMAGE_SIZE)
+    return sprites
+
+
 @lru_cache(maxsize=1)
 def catalogue() -> Catalogue:
     """The catalogue (loaded once per process)."""
     concepts, arr = E.load()
-    raw = torch.from_numpy(np.array(arr)).permute(0, 1, 4, 2, 3)  # (C, A, 4, 64, 64) uint8
-    has = raw[:, :, 3].flatten(2).amax(2) > 0
-    sprites = torch.empty(raw.shape[0], raw.shape[1], 4, IMAGE_SIZE, IMAGE_SIZE)
-    for i in range(0, raw.shape[0], 256):  # premultiply at 64 px, then average down (antialiased)
-        x = raw[i : i + 256].float().div_(255.0).flatten(0, 1)
-        x = torch.cat([x[:, :3] * x[:, 3:], x[:, 3:]], 1)
-        sprites[i : i + 256] = F.avg_pool2d(x, SPRITE_POOL).view(-1, raw.shape[1], 4, IMAGE_SIZE, IMAGE_SIZE)
+    return build_catalogue(concepts, downsample(arr))
+
+
+def build_catalogue(
+    concepts: list[E.Concept], sprites: torch.Tensor, artists: tuple[str, ...] = E.ARTISTS
+) -> Catalogue:
+    """A catalogue of ``concepts`` with 32 px premultiplied ``sprites`` ``(C, A, 4, 32, 32)`` on the axis
+    ``artists``; an artist drew a concept where its sprite has any alpha."""
+    has = sprites[:, :, 3].flatten(2).amax(2) > 0
     tags = sorted({t for c in concepts for t in c.tags})
     ti = {t: i for i, t in enumerate(tags)}
     tm = torch.zeros(len(concepts), len(tags))
@@ -121,6 +140,7 @@ def catalogue() -> Catalogue:
         groups=groups,
         group=torch.tensor([groups.index(c.group) for c in concepts]),
         name_prob=naming_probability(len(concepts)),
+        artists=tuple(artists),
     )
 
 
@@ -185,12 +205,19 @@ def _backgrounds(
 
 
 def render(
-    concept: torch.Tensor, artist: torch.Tensor, g: torch.Generator, style: RenderStyle = PRETRAIN_RENDER
+    concept: torch.Tensor,
+    artist: torch.Tensor,
+    g: torch.Generator,
+    style: RenderStyle = PRETRAIN_RENDER,
+    cat: Catalogue | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(images (B,3,32,32) in [0,1] quantised to 1/255, named background colour (B,), scale (B,))``."""
-    cat = catalogue()
+    """``(images (B,3,32,32) in [0,1] quantised to 1/255, named background colour (B,), scale (B,))``;
+    ``cat``: the catalogue (default :func:`catalogue`)."""
+    cat = cat or catalogue()
     n = len(concept)
     spr = cat.sprites[concept, artist]  # (B,4,32,32) premultiplied
+    if not spr.is_floating_point():  # bench 3 keeps its sprites as uint8
+        spr = spr.float() / 255.0
     scale = _u(g, n, *style.scale)
     ang = _u(g, n, -style.rotation, style.rotation) * math.pi / 180
     tx = (torch.rand(n, generator=g) * 2 - 1) * (1 - scale)
@@ -205,7 +232,7 @@ def render(
     )
     grid = F.affine_grid(theta, (n, 4, IMAGE_SIZE, IMAGE_SIZE), align_corners=False)
     warped = F.grid_sample(spr, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    ink = torch.isin(artist, torch.tensor([ARTIST[a] for a in INK_ARTISTS]))
+    ink = torch.isin(artist, cat.artist_ids(INK_ARTISTS))
     bg, bg_name = _backgrounds(n, g, style, ink)
     img = warped[:, :3] + bg * (1 - warped[:, 3:])
     if style.blur > 0:
@@ -269,11 +296,25 @@ def _pick(items, k: int):
     return items[k % len(items)]
 
 
+def _style_of(artist: torch.Tensor, cat: Catalogue) -> torch.Tensor:
+    """The style id each image's artist is named by in captions (:data:`STYLE_WORDS`), -1 for none."""
+    style_of = torch.full_like(artist, NONE)
+    for a, sid in STYLE_IDS.items():
+        if a in cat.artists:
+            style_of = torch.where(artist == cat.artists.index(a), torch.tensor(sid), style_of)
+    return style_of
+
+
 def sample_captions(
-    concept: torch.Tensor, artist: torch.Tensor, bg_name: torch.Tensor, scale: torch.Tensor, g: torch.Generator
+    concept: torch.Tensor,
+    artist: torch.Tensor,
+    bg_name: torch.Tensor,
+    scale: torch.Tensor,
+    g: torch.Generator,
+    cat: Catalogue | None = None,
 ) -> tuple[list[str], CaptionSpec]:
     """One alt-text-like caption per image and what it asserts."""
-    cat = catalogue()
+    cat = cat or catalogue()
     n = len(concept)
     r = torch.rand(n, 8, generator=g)
     named = r[:, 0] < cat.name_prob[concept]
@@ -284,9 +325,7 @@ def sample_captions(
     say_sub = (named & (r[:, 3] < 0.1)) | (~named & (how == 1))
     say_group = ~named & (how == 2)
     say_bg = (bg_name != NONE) & (r[:, 4] < 0.3)
-    style_of = torch.full((n,), NONE)
-    for a, sid in STYLE_IDS.items():
-        style_of = torch.where(artist == ARTIST[a], torch.tensor(sid), style_of)
+    style_of = _style_of(artist, cat)
     say_style = (style_of != NONE) & (r[:, 5] < 0.5)
     say_size = (r[:, 6] < 0.1) & ((scale < 0.6) | (scale > 0.9))
     frame = torch.multinomial(_FRAME_W, n, replacement=True, generator=g)
@@ -361,16 +400,16 @@ def sample_captions(
     return caps, spec
 
 
-def consistency(concept: torch.Tensor, artist: torch.Tensor, bg_name: torch.Tensor, spec: CaptionSpec) -> torch.Tensor:
+def consistency(
+    concept: torch.Tensor, artist: torch.Tensor, bg_name: torch.Tensor, spec: CaptionSpec, cat: Catalogue | None = None
+) -> torch.Tensor:
     """``M[i, j]``: caption j is true of image i (every constraint it states holds)."""
-    cat = catalogue()
+    cat = cat or catalogue()
 
     def ok(img_attr: torch.Tensor, cap_attr: torch.Tensor) -> torch.Tensor:
         return (cap_attr.view(1, -1) == NONE) | (cap_attr.view(1, -1) == img_attr.view(-1, 1))
 
-    style_of = torch.full_like(artist, NONE)
-    for a, sid in STYLE_IDS.items():
-        style_of = torch.where(artist == ARTIST[a], torch.tensor(sid), style_of)
+    style_of = _style_of(artist, cat)
     tag_hits = cat.tag_matrix[concept] @ spec.tags.t()  # (B_img, B_cap): how many of the caption's tags hold
     tags_ok = tag_hits >= spec.tags.sum(1).view(1, -1) - 0.5
     return (
@@ -395,15 +434,18 @@ class Batch:
     artist: torch.Tensor
     bg_name: torch.Tensor
     spec: CaptionSpec
+    cat: Catalogue | None = None
 
     def consistency(self) -> torch.Tensor:
-        return consistency(self.concept, self.artist, self.bg_name, self.spec)
+        return consistency(self.concept, self.artist, self.bg_name, self.spec, self.cat)
 
 
-def sample_artists(concept: torch.Tensor, mix: dict[str, float], g: torch.Generator) -> torch.Tensor:
+def sample_artists(
+    concept: torch.Tensor, mix: dict[str, float], g: torch.Generator, cat: Catalogue | None = None
+) -> torch.Tensor:
     """One artist per image, drawn from ``mix`` among the artists that drew the concept."""
-    cat = catalogue()
-    w = torch.tensor([mix.get(a, 0.0) for a in E.ARTISTS]).expand(len(concept), -1) * cat.has[concept]
+    cat = cat or catalogue()
+    w = torch.tensor([mix.get(a, 0.0) for a in cat.artists]).expand(len(concept), -1) * cat.has[concept]
     bad = w.sum(1) <= 0
     if bad.any():
         raise ValueError(f"concepts {concept[bad].tolist()[:5]} have no artwork by the artists of {mix}")
@@ -413,20 +455,28 @@ def sample_artists(concept: torch.Tensor, mix: dict[str, float], g: torch.Genera
 class PretrainWorld:
     """Endless seeded stream of pretraining batches (deterministic given seed and call order).
 
-    ``concepts`` restricts the concepts (default: all); ``mix`` the artist weights."""
+    ``concepts`` restricts the concepts (default: all); ``mix`` the artist weights; ``cat`` the
+    catalogue (default :func:`catalogue`; bench 3 passes one holding only its pretraining artworks)."""
 
-    def __init__(self, seed: int = 0, mix: dict[str, float] | None = None, concepts: torch.Tensor | None = None):
+    def __init__(
+        self,
+        seed: int = 0,
+        mix: dict[str, float] | None = None,
+        concepts: torch.Tensor | None = None,
+        cat: Catalogue | None = None,
+    ):
         self.g = torch.Generator().manual_seed(seed)
         self.mix = dict(PRETRAIN_MIX if mix is None else mix)
         for a in HELD_OUT_ARTISTS:
             if self.mix.get(a, 0.0) > 0:
                 raise ValueError(f"artist {a!r} is held out of pretraining")
-        cat = catalogue()
-        self.concepts = torch.arange(len(cat.concepts)) if concepts is None else concepts
+        self.cat = cat or catalogue()
+        self.concepts = torch.arange(len(self.cat.concepts)) if concepts is None else concepts
 
     def batch(self, n: int) -> Batch:
+        cat = self.cat
         concept = self.concepts[torch.randint(0, len(self.concepts), (n,), generator=self.g)]
-        artist = sample_artists(concept, self.mix, self.g)
-        images, bg_name, scale = render(concept, artist, self.g, PRETRAIN_RENDER)
-        caps, spec = sample_captions(concept, artist, bg_name, scale, self.g)
-        return Batch(images, caps, concept, artist, bg_name, spec)
+        artist = sample_artists(concept, self.mix, self.g, cat)
+        images, bg_name, scale = render(concept, artist, self.g, PRETRAIN_RENDER, cat)
+        caps, spec = sample_captions(concept, artist, bg_name, scale, self.g, cat)
+        return Batch(images, caps, concept, artist, bg_name, spec, cat)

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from ncprompt.backbones.openclip import Backbone, load_backbone
 from ncprompt.collapse.regularizers import NPTRegularizer
 from ncprompt.config import ConfigError, RunConfig, load_yaml
-from ncprompt.data import DataError, DatasetSplits, LabeledImages, check_dataset_args, get_dataset
+from ncprompt.data import DataError, DatasetSplits, LabeledImages, check_dataset_args, dataset_options, get_dataset
 from ncprompt.data.cache import FeatureCache
 from ncprompt.data.cache_key import content_digest, weights_digest
 from ncprompt.data.class_split import choose_base_classes
@@ -91,7 +91,7 @@ class Experiment:
             backbone = backbone.with_augmentation(cfg.train.crop_min, cfg.train.flip)
         self.backbone = backbone
         if dataset is None:
-            dataset = get_dataset(data.dataset, data.root, **data.options)
+            dataset = get_dataset(data.dataset, data.root, **dataset_options(data.dataset, data.options, cfg.seed))
         self.dataset = dataset
         #: under torchrun the ranks share the encoding of missing cache shards (rank 0 writes)
         self.cache = distributed.attach_cache(FeatureCache(run.cache_dir, enabled=run.use_cache,
@@ -108,16 +108,16 @@ class Experiment:
         self.train_images, self.counts = sample_train(self.train_ds.train, k, data.shots, data.imbalance, cfg.seed)
         self.groups = class_groups(self.counts) if data.imbalance is not None and data.imbalance < 1 else None
         # targets are resolved now, so a bad one is refused before any training
-        self.targets = {spec: self._target_dataset(spec) for spec in data.targets}
+        self.targets = {spec: self._target_dataset(spec, cfg.seed) for spec in data.targets}
         #: class means of the (normalised) training features, set by :meth:`evaluate_all`
         self.train_means: torch.Tensor | None = None
         self._inputs: dict[str, str] | None = None  # :meth:`inputs`, computed once
 
     @staticmethod
-    def _target_dataset(spec: str) -> DatasetSplits:
+    def _target_dataset(spec: str, run_seed: int) -> DatasetSplits:
         name, _, root = spec.partition("=")
         try:
-            return get_dataset(name, root or None)
+            return get_dataset(name, root or None, **dataset_options(name, {}, run_seed))
         except DataError as e:
             raise DataError(f"data.targets {spec!r}: {e}") from None
 

@@ -67,7 +67,10 @@ def run_one(job: dict[str, Any]) -> RunResult:
     folder.acquire()
     try:
         data = cfg.data
-        key = repr((job["dataset"], data.dataset, data.root, sorted(data.options.items())))
+        from ncprompt.data import dataset_options
+
+        options = dataset_options(data.dataset, data.options, cfg.seed)
+        key = repr((job["dataset"], data.dataset, data.root, sorted(options.items())))
         if key not in _DATASETS:
             from dataclasses import replace
 
@@ -75,7 +78,7 @@ def run_one(job: dict[str, Any]) -> RunResult:
 
             _DATASETS.clear()  # keep one dataset in memory: the grid runs dataset by dataset
             # the grid's name for it (NAME of NAME=ROOT) is the one results.json and the tables show
-            _DATASETS[key] = replace(get_dataset(data.dataset, data.root, **data.options),
+            _DATASETS[key] = replace(get_dataset(data.dataset, data.root, **options),
                                      name=job["dataset"])
         with quiet():  # a run's epochs go to its train.log; the grid shows one line per run
             exp = Experiment(cfg, dataset=_DATASETS[key])
