@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerate the example figures of docs/figures/ (docs/usage.md shows them) from small real runs of the
-# pocket model: a few-shot grid (accuracy against shots, summary bars), one run's analysis (training curves with
-# the NPT terms, the text cosine heatmaps, the geometry) and the NC report. About 3 minutes on 2 cores.
+# pocket model: a few-shot grid (accuracy against shots: the grid's summary.png and tables/few_shot.png), one run's analysis (training curves with
+# the NPT terms, the text cosine heatmaps, the geometry) and the NC report. About 1 minute on 2 idle cores.
 #   bash scripts/docs_figures.sh [WORK_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +16,6 @@ mkdir -p "$FIG"
 "$NC" analyze "$WORK/fewshot/emoji_animals/shots4/zeroshot/seed1" >/dev/null
 "$NC" report "$WORK/fewshot" --output "$WORK/report" --pool >/dev/null
 cp "$WORK/fewshot/tables/few_shot.png" "$FIG/few_shot.png"
-cp "$WORK/fewshot/summary.png" "$FIG/grid_summary.png"
 cp "$WORK/fewshot/emoji_animals/shots4/coop+npt/seed1/plots/training.png" "$FIG/training.png"
 cp "$WORK/fewshot/emoji_animals/shots4/coop+npt/seed1/plots/geometry.png" "$FIG/geometry.png"
 cp "$WORK/fewshot/emoji_animals/shots4/zeroshot/seed1/plots/text_cosine_before_after.png" \
