@@ -55,6 +55,7 @@ def local_grid(tmp_path_factory, cache) -> Path:
 
 
 def test_submitit_array_equals_local_grid(local_grid, cache, tmp_path, capsys):
+    pytest.importorskip("submitit", reason="the slurm extra (pip install 'ncprompt[slurm]')")
     out = tmp_path / "sub"
     assert main(grid_args(out, cache, "--launcher", "submitit", "--slurm-cluster", "local", "--cpus-per-cell", "1",
                           "--time-min", "30")) == 0
@@ -81,6 +82,7 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
 
 
 def test_killed_cell_is_reported_failed_and_finishes_on_resubmission(local_grid, cache, tmp_path, capsys):
+    pytest.importorskip("submitit", reason="the slurm extra (pip install 'ncprompt[slurm]')")
     from ncprompt.protocols.launchers.status import grid_status, run_locked
 
     out = tmp_path / "kill"
