@@ -152,6 +152,28 @@ def test_unfinished_run_is_refused(trained, tmp_path):
         ncprompt.load_run(copy)
 
 
+@pytest.mark.parametrize("edit", ["nan", "int", "damaged"])
+def test_a_bad_prompt_file_is_refused_not_predicted_with(trained, tmp_path, edit):
+    """The prompt is read and checked as `eval` reads it: a NaN prompt would label everything by chance, an int one
+    would be cast, a damaged file would be a traceback."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    copy = tmp_path / "edited"
+    shutil.copytree(trained, copy)
+    f = copy / "prompt.safetensors"
+    state = load_file(str(f))
+    if edit == "damaged":
+        f.write_bytes(f.read_bytes()[:40])
+    else:
+        k = sorted(state)[0]
+        state[k] = torch.full_like(state[k], float("nan")) if edit == "nan" else state[k].to(torch.int64)
+        save_file(state, str(f))
+    want = {"nan": "NaN/inf", "int": "torch.int64", "damaged": "is damaged"}[edit]
+    with pytest.raises(RunFolderError, match=want):
+        ncprompt.load_run(copy)
+
+
 def test_zero_shot_run_predicts_and_takes_other_classes(trained, images, capsys):
     """A zero-shot run has no prompt file: it is rebuilt from its templates and takes any class names."""
     zs = trained.parent / "zs"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -168,9 +169,8 @@ class Experiment:
         them."""
         if self._inputs is not None:
             return dict(self._inputs)
-        names = json.dumps([list(self.dataset.classnames), list(self.dataset.templates)]).encode()
-        out = {"weights": f"{self.backbone.weights_id} sha256:{weights_digest(self.backbone.model)[:16]}",
-               "classes": hashlib.sha256(names).hexdigest()[:16],
+        out = {"weights": weights_input(self.backbone),
+               "classes": classes_input(self.dataset.classnames, self.dataset.templates),
                "data.train": content_digest(self.train_images)[:16],
                PORTABLE + "data.train": content_digest(self.train_images, portable=True)[:16]}
         for prefix, sets in (("data.test.", self.eval_sets()), ("data.target.", self.target_sets())):
@@ -378,6 +378,24 @@ def run_experiment(cfg: RunConfig, out_dir: str | Path | None = None, backbone: 
     return result
 
 
+def weights_input(backbone: Backbone) -> str:
+    """inputs.json's ``weights``: the weights' name or file and a digest of their content."""
+    return f"{backbone.weights_id} sha256:{weights_digest(backbone.model)[:16]}"
+
+
+def classes_input(classnames: Sequence[str], templates: Sequence[str]) -> str:
+    """inputs.json's ``classes``: a digest of the class names and the prompt templates."""
+    return hashlib.sha256(json.dumps([list(classnames), list(templates)]).encode()).hexdigest()[:16]
+
+
+def read_prompt_file(f: Path) -> dict[str, torch.Tensor]:
+    """A run's ``prompt.safetensors``; a damaged file is one :class:`RunFolderError` line."""
+    try:
+        return load_file(str(f))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise RunFolderError(f"{f} is damaged ({e}); retrain the run (ncprompt train --no-resume)") from None
+
+
 def load_run(run_dir: str | Path) -> tuple[RunConfig, dict[str, torch.Tensor] | None]:
     """The config and learned prompts of a run folder (an unfinished one: its last checkpoint)."""
     d = Path(run_dir)
@@ -385,11 +403,7 @@ def load_run(run_dir: str | Path) -> tuple[RunConfig, dict[str, torch.Tensor] | 
         raise RunFolderError(f"{d} is not a run folder (no config.yaml); pass the --output folder of `ncprompt train`")
     cfg = RunConfig.from_dict(load_yaml(d / "config.yaml"), where=str(d / "config.yaml"))
     if (d / "prompt.safetensors").is_file():
-        try:
-            return cfg, load_file(str(d / "prompt.safetensors"))
-        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-            raise RunFolderError(f"{d / 'prompt.safetensors'} is damaged ({e}); retrain the run (ncprompt train "
-                                 "--no-resume)") from None
+        return cfg, read_prompt_file(d / "prompt.safetensors")
     from ncprompt.engine.checkpoint import load_checkpoint
 
     ck = load_checkpoint(d, cfg.train.epochs)

@@ -16,7 +16,6 @@ linear probe has one row per training class and is refused).
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 from collections.abc import Iterator, Sequence
@@ -32,13 +31,13 @@ from ncprompt.backbones.openclip import Backbone, load_backbone
 from ncprompt.config import RunConfig, merge_layers
 from ncprompt.data.base import DataError, FileImages, LabeledImages, fingerprint_of
 from ncprompt.data.cache import FeatureCache
-from ncprompt.data.cache_key import weights_digest
 from ncprompt.data.sources import IMAGE_SUFFIXES, _read_csv_rows
 from ncprompt.engine.results import ResultsError, read_results
 from ncprompt.engine.run_folder import INPUTS, RunFolderError
 from ncprompt.methods import build_method
 from ncprompt.methods.base import MethodConfigError, MethodContext, PromptMethod
 from ncprompt.protocols import experiment
+from ncprompt.protocols.run_eval import check_prompt
 from ncprompt.utils import seed_everything
 
 __all__ = ["Prediction", "TrainedRun", "collect_images", "format_predictions", "load_run"]
@@ -101,11 +100,12 @@ def collect_images(paths: Sequence[str | Path]) -> list[Path]:
     return out
 
 
-def _recorded(run_dir: Path) -> tuple[RunConfig, dict[str, Any], dict[str, str]]:
-    """The config, results.json ``info`` and inputs.json of a finished run folder (one-line errors)."""
+def _recorded(run_dir: Path) -> tuple[RunConfig, dict[str, torch.Tensor] | None, dict[str, Any], dict[str, str]]:
+    """The config, learned prompt (None: none saved), results.json ``info`` and inputs.json of a finished run
+    folder (one-line errors)."""
     if not run_dir.is_dir():
         raise RunFolderError(f"run folder {run_dir} does not exist; pass the --output folder of `ncprompt train`")
-    cfg, _ = experiment.load_run(run_dir)
+    cfg, prompt = experiment.load_run(run_dir)
     try:
         res = read_results(run_dir)
     except ResultsError as e:
@@ -116,7 +116,7 @@ def _recorded(run_dir: Path) -> tuple[RunConfig, dict[str, Any], dict[str, str]]
     except (OSError, ValueError):
         raise RunFolderError(f"{run_dir} has no readable {INPUTS} (an earlier ncprompt), so the weights and class "
                              "names it trained with cannot be checked; rerun its training to record them") from None
-    return cfg, res.info or {}, inputs
+    return cfg, prompt, res.info or {}, inputs
 
 
 def _classes_and_templates(run_dir: Path, cfg: RunConfig, info: dict[str, Any]) -> tuple[list[str], list[str],
@@ -127,10 +127,11 @@ def _classes_and_templates(run_dir: Path, cfg: RunConfig, info: dict[str, Any]) 
     names = list(classes.get("all") or [])
     templates = info.get("templates")
     if templates is None:  # results.json of an earlier version: the dataset gives the templates
-        from ncprompt.data import get_dataset
+        from ncprompt.data import dataset_options, get_dataset
 
         try:
-            ds = get_dataset(cfg.data.dataset, cfg.data.root, **{"seed": 0, **cfg.data.options})
+            ds = get_dataset(cfg.data.dataset, cfg.data.root, **dataset_options(cfg.data.dataset, cfg.data.options,
+                                                                                cfg.seed))
         except DataError as e:
             raise RunFolderError(f"{run_dir}/results.json records no prompt templates and the dataset cannot be read "
                                  f"to find them ({e}); rerun its training with this version") from None
@@ -144,11 +145,11 @@ def _classes_and_templates(run_dir: Path, cfg: RunConfig, info: dict[str, Any]) 
 def _check_inputs(run_dir: Path, inputs: dict[str, str], backbone: Backbone, names: list[str],
                   templates: list[str]) -> None:
     """Refuse weights or class names/templates other than those the run trained with (inputs.json)."""
-    weights = f"{backbone.weights_id} sha256:{weights_digest(backbone.model)[:16]}"
+    weights = experiment.weights_input(backbone)
     if inputs.get("weights") != weights:
         raise RunFolderError(f"{run_dir} was trained with other weights ({inputs.get('weights')}) than "
                              f"{backbone.name} loads now ({weights}); restore those weights or retrain")
-    digest = hashlib.sha256(json.dumps([names, templates]).encode()).hexdigest()[:16]
+    digest = experiment.classes_input(names, templates)
     if inputs.get("classes") != digest:
         raise RunFolderError(f"{run_dir}: the class names and templates in results.json do not match the run's "
                              f"{INPUTS} (classes {inputs.get('classes')} != {digest}); the folder was edited: retrain")
@@ -250,7 +251,7 @@ def load_run(path: str | Path, device: str | None = None, backbone: Backbone | N
     the digest the run recorded), its learned prompts and class names. ``device`` overrides the run's;
     ``backbone``: an already loaded one (checked the same way)."""
     d = Path(path).expanduser()
-    cfg, info, inputs = _recorded(d)
+    cfg, prompt, info, inputs = _recorded(d)
     if device is not None:
         cfg = RunConfig.from_dict(merge_layers(cfg.to_dict(), {"run": {"device": device}}))
     names, train_names, templates = _classes_and_templates(d, cfg, info)
@@ -262,13 +263,11 @@ def load_run(path: str | Path, device: str | None = None, backbone: Backbone | N
     method = build_method(cfg.method, MethodContext(backbone, train_names, templates, dataset=cfg.data.dataset,
                                                     shared_prefix=cfg.train.shared_prefix))
     if method.trainable:
-        prompt = d / "prompt.safetensors"
-        if not prompt.is_file():
+        if not (d / "prompt.safetensors").is_file() or prompt is None:  # (a checkpoint's: an unfinished run)
             raise RunFolderError(f"{d} holds no trained prompt (prompt.safetensors); finish its training with "
                                  "`ncprompt train` first")
-        from safetensors.torch import load_file
-
-        method.load_prompt_state(load_file(str(prompt)))
+        check_prompt(prompt, method, str(d / "prompt.safetensors"))  # finite, the method's dtype: as eval checks
+        method.load_prompt_state(prompt)
     return TrainedRun(d, cfg, backbone, method.eval(), templates, info)
 
 
