@@ -23,20 +23,34 @@ def results_files(dirs: list[str | Path]) -> list[Path]:
     return out
 
 
-def run_files(results: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """(config.yaml, inputs.json) beside ``results`` as dicts, None where absent; a file that cannot be
-    read is a :class:`ResultsError` naming it."""
-    import yaml
-
+def read_run_file(f: Path, parse: Any, mapping: bool = True) -> Any:
+    """``parse(f's text)``; a file that cannot be read or parsed (or, with ``mapping``, holds no mapping) is a
+    :class:`ResultsError` naming ``f`` (and the line, for YAML)."""
     from ncprompt.engine.results import ResultsError
+
+    fix = "rerun that run or move its folder out of the folders given"
+    try:
+        data = parse(f.read_text())
+    except (OSError, UnicodeDecodeError, ValueError, ArithmeticError) as e:
+        why = " ".join(str(e).split())[:120]
+        raise ResultsError(f"{f} cannot be read ({type(e).__name__}: {why}); {fix}") from None
+    except Exception as e:  # noqa: BLE001 - yaml's errors (not imported here) span several lines
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ResultsError(f"{f} cannot be read ({type(e).__name__}{at}); {fix}") from None
+    if mapping and not isinstance(data, dict):
+        raise ResultsError(f"{f} holds a {type(data).__name__}, not a mapping; {fix}")
+    return data
+
+
+def run_files(results: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(config.yaml, inputs.json) beside ``results`` as dicts, None where absent (or not a mapping); a file that
+    cannot be read is a :class:`ResultsError` naming it (:func:`read_run_file`)."""
+    import yaml
 
     out: list[dict[str, Any] | None] = []
     for f, load in ((results.parent / "config.yaml", yaml.safe_load), (results.parent / "inputs.json", json.loads)):
-        try:
-            data = load(f.read_text()) if f.is_file() else None
-        except (yaml.YAMLError, ValueError, UnicodeDecodeError) as e:
-            raise ResultsError(f"{f} cannot be read ({type(e).__name__}); fix it, or move its run folder out of the "
-                               "folders given") from None
+        data = read_run_file(f, load, mapping=False) if f.is_file() else None
         out.append(data if isinstance(data, dict) else None)
     return out[0], out[1]
 

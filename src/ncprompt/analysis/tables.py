@@ -35,6 +35,7 @@ from ncprompt.analysis.names import display_name, method_order
 from ncprompt.analysis.runs import (
     ROW_FIELDS,
     drop_repeated_seeds,
+    read_run_file,
     results_files,
     row_setting,
     run_files,
@@ -116,29 +117,8 @@ def collect_rows(dirs: list[str | Path]) -> list[dict[str, Any]]:
     rows = []
     for f in results_files(dirs):
         cfg, inputs = run_files(f)
-        rows.append(run_row(_read_file(f, json.loads), cfg, inputs, run=f.parent))
+        rows.append(run_row(read_run_file(f, json.loads), cfg, inputs, run=f.parent))
     return rows
-
-
-
-def _read_file(f: Path, parse: Any) -> Any:
-    """``parse(f's text)`` as a mapping, or a :class:`ResultsError` naming ``f`` (a corrupt or foreign file)."""
-    from ncprompt.engine.results import ResultsError
-
-    try:
-        data = parse(f.read_text())
-    except (OSError, UnicodeDecodeError, ValueError, ArithmeticError) as e:
-        raise ResultsError(f"{f} cannot be read ({type(e).__name__}: {' '.join(str(e).split())[:120]}); rerun that run "
-                           "or move its folder out of the tables' folders") from None
-    except Exception as e:  # noqa: BLE001 - yaml's errors (not imported here) span several lines
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ResultsError(f"{f} cannot be read ({type(e).__name__}{at}); rerun that run or move its folder out of "
-                           "the tables' folders") from None
-    if not isinstance(data, dict):
-        raise ResultsError(f"{f} holds a {type(data).__name__}, not a mapping; rerun that run or move its folder out "
-                           "of the tables' folders")
-    return data
 
 
 # --- cells and tables -------------------------------------------------------------------------
