@@ -110,6 +110,6 @@ def test_a_run_records_its_thread_count_and_kernels(tmp_path):
         res = run_experiment(cfg, tmp_path / "run")
     finally:
         torch.set_num_threads(before)
-    num = res.info["numerics"]
-    assert num["threads"] == 1 and num["torch"] == torch.__version__
-    assert num["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    env = res.environment
+    assert env["threads"] == 1 and env["versions"]["torch"] == torch.__version__
+    assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()

@@ -1,8 +1,8 @@
 """What a run says about itself before it starts: the environment and the header of ``train.log``.
 
 :func:`environment` (also results.json's ``environment``): the ncprompt, torch, open_clip, numpy and Python
-versions, the command line, the device, autocast dtype and torch's intra-op threads. :func:`header_lines`: that
-plus the model and the weights' content digest, the dataset with the size of each split, the classes and the
+versions, the command line, the device, autocast dtype, torch's intra-op threads and its CPU kernels.
+:func:`header_lines`: that plus the model and the weights' content digest, the dataset with the size of each split, the classes and the
 templates, so a ``train.log`` read on its own (``nohup``, SLURM) says what ran. :func:`small_image_warning`:
 CoOp's photo augmentation (random-resized crop down to 8% of the area, horizontal flip) on small images.
 """
@@ -42,7 +42,7 @@ def command_line(argv: Sequence[str] | None = None) -> str:
 
 
 def environment(backbone: Any = None) -> dict[str, Any]:
-    """Versions, the command, and (with a backbone) its device and dtype; torch's threads."""
+    """Versions, the command, and (with a backbone) its device and dtype; torch's threads and CPU kernels."""
     import numpy
     import open_clip
     import torch
@@ -53,7 +53,9 @@ def environment(backbone: Any = None) -> dict[str, Any]:
         "versions": {"ncprompt": __version__, "torch": torch.__version__, "open_clip": open_clip.__version__,
                      "numpy": numpy.__version__, "python": platform.python_version()},
         "command": command_line(),
+        # what decides a CPU result's last bits besides the inputs (docs/reliability.md): threads and SIMD kernels
         "threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
     if backbone is not None:
         env.update(device=str(backbone.device), precision=backbone.precision)
@@ -75,7 +77,8 @@ def header_lines(env: dict[str, Any], info: dict[str, Any], weights: str | None,
         f"=== ncprompt {v['ncprompt']} run, {time.strftime('%Y-%m-%d %H:%M:%S %Z')} ===",
         f"versions: torch {v['torch']}, open_clip {v['open_clip']}, numpy {v['numpy']}, python {v['python']}",
         f"command: {env['command']}",
-        f"device: {env.get('device', '?')}, dtype {env.get('precision', '?')}, threads {env['threads']}",
+        f"device: {env.get('device', '?')}, dtype {env.get('precision', '?')}, threads {env['threads']}, "
+        f"CPU kernels {env['cpu_capability']}",
         f"model: {info.get('model', {}).get('name', '?')}, weights {weights or '?'}",
         f"method: {method}",
         f"dataset: {ds.get('name', '?')} (root {ds.get('root', '-')}): train {sizes.get('train', '?')} images"

@@ -71,17 +71,8 @@ def run_info(backbone: Any, classnames: Sequence[str], *, requested_model: str |
         "dataset": {k: v for k, v in (("name", dataset_name), ("kind", dataset_kind), ("root", root)) if v},
         "classes": class_info(classnames, base, new, counts, groups),
         "sizes": split_sizes(train_n, test_sizes or {}, target_sizes),
-        "numerics": numerics_info(),
     }
     if templates is not None:
         info["templates"] = list(templates)
     return info
 
-
-def numerics_info() -> dict[str, Any]:
-    """What decides the last bits of a CPU result besides the inputs: torch's version, its intra-op thread
-    count and the SIMD kernels it dispatches to (docs/reliability.md: what is bitwise, and on what)."""
-    import torch
-
-    return {"torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
