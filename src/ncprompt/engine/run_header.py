@@ -2,9 +2,10 @@
 
 :func:`environment` (also results.json's ``environment``): the ncprompt, torch, open_clip, numpy and Python
 versions, the command line, the device, autocast dtype, torch's intra-op threads and its CPU kernels.
-:func:`header_lines`: that plus the model and the weights' content digest, the dataset with the size of each split, the classes and the
-templates, so a ``train.log`` read on its own (``nohup``, SLURM) says what ran. :func:`small_image_warning`:
-CoOp's photo augmentation (random-resized crop down to 8% of the area, horizontal flip) on small images.
+:func:`header_lines`: that plus the model and the weights' content digest, the dataset with the size of each
+split, the classes and the templates, so a ``train.log`` read on its own (``nohup``, SLURM) says what ran.
+:func:`small_image_warning`: CoOp's photo augmentation (random-resized crop down to 8% of the area, horizontal
+flip) on small images.
 """
 
 from __future__ import annotations
