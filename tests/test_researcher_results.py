@@ -77,7 +77,7 @@ def test_run_info_names_classes_groups_sizes_and_weights(tiny_backbone):
     assert info["classes"]["base"] == ["zero", "one", "two"] and "eight" in info["classes"]["new"]
     assert info["classes"]["train_counts"] == {"zero": 16, "one": 8, "two": 4}
     assert info["classes"]["groups"] == {"head": ["zero"], "middle": ["one"], "tail": ["two"]}
-    assert info["sizes"] == {"train": 28, "test": {"base": 30, "new": 70}}
+    assert info["sizes"] == {"train": 28, "test": {"base": 30, "new": 70}, "scored": "test"}
     m = info["model"]
     assert m["name"] == "tiny-clip" and m["requested"] == "ViT-B-16" and m["random_weights"] is True
     assert info["dataset"] == {"name": "digits", "kind": "folder", "root": "/data/digits"}

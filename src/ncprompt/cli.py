@@ -337,7 +337,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
     over: dict[str, Any] = {"run": {"output": None}}
     for key, section in (("dataset", "data"), ("root", "data"), ("protocol", "data"), ("max_test_per_class", "data"),
-                         ("targets", "data"), ("workers", "data"), ("device", "run")):
+                         ("eval_split", "data"), ("targets", "data"), ("workers", "data"), ("device", "run")):
         if getattr(a, key, None) is not None:
             over = set_dotted(over, [section, key], getattr(a, key))
     for text in a.set:
@@ -435,6 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--root", help="its folder or file [data.root]")
     s.add_argument("--protocol", choices=["all", "base2new"], help="[data.protocol]")
     s.add_argument("--max-test-per-class", help="[data.max_test_per_class]")
+    s.add_argument("--eval-split", choices=["test", "val"], help="score the test or the validation split "
+                   "[data.eval_split]")
     s.add_argument("--targets", nargs="+", help="also evaluate these datasets [data.targets]")
     s.add_argument("--device", help="[run.device]")
     s.add_argument("--data-workers", dest="workers", type=int, metavar="N",

@@ -14,12 +14,21 @@ from ncprompt.backbones.openclip import EXTRA_BACKBONES
 
 #: the folder the pocket model is shipped in (open_clip_config.json + one .safetensors)
 POCKET_FOLDER = Path(__file__).resolve().parent.parent / "pocket" / "weights"
+#: bench 3's pocket model: the same architecture pretrained on bench 3's pretraining artworks only
+POCKET_B3_FOLDER = POCKET_FOLDER.parent / "weights_b3"
 
 
 @EXTRA_BACKBONES.register("pocket", help="the project's small pretrained CLIP (32x32 images), weights shipped")
 def pocket_folder() -> Path:
     """The pocket model's open_clip ``local-dir:`` folder."""
     return POCKET_FOLDER
+
+
+@EXTRA_BACKBONES.register("pocket-b3", help="the small CLIP of pocket bench 3: pretrained without any of the "
+                          "b3_ sets' training, validation or test artworks, weights shipped")
+def pocket_b3_folder() -> Path:
+    """Bench 3's pocket model's open_clip ``local-dir:`` folder."""
+    return POCKET_B3_FOLDER
 
 
 def pocket_backbone() -> Path | None:

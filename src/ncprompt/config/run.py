@@ -75,6 +75,9 @@ class DataSection(ConfigModel):
     base_classes: list[str] | None = Field(None, description="base2new: the base classes by name (the rest are "
                                                          "new); default CoOp's first half of the labels")
     max_test_per_class: int | None = Field(None, ge=1, description="cap test images per class (faster evaluation)")
+    eval_split: Literal["test", "val"] = Field(
+        "test", description="split that is scored: test (what tables report) or val (where choices are made; "
+        "never choose on test)")
     targets: list[str] = Field(default_factory=list, description='datasets evaluated after training: "name" or '
                                '"name=ROOT" (cross-dataset / domain shift)')
     workers: int = Field(0, ge=0, description="DataLoader worker processes that decode and augment images (feature "
@@ -197,7 +200,7 @@ class NPTConfig(ConfigModel):
 
 
 _RUN_KEYS = tuple(RunSection.model_fields)
-_DATA_KEYS = ("dataset", "root", "protocol", "shots", "imbalance", "max_test_per_class", "targets")
+_DATA_KEYS = ("dataset", "root", "protocol", "shots", "imbalance", "max_test_per_class", "eval_split", "targets")
 #: keys that do not change what a run computes (left out of its fingerprint)
 NOT_IN_FINGERPRINT = ("run.output", "run.cache_dir", "run.use_cache", "run.threads", "train.checkpoint_every",
                       "data.workers", "train.report_to", "train.report_group")

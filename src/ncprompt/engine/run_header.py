@@ -72,7 +72,8 @@ def header_lines(env: dict[str, Any], info: dict[str, Any], weights: str | None,
     """The header of ``train.log`` from :func:`environment`, results.json's ``info`` and the weights digest."""
     v = env["versions"]
     classes, sizes, ds = info.get("classes", {}), info.get("sizes", {}), info.get("dataset", {})
-    split_sizes = ", ".join(f"test {k} {n}" for k, n in sizes.get("test", {}).items())
+    scored = sizes.get("scored", "test")
+    split_sizes = ", ".join(f"{scored} {k} {n}" for k, n in sizes.get("test", {}).items())
     targets = ", ".join(f"{k} {n}" for k, n in (sizes.get("targets") or {}).items())
     lines = [
         f"=== ncprompt {v['ncprompt']} run, {time.strftime('%Y-%m-%d %H:%M:%S %Z')} ===",

@@ -49,10 +49,12 @@ def class_info(classnames: Sequence[str], base: np.ndarray | None = None, new: n
     return out
 
 
-def split_sizes(train_n: int, test_sizes: dict[str, int], target_sizes: dict[str, int] | None = None
-                ) -> dict[str, Any]:
-    """Numbers of images: training (after few-shot sampling), each test split, each target."""
-    out: dict[str, Any] = {"train": int(train_n), "test": {k: int(v) for k, v in test_sizes.items()}}
+def split_sizes(train_n: int, test_sizes: dict[str, int], target_sizes: dict[str, int] | None = None,
+                scored: str = "test") -> dict[str, Any]:
+    """Numbers of images: training (after few-shot sampling), each scored split, each target; ``scored``:
+    the dataset split they were drawn from (``test``, or ``val`` under ``data.eval_split``)."""
+    out: dict[str, Any] = {"train": int(train_n), "test": {k: int(v) for k, v in test_sizes.items()},
+                           "scored": scored}
     if target_sizes:
         out["targets"] = {k: int(v) for k, v in target_sizes.items()}
     return out
@@ -63,14 +65,14 @@ def run_info(backbone: Any, classnames: Sequence[str], *, requested_model: str |
              groups: dict[str, np.ndarray] | None = None, train_n: int = 0, test_sizes: dict[str, int] | None = None,
              target_sizes: dict[str, int] | None = None, dataset_name: str | None = None,
              dataset_kind: str | None = None, root: str | None = None,
-             templates: Sequence[str] | None = None) -> dict[str, Any]:
+             templates: Sequence[str] | None = None, scored: str = "test") -> dict[str, Any]:
     """The ``info`` entry of results.json (see the module docstring); ``templates``: the dataset's prompt
     templates (the hand-written prompts the method was built with, read back by ``load_run``)."""
     info: dict[str, Any] = {
         "model": model_info(backbone, requested_model),
         "dataset": {k: v for k, v in (("name", dataset_name), ("kind", dataset_kind), ("root", root)) if v},
         "classes": class_info(classnames, base, new, counts, groups),
-        "sizes": split_sizes(train_n, test_sizes or {}, target_sizes),
+        "sizes": split_sizes(train_n, test_sizes or {}, target_sizes, scored),
     }
     if templates is not None:
         info["templates"] = list(templates)

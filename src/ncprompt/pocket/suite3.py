@@ -124,7 +124,8 @@ def build3(name: str, seed: int = 0) -> DatasetSplits:
     """The bench-3 dataset ``name`` (deterministic under ``seed``; the artwork split does not move)."""
     s = SETS3[name]
     concepts = s.select()
-    per = {"train": S.SIZES[0], "val": S.SIZES[1], "test": S.test_per_class(len(concepts))}
+    n_test = S.test_per_class(len(concepts))
+    per = {"train": S.SIZES[0], "val": n_test, "test": n_test}  # val as large as test: choices are made on it
     splits = {
         sp: render_pool(concepts, n, allowed_artworks(concepts, sp, s.test_artist), s.render,
                         S._generator(name, seed, sp))

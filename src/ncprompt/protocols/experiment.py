@@ -110,9 +110,15 @@ class Experiment:
         self.groups = class_groups(self.counts) if data.imbalance is not None and data.imbalance < 1 else None
         # targets are resolved now, so a bad one is refused before any training
         self.targets = {spec: self._target_dataset(spec, cfg.seed) for spec in data.targets}
+        if data.eval_split == "val":  # refused now, not after training
+            for ds in (dataset, *self.targets.values()):
+                if ds.val is None or len(ds.val) == 0:
+                    raise DataError(f"dataset {ds.name!r} has no validation split to score; "
+                                    "use data.eval_split=test (or a dataset with a val split)")
         #: class means of the (normalised) training features, set by :meth:`evaluate_all`
         self.train_means: torch.Tensor | None = None
         self._inputs: dict[str, str] | None = None  # :meth:`inputs`, computed once
+        self.method: PromptMethod | None = None  # set by :meth:`run` once trained
 
     @staticmethod
     def _target_dataset(spec: str, run_seed: int) -> DatasetSplits:
@@ -123,15 +129,17 @@ class Experiment:
             raise DataError(f"data.targets {spec!r}: {e}") from None
 
     # --- sets -------------------------------------------------------------------------------
+    def _scored(self, ds: DatasetSplits) -> LabeledImages:
+        """The split of ``ds`` that is scored (``data.eval_split``), capped at ``data.max_test_per_class``."""
+        return limit_per_class(ds.split(self.cfg.data.eval_split), self.cfg.data.max_test_per_class, 0)
+
     def eval_sets(self) -> dict[str, EvalSet]:
-        """The test splits: ``all``, or ``base`` and ``new``."""
-        return {name: EvalSet(name, ds.classnames, limit_per_class(ds.test, self.cfg.data.max_test_per_class, 0))
-                for name, ds in self.eval_sets_ds.items()}
+        """The scored splits (test, or val under ``data.eval_split=val``): ``all``, or ``base`` and ``new``."""
+        return {name: EvalSet(name, ds.classnames, self._scored(ds)) for name, ds in self.eval_sets_ds.items()}
 
     def target_sets(self) -> dict[str, EvalSet]:
-        """All test classes of each target dataset (cross-dataset / domain generalisation)."""
-        return {spec: EvalSet(spec, ds.classnames, limit_per_class(ds.test, self.cfg.data.max_test_per_class, 0))
-                for spec, ds in self.targets.items()}
+        """All classes of each target dataset, on the scored split (cross-dataset / domain generalisation)."""
+        return {spec: EvalSet(spec, ds.classnames, self._scored(ds)) for spec, ds in self.targets.items()}
 
     # --- method -----------------------------------------------------------------------------
     def context(self) -> MethodContext:
@@ -264,6 +272,8 @@ class Experiment:
             done = epoch_number(log[-1]) if log else 0  # the last record is always of an epoch run by this call
             if stop_after is not None and done < cfg.train.epochs:
                 return {"interrupted_at_epoch": done}
+        #: the trained method (to score it on another split: ``Experiment(cfg_val, ...).evaluate_all(exp.method)``)
+        self.method = method
         result = self.evaluate_all(method, initial_text, trained=method.trainable)
         # a finished training loop ran every epoch (a resumed one partly before), whatever records metrics.jsonl
         # kept; the last loss only when its epoch's record is there
@@ -312,7 +322,7 @@ class Experiment:
                         test_sizes={k: len(v.images) for k, v in self.eval_sets().items()},
                         target_sizes={k: len(v.images) for k, v in self.target_sets().items()},
                         dataset_name=self.dataset.name, dataset_kind=self.cfg.data.dataset, root=self.cfg.data.root,
-                        templates=self.dataset.templates)
+                        templates=self.dataset.templates, scored=self.cfg.data.eval_split)
 
     def new_class_text(self, method: PromptMethod) -> torch.Tensor | None:
         """Text features of the new classes (base-to-new) under ``method``'s current prompts; None without

@@ -37,8 +37,9 @@ log = logging.getLogger("ncprompt")
 
 #: the keys ``eval`` may change: what is evaluated and how it is computed, never what was trained
 EVAL_KEYS = ("data.dataset", "data.root", "data.options", "data.protocol", "data.base_classes",
-             "data.max_test_per_class", "data.targets", "data.workers", "run.device", "run.precision",
-             "run.output", "run.cache_dir", "run.use_cache", "run.diagnostics", "run.threads")
+             "data.max_test_per_class", "data.eval_split", "data.targets", "data.workers",
+             "run.device", "run.precision", "run.output", "run.cache_dir", "run.use_cache", "run.diagnostics",
+             "run.threads")
 
 
 @dataclass
@@ -137,9 +138,9 @@ def compared_inputs(trained: RunConfig, new: RunConfig, recorded: dict[str, str]
         keys.append("classes")
         if _same(trained, new, ("protocol", "base_classes")):
             keys.append("data.train")
-            if _same(trained, new, ("max_test_per_class",)):
+            if _same(trained, new, ("max_test_per_class", "eval_split")):
                 keys += sorted(k for k in recorded if k.startswith("data.test."))
-    if _same(trained, new, ("max_test_per_class",)):
+    if _same(trained, new, ("max_test_per_class", "eval_split")):
         keys += sorted(k for k in recorded if k.startswith("data.target.") and k[12:] in new.data.targets)
     return keys
 
