@@ -46,22 +46,27 @@ CONFIGS = {"coop": "configs/pocket_b2n.yaml", "kgcoop": "configs/pocket_b2n.yaml
 DG_SOURCE = "emoji_generic"
 DG_TARGETS = ["emoji_generic_v2", "emoji_generic_sketch", "emoji_generic_mono", "emoji_generic_r",
               "emoji_generic_xartist"]
+#: ``--bench 3``: the b3_ suite on held-out artworks, its model, DG source and shifted variants
+BENCH3 = {"model": "pocket-b3", "dg_source": "b3_generic",
+          "dg_targets": ["b3_generic_v2", "b3_generic_sketch", "b3_generic_mono", "b3_generic_r", "b3_generic_hc"]}
 #: an unmeasured guess: each DG target's evaluation costs this share of its source cell (replace when measured)
 DG_TARGET_SHARE = 0.2
 #: where each choice of the grid comes from (recorded in every part's JSON)
 CHOICES = {"npt": "NPTConfig defaults (the spec's: lambda_lc 0.1, lambda_mi 0.1, lc_form pairwise, "
                   "mi_form self_duality); no choice made on the reported test splits",
            "methods": "the pocket presets (configs/pocket_b2n.yaml per_method, configs/pocket_<method>_b2n.yaml)",
-           "shots": "16, as the papers' base-to-new", "dg": f"{DG_SOURCE} (protocol all) -> {', '.join(DG_TARGETS)}"}
+           "shots": "16, as the papers' base-to-new"}
 
 
 def options() -> argparse.ArgumentParser:
-    from ncprompt.pocket.suite import SUITE
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("action", choices=["list", "run"])
     p.add_argument("part", nargs="?", help="the part to run (see `list`)")
-    p.add_argument("--datasets", nargs="+", default=list(SUITE), help="[default: the pocket suite]")
+    p.add_argument("--bench", type=int, choices=[1, 3], default=1, help="1: the emoji suite and the pocket model; "
+                   "3: the b3_ suite (held-out artworks) and the pocket-b3 model [default 1]")
+    p.add_argument("--datasets", nargs="+", default=None, help="[default: the bench's suite]")
+    p.add_argument("--device", default=None, help="run.device of every cell (e.g. cuda) [default: the config's]")
     p.add_argument("--methods", nargs="+", default=["coop", "cocoop", "maple", "kgcoop", "promptsrc", "tcp"])
     p.add_argument("--taus", nargs="+", type=float, default=[1.0, 0.25, 0.06])
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3, 4, 5])
@@ -75,12 +80,27 @@ def options() -> argparse.ArgumentParser:
 
 def classes(dataset: str) -> int:
     from ncprompt.pocket.suite import SETS
+    from ncprompt.pocket.suite3 import SETS3
 
-    return len(SETS[dataset].select())
+    return len((SETS.get(dataset) or SETS3[dataset]).select())
 
 
-def base_config(method: str, tau: float, dg: bool) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(the cell's base config, per-method options) from the method's pocket preset file."""
+def resolve(a: argparse.Namespace) -> argparse.Namespace:
+    """The bench's defaults filled in: datasets, DG source and targets, model override."""
+    from ncprompt.pocket.suite import SUITE
+    from ncprompt.pocket.suite3 import SUITE3
+
+    b3 = a.bench == 3
+    a.datasets = a.datasets or list(SUITE3 if b3 else SUITE)
+    a.dg_source = BENCH3["dg_source"] if b3 else DG_SOURCE
+    a.dg_targets = BENCH3["dg_targets"] if b3 else DG_TARGETS
+    a.model = BENCH3["model"] if b3 else None
+    return a
+
+
+def base_config(a: argparse.Namespace, method: str, tau: float, dg: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the cell's base config, per-method options) from the method's pocket preset file (with the bench's
+    model and ``--device``)."""
     import yaml
 
     from ncprompt.config import merge_layers
@@ -88,20 +108,22 @@ def base_config(method: str, tau: float, dg: bool) -> tuple[dict[str, Any], dict
 
     base = yaml.safe_load((ROOT / CONFIGS.get(method, f"configs/pocket_{method}_b2n.yaml")).read_text())
     opts = per_method_options(base)
-    data = {"protocol": "all", "targets": DG_TARGETS} if dg else {"protocol": "base2new"}
-    return merge_layers(base, {"data": {**data, "shots": 16, "imbalance": None if tau == 1.0 else tau}}), opts
+    data = {"protocol": "all", "targets": a.dg_targets} if dg else {"protocol": "base2new"}
+    run = {k: v for k, v in (("model", a.model), ("device", a.device)) if v}
+    return merge_layers(base, {"data": {**data, "shots": 16, "imbalance": None if tau == 1.0 else tau},
+                               "run": run}), opts
 
 
 def cells(a: argparse.Namespace) -> list[dict[str, Any]]:
     """Every cell: (group, part kind, dataset, method, npt, tau, seed, estimated seconds)."""
     out = []
-    grids = [("b2n", d, a.taus) for d in a.datasets] + ([] if a.no_dg else [("dg", DG_SOURCE, [1.0])])
+    grids = [("b2n", d, a.taus) for d in a.datasets] + ([] if a.no_dg else [("dg", a.dg_source, [1.0])])
     for kind, ds, taus in grids:
         for seed in a.seeds:
             for m in a.methods:
                 for tau in taus:
                     for npt in (False, True):
-                        share = DG_TARGET_SHARE * len(DG_TARGETS) if kind == "dg" else 0.0
+                        share = DG_TARGET_SHARE * len(a.dg_targets) if kind == "dg" else 0.0
                         cost = COST_PER_CLASS[m] * classes(ds) * (1 + share)
                         out.append({"kind": kind, "group": (kind, ds, seed), "dataset": ds, "method": m, "npt": npt,
                                     "tau": tau, "seed": seed, "cost": cost})
@@ -137,7 +159,7 @@ def jobs(a: argparse.Namespace, part: list[dict[str, Any]]) -> list[dict[str, An
 
     out = []
     for c in part:
-        base, opts = base_config(c["method"], c["tau"], c["kind"] == "dg")
+        base, opts = base_config(a, c["method"], c["tau"], c["kind"] == "dg")
         spec = MethodSpec.parse(c["method"] + ("+npt" if c["npt"] else ""), opts)
         where = Path(a.out) / ("dg" if c["kind"] == "dg" else f"tau{c['tau']}") / c["method"]
         (j,) = grid_jobs(base, [c["dataset"]], [spec], [c["seed"]], where)
@@ -165,7 +187,8 @@ def run_part(a: argparse.Namespace, name: str, part: list[dict[str, Any]]) -> in
     import torch
 
     meta = {"part": name, "command": f"python scripts/evidence_grid.py run {name} " + " ".join(sys.argv[3:]),
-            "choices": CHOICES, "wall_s": round(wall, 1), "cells": len(todo), "finished": len(done),
+            "choices": {**CHOICES, "dg": f"{a.dg_source} (protocol all) -> {', '.join(a.dg_targets)}"},
+            "bench": a.bench, "model": a.model or "pocket (the configs')", "wall_s": round(wall, 1), "cells": len(todo), "finished": len(done),
             "failed": failed, "estimate_s": round(sum(c["cost"] for c in part) / a.workers),
             "machine": {"cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
                         "torch": torch.__version__, "workers": a.workers}}
@@ -175,7 +198,7 @@ def run_part(a: argparse.Namespace, name: str, part: list[dict[str, Any]]) -> in
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = options().parse_args(argv)
+    a = resolve(options().parse_args(argv))
     os.chdir(ROOT)
     ps = parts(a)
     if a.action == "list":
