@@ -37,8 +37,7 @@ emoji_pkg emoji-datasource-twitter@16.0.0 twitter package/img/twitter/64 package
 emoji_pkg openmoji@17.0.0 openmoji package/color/svg package/black/svg package/data/openmoji.json package/LICENSE.txt
 emoji_pkg @lobehub/fluent-emoji-3d@1.1.0 fluent3d package/assets package/README.md
 emoji_pkg emojibase-data@17.0.0 emojibase package/en/data.json package/en/messages.json package/LICENSE
-# bench 3's further artists (docs/datasets.md): Iconify SVG sets, rendered into sprites64-v2 only when
-# bench-3 code first asks for it (python -m ncprompt.pocket.emoji_extra, about a minute)
+# bench 3's further artists (docs/datasets.md): Iconify SVG sets, rendered into sprites64-v2 below (once)
 for spec in "@iconify-json/emojione@1.2.3 emojione" "@iconify-json/emojione-v1@1.2.3 emojione-v1" \
     "@iconify-json/fluent-emoji-flat@1.2.6 fluent-flat" "@iconify-json/fluent-emoji-high-contrast@1.2.6 fluent-hc"; do
   # shellcheck disable=SC2086
@@ -60,3 +59,4 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 .venv/bin/python -m ncprompt.pocket.emoji  # the sprite cache (about a minute, once)
+.venv/bin/python -m ncprompt.pocket.emoji_extra  # bench 3's further artists (about a minute, once)

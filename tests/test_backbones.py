@@ -213,6 +213,21 @@ def test_shipped_pocket_loads():
     assert bb.embed_dim > 0 and bb.encode_texts(["a photo of a cat."]).shape == (1, bb.embed_dim)
 
 
+def test_shipped_pocket_b3_loads_and_differs_from_pocket():
+    """Bench 3's model: the pocket architecture (same open_clip config) with its own weights."""
+    import json
+
+    from safetensors.torch import load_file
+
+    assert json.loads((pocket_mod.POCKET_B3_FOLDER / "open_clip_config.json").read_text()) == json.loads(
+        (pocket_mod.POCKET_FOLDER / "open_clip_config.json").read_text())
+    b3 = load_backbone("pocket-b3", device="cpu")
+    assert b3.name == "pocket-b3" and not b3.random_weights
+    w1 = load_file(pocket_mod.POCKET_FOLDER / "pocket.safetensors")
+    w3 = load_file(pocket_mod.POCKET_B3_FOLDER / "pocket.safetensors")
+    assert w1.keys() == w3.keys() and not all(bool((w1[k] == w3[k]).all()) for k in w1)
+
+
 # ------------------------------------------------------------------ clean errors
 
 
