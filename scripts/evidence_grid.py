@@ -188,7 +188,8 @@ def run_part(a: argparse.Namespace, name: str, part: list[dict[str, Any]]) -> in
 
     meta = {"part": name, "command": f"python scripts/evidence_grid.py run {name} " + " ".join(sys.argv[3:]),
             "choices": {**CHOICES, "dg": f"{a.dg_source} (protocol all) -> {', '.join(a.dg_targets)}"},
-            "bench": a.bench, "model": a.model or "pocket (the configs')", "wall_s": round(wall, 1), "cells": len(todo), "finished": len(done),
+            "bench": a.bench, "model": a.model or "pocket (the configs')", "wall_s": round(wall, 1),
+            "cells": len(todo), "finished": len(done),
             "failed": failed, "estimate_s": round(sum(c["cost"] for c in part) / a.workers),
             "machine": {"cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
                         "torch": torch.__version__, "workers": a.workers}}
