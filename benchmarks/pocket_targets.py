@@ -47,7 +47,7 @@ TRAIN = dict(preset("pocket_b2n")["train"])
 #: published 200 gave the same within 0.4 points on hands, animals and symbols, docs/pocket-model.md)
 COOP_EPOCHS = KGCOOP_EPOCHS = TRAIN["epochs"]
 #: fewer epochs for the ImageNet role, as CoOp trains ImageNet for a quarter of the others' epochs
-EPOCH_SCALE = {"emoji_generic": 0.25}
+EPOCH_SCALE = {"emoji_generic": 0.25, "b3_generic": 0.25}
 
 
 #: the splits each cell is scored on (bench 3: ("val", "test"), set by main)
