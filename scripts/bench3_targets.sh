@@ -46,8 +46,9 @@ done | xargs -P "$JOBS" -L 1 bash -c '
   else
     args=(--datasets "$d" --variants)
   fi
-  timeout "$CAP" "$PY" benchmarks/pocket_targets.py --bench 3 --seeds "$seed" "${args[@]}" --device "$DEVICE" \
-    --threads 1 --cache cache/targets-b3 --json "runs/targets-b3/s$seed-$d.json" $EXTRA \
+  # the extra flags first, so that a job'"'"'s own (the variants'"'"' --skip) win
+  timeout "$CAP" "$PY" benchmarks/pocket_targets.py $EXTRA --bench 3 --seeds "$seed" "${args[@]}" \
+    --device "$DEVICE" --threads 1 --cache cache/targets-b3 --json "runs/targets-b3/s$seed-$d.json" \
     > "runs/targets-b3/s$seed-$d.log" 2>&1
   rc=$?
   [ $rc = 0 ] && touch "$done"
