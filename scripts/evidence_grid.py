@@ -86,7 +86,7 @@ def classes(dataset: str) -> int:
 
 
 def resolve(a: argparse.Namespace) -> argparse.Namespace:
-    """The bench's defaults filled in: datasets, DG source and targets, model override."""
+    """The bench's defaults filled in (in place, idempotent): datasets, DG source and targets, model override."""
     from ncprompt.pocket.suite import SUITE
     from ncprompt.pocket.suite3 import SUITE3
 
@@ -116,7 +116,7 @@ def base_config(a: argparse.Namespace, method: str, tau: float, dg: bool) -> tup
 
 def cells(a: argparse.Namespace) -> list[dict[str, Any]]:
     """Every cell: (group, part kind, dataset, method, npt, tau, seed, estimated seconds)."""
-    out = []
+    a, out = resolve(a), []
     grids = [("b2n", d, a.taus) for d in a.datasets] + ([] if a.no_dg else [("dg", a.dg_source, [1.0])])
     for kind, ds, taus in grids:
         for seed in a.seeds:

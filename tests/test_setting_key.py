@@ -240,3 +240,46 @@ def test_an_unreadable_inputs_file_is_one_line_naming_it(tmp_path, capsys):
     assert cli(["tables", str(tmp_path), "--output", str(tmp_path / "t")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"{run / 'inputs.json'} cannot be read" in err
+
+
+def test_seeds_of_a_dataset_drawn_from_the_run_seed_pool(tiny_backbone, fmnist_arrays, monkeypatch):
+    """Pocket bench 3 draws its images from the run's seed, so each seed's test split has its own digest; those
+    digests are the seed's (inputs.json marks ``data.seed: train.seed``) and seeds 1 and 2 share one setting.
+    A dataset with its own data seed keeps its test digest in the setting (other test images: another setting)."""
+    from ncprompt.config.setting import DATA_SEED_FOLLOWS
+    from ncprompt.data import DATASETS
+    from ncprompt.data.base import ArrayImages, DatasetSplits
+    from ncprompt.protocols.experiment import Experiment
+
+    a = fmnist_arrays
+
+    def build(root=None, seed: int = 0) -> DatasetSplits:
+        rng = np.random.default_rng(seed)
+        tr = np.concatenate([rng.choice(np.flatnonzero(a["train_y"] == k), 8, replace=False) for k in range(3)])
+        te = np.concatenate([rng.choice(np.flatnonzero(a["test_y"] == k), 5, replace=False) for k in range(3)])
+        return DatasetSplits("seedy", ["t-shirt", "trouser", "pullover"],
+                             ArrayImages(a["train_x"][tr], a["train_y"][tr]), ArrayImages(a["test_x"][te], a["test_y"][te]))
+
+    def own_seed(root=None, seed: int = 0) -> DatasetSplits:
+        return build(root, seed)
+
+    build.data_seed_follows_run = True
+    monkeypatch.setitem(DATASETS._items, "seedy", build)
+    monkeypatch.setitem(DATASETS._items, "own_seed", own_seed)
+
+    def items(dataset: str, seed: int, options=None) -> dict:
+        cfg = RunConfig.from_dict({"run": {"model": "tiny-clip", "use_cache": False},
+                                   "data": {"dataset": dataset, "shots": 2, "options": options or {}},
+                                   "method": {"name": "zeroshot"}, "train": {"seed": seed}})
+        ins = Experiment(cfg, backbone=tiny_backbone).inputs()
+        return ins, setting_items(cfg, ins)
+
+    (i1, s1), (i2, s2) = items("seedy", 1), items("seedy", 2)
+    assert i1["data.seed"] == DATA_SEED_FOLLOWS and i1["data.test.all"] != i2["data.test.all"]
+    assert setting_key(s1) == setting_key(s2) and s1["inputs.classes"] == i1["classes"]
+    # a pinned data seed (data.options.seed) is no longer the run's: its digests are part of the setting
+    (p1, q1), (_, q2) = items("seedy", 1, {"seed": 5}), items("seedy", 2, {"seed": 5})
+    assert "data.seed" not in p1 and setting_key(q1) == setting_key(q2) and "inputs.data.test.all" in q1
+    # a builder with its own data seed: same images for every run seed, digests kept
+    (o1, t1), (_, t2) = items("own_seed", 1), items("own_seed", 2)
+    assert "data.seed" not in o1 and "inputs.data.test.all" in t1 and setting_key(t1) == setting_key(t2)

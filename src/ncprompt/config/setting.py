@@ -13,7 +13,9 @@ config tree, flattened (``train.lr``: 0.002, every default filled in), with
   imbalance, and every ``npt.*`` option but ``npt.enabled`` while NPT is off;
 * added from the run folder: the model that really ran (results.json's ``info``), the weights' content
   digest and the data's (inputs.json: class names and templates, every test split and target; not the
-  sampled training images, which are the seed's), and the dataset's name as the run reported it. Where
+  sampled training images, which are the seed's, nor, for a dataset whose images are drawn from the run's
+  seed (``data.seed: train.seed``, pocket bench 3), its splits' digests), and the dataset's name as the run
+  reported it. Where
   a content digest is recorded, the path it was read from (``run.pretrained`` file, ``data.root``) is
   left out: the same weights or images under another path are the same setting. Randomly initialised
   weights are keyed ``random-init`` without digest (they are drawn from the seed).
@@ -35,6 +37,10 @@ DATA_ITEMS = ("dataset", "data.dataset", "data.root", "data.options", "data.base
               "inputs.data.test.")
 #: the seed's items of inputs.json (the sampled training images, also as their location-independent digest)
 _SEED_INPUTS = ("data.train", "portable.data.train")
+#: inputs.json's ``data.seed`` for a dataset drawn from the run's seed (pocket bench 3): then every data digest
+#: but the class names' is the seed's too, and seeds of one setting pool
+DATA_SEED_FOLLOWS = "train.seed"
+_SEED_DATA_INPUTS = ("data.test.", "data.target.", "portable.data.")
 
 
 def _config_from_results(res: dict[str, Any]) -> dict[str, Any]:
@@ -87,6 +93,8 @@ def setting_items(config: RunConfig | dict[str, Any] | None, inputs: dict[str, A
         items["run.model"] = model  # the model that ran (a backbone passed in can differ from the config's)
     items["dataset"] = res.get("dataset") or items.get("data.dataset")
     ins = {k: v for k, v in (inputs or {}).items() if k not in _SEED_INPUTS}
+    if ins.get("data.seed") == DATA_SEED_FOLLOWS:
+        ins = {k: v for k, v in ins.items() if not k.startswith(_SEED_DATA_INPUTS)}
     if "weights" in ins:
         w = str(ins.pop("weights"))
         items["inputs.weights"] = "random-init" if w.startswith("random-init") else w

@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from ncprompt.backbones.openclip import Backbone, load_backbone
 from ncprompt.collapse.regularizers import NPTRegularizer
 from ncprompt.config import ConfigError, RunConfig, load_yaml
+from ncprompt.config.setting import DATA_SEED_FOLLOWS
 from ncprompt.data import DataError, DatasetSplits, LabeledImages, check_dataset_args, dataset_options, get_dataset
 from ncprompt.data.cache import FeatureCache
 from ncprompt.data.cache_key import content_digest, weights_digest
@@ -181,6 +182,9 @@ class Experiment:
                "classes": classes_input(self.dataset.classnames, self.dataset.templates),
                "data.train": content_digest(self.train_images)[:16],
                PORTABLE + "data.train": content_digest(self.train_images, portable=True)[:16]}
+        data = self.cfg.data
+        if "seed" not in data.options and "seed" in dataset_options(data.dataset, data.options, self.cfg.seed):
+            out["data.seed"] = DATA_SEED_FOLLOWS  # its images are drawn from the run's seed: the seed's
         for prefix, sets in (("data.test.", self.eval_sets()), ("data.target.", self.target_sets())):
             out.update({prefix + name: content_digest(ev.images)[:16] for name, ev in sets.items()})
         out.update({f"{PORTABLE}data.test.{name}": content_digest(ev.images, portable=True)[:16]
