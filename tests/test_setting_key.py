@@ -257,8 +257,8 @@ def test_seeds_of_a_dataset_drawn_from_the_run_seed_pool(tiny_backbone, fmnist_a
         rng = np.random.default_rng(seed)
         tr = np.concatenate([rng.choice(np.flatnonzero(a["train_y"] == k), 8, replace=False) for k in range(3)])
         te = np.concatenate([rng.choice(np.flatnonzero(a["test_y"] == k), 5, replace=False) for k in range(3)])
-        return DatasetSplits("seedy", ["t-shirt", "trouser", "pullover"],
-                             ArrayImages(a["train_x"][tr], a["train_y"][tr]), ArrayImages(a["test_x"][te], a["test_y"][te]))
+        train, test = ArrayImages(a["train_x"][tr], a["train_y"][tr]), ArrayImages(a["test_x"][te], a["test_y"][te])
+        return DatasetSplits("seedy", ["t-shirt", "trouser", "pullover"], train, test)
 
     def own_seed(root=None, seed: int = 0) -> DatasetSplits:
         return build(root, seed)
