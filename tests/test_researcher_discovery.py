@@ -11,7 +11,9 @@ from ncprompt.backbones.catalog import format_catalog, model_catalog
 def test_embedded_model_first_with_weights_here(tmp_path):
     cat = model_catalog(hf_cache=tmp_path / "hf", url_cache=tmp_path / "clip")
     assert cat[0].name == "pocket" and cat[0].embedded and cat[0].weights_here
-    assert not any(e.weights_here for e in cat[1:])  # empty caches: everything else needs a download
+    assert [e.name for e in cat if e.embedded] == ["pocket", "pocket-b3"]
+    assert all(e.weights_here for e in cat if e.embedded)
+    assert not any(e.weights_here for e in cat if not e.embedded)  # empty caches: everything else needs a download
     text = format_catalog(cat)
     assert text.startswith("Embedded models") and text.index("pocket") < text.index("ViT-B-16")
     assert "(none)" in text and "need a download" in text
