@@ -7,9 +7,10 @@
 Grid: base-to-new, 16 shots, the pocket presets (configs/pocket_b2n.yaml for CoOp and KgCoOp,
 configs/pocket_<method>_b2n.yaml for the others), each method without and with NPT at the spec's defaults
 (``NPTConfig``: lambda_lc = lambda_mi = 0.1, pairwise LC, self-duality MI: chosen by the spec, never on these
-test splits), tau in {1, 0.25, 0.06}, seeds 1-5, on ``--datasets`` (default: the pocket suite as registered,
-so bench 3's suite plugs in when it lands). Domain generalisation (parts ``dg-*``): prompts learned on
-emoji_generic (protocol all) evaluated on its four shifted variants and the cross-artist probe (targets).
+test splits), tau in {1, 0.25, 0.06}, seeds 1-5, on ``--datasets`` (default: the bench's suite; ``--bench 3``,
+the default, is the b3_ suite on held-out artworks with the pocket-b3 model, each seed drawing its own renders;
+``--bench 1`` the earlier emoji_ suite). Domain generalisation (parts ``dg-*``): prompts learned on the ImageNet
+role (b3_generic; bench 1 emoji_generic; protocol all) evaluated on its shifted variants (targets).
 
 Parts: the cells of one (dataset, seed) stay together (their images' features are built once: the feature
 cache is keyed by image content and weights, data/cache_key.py, so every cell of a dataset and seed reuses
@@ -22,9 +23,11 @@ to ``benchmarks/results/evidence/PART.json`` (``ncprompt evidence`` reads those 
 Cost per cell (idle seconds on one core of the 2-core machine), an *estimate*: ``COST_PER_CLASS[method] x
 classes`` of the dataset. CoCoOp, MaPLe, PromptSRC and TCP: docs/results.md's pilot on emoji_animals (37
 classes; its seconds were measured beside a second job, about twice the idle time, so halved), mean of with
-and without NPT. CoOp and KgCoOp: no per-cell timing is recorded; the upper bound 0.6 s per class comes from
-the demo's 366 s for 166 classes x 3.5 trained cells, feature builds included (docs/pocket-model.md).
-Imbalanced cells train on fewer images, so their estimate is conservative.
+and without NPT. CoOp and KgCoOp: 0.55 s per class, the bench-3 pilot's balanced cells (b3_hands, b3_animals,
+b3_symbols, seeds 1-5, with and without NPT: 0.45-0.67 s per class, 2 workers on the idle 2-core machine,
+benchmarks/results/evidence-b3-pilot/b2n-1.json, feature builds included). Imbalanced cells train on fewer
+images: ``TAU_SHARE`` scales a cell by its tau, the same pilot's mean time at tau 0.25 and 0.06 over its time at
+tau 1 (all methods: the share of training images is the method-independent part).
 """
 
 from __future__ import annotations
@@ -40,8 +43,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 #: estimated idle seconds per class of one cell (see the module docstring for where each comes from)
-COST_PER_CLASS = {"coop": 0.6, "kgcoop": 0.6, "cocoop": (54.2 + 51.0) / 4 / 37, "maple": (22.7 + 20.6) / 4 / 37,
+COST_PER_CLASS = {"coop": 0.55, "kgcoop": 0.55, "cocoop": (54.2 + 51.0) / 4 / 37, "maple": (22.7 + 20.6) / 4 / 37,
                   "promptsrc": (88.3 + 80.1) / 4 / 37, "tcp": (9.6 + 9.1) / 4 / 37}
+#: a cell's cost at tau over its cost at tau 1 (the bench-3 pilot, CoOp and KgCoOp with and without NPT)
+TAU_SHARE = {1.0: 1.0, 0.25: 0.66, 0.06: 0.47}
 CONFIGS = {"coop": "configs/pocket_b2n.yaml", "kgcoop": "configs/pocket_b2n.yaml"}
 DG_SOURCE = "emoji_generic"
 DG_TARGETS = ["emoji_generic_v2", "emoji_generic_sketch", "emoji_generic_mono", "emoji_generic_r",
@@ -63,8 +68,8 @@ def options() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("action", choices=["list", "run"])
     p.add_argument("part", nargs="?", help="the part to run (see `list`)")
-    p.add_argument("--bench", type=int, choices=[1, 3], default=1, help="1: the emoji suite and the pocket model; "
-                   "3: the b3_ suite (held-out artworks) and the pocket-b3 model [default 1]")
+    p.add_argument("--bench", type=int, choices=[1, 3], default=3, help="3: the b3_ suite (held-out artworks) and "
+                   "the pocket-b3 model; 1: the earlier emoji_ suite and the pocket model [default 3]")
     p.add_argument("--datasets", nargs="+", default=None, help="[default: the bench's suite]")
     p.add_argument("--device", default=None, help="run.device of every cell (e.g. cuda) [default: the config's]")
     p.add_argument("--methods", nargs="+", default=["coop", "cocoop", "maple", "kgcoop", "promptsrc", "tcp"])
@@ -124,7 +129,7 @@ def cells(a: argparse.Namespace) -> list[dict[str, Any]]:
                 for tau in taus:
                     for npt in (False, True):
                         share = DG_TARGET_SHARE * len(a.dg_targets) if kind == "dg" else 0.0
-                        cost = COST_PER_CLASS[m] * classes(ds) * (1 + share)
+                        cost = COST_PER_CLASS[m] * classes(ds) * (1 + share) * TAU_SHARE.get(tau, 1.0)
                         out.append({"kind": kind, "group": (kind, ds, seed), "dataset": ds, "method": m, "npt": npt,
                                     "tau": tau, "seed": seed, "cost": cost})
     return out

@@ -237,7 +237,7 @@ def _grid_script(monkeypatch):
     spec = importlib.util.spec_from_file_location("evidence_grid", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    sizes = {"big": 500, "mid": 100, "small": 10, "emoji_generic": 500}
+    sizes = {"big": 500, "mid": 100, "small": 10, "b3_generic": 500}
     monkeypatch.setattr(mod, "classes", sizes.__getitem__)
     return mod
 
