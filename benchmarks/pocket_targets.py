@@ -303,12 +303,16 @@ def print_table3(seeds: dict[str, Any]) -> None:
         print(f"\n### {split} split: mean of {n} seed(s) ({', '.join(k for k, v in seeds.items() if split in v)})\n")
         print_table(mean, shifted, {})
         print("\n| average | mean | seed sd | s.e. |\n|---|---|---|---|")
-        for key, head in COLUMNS[1:]:
-            avgs = [_mean(v[split]["datasets"], key) for v in seeds.values() if split in v]
+        per_seed = [v[split]["datasets"] for v in seeds.values() if split in v]
+        rows = [(head, [_mean(r, key) for r in per_seed]) for key, head in COLUMNS[1:]]
+        rows += [(head, [_gap(r, a, b) for r in per_seed]) for head, a, b in GAPS]
+        for head, avgs in rows:
             avgs = [x for x in avgs if x == x]
             if avgs:
                 sdv = float(np.std(avgs, ddof=1)) if len(avgs) > 1 else float("nan")
-                print(f"| {head} | {np.mean(avgs):.1f} | {sdv:.1f} | {sdv / np.sqrt(len(avgs)):.1f} |")
+                print(f"| {head} | {np.mean(avgs):+.1f} | {sdv:.1f} | {sdv / np.sqrt(len(avgs)):.1f} |"
+                      if head.startswith("gap") else
+                      f"| {head} | {np.mean(avgs):.1f} | {sdv:.1f} | {sdv / np.sqrt(len(avgs)):.1f} |")
 
 
 def _dump(path: str | None, rows, shifted, xartist) -> None:
@@ -341,6 +345,12 @@ COLUMNS = [
     ("tail_006", "CoOp tail @0.06"),
     ("tail_bal", "same classes @1"),
 ]
+
+
+#: the targets' paired gaps (per seed over the datasets that have both), shown with their seed spread
+GAPS = [("gap: probe - ZS", "probe", "zs_all"), ("gap: CoOp base - ZS base", "coop_base", "zs_base"),
+        ("gap: CoOp new - ZS new", "coop_new", "zs_new"), ("gap: KgCoOp new - CoOp new", "kg_new", "coop_new"),
+        ("gap: CoOp tail @0.06 - same classes @1", "tail_006", "tail_bal")]
 
 
 def print_table(rows, shifted, xartist) -> None:

@@ -80,6 +80,8 @@ def options() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/evidence", help="grid folder [default runs/evidence]")
     p.add_argument("--results", default="benchmarks/results/evidence", help="compact JSON parts folder")
     p.add_argument("--no-dg", action="store_true", help="leave out the domain-generalisation parts")
+    p.add_argument("--name", help="the compact JSON's file name and recorded part name [default: the part's]; "
+                   "for a part of a custom grid (--datasets ...), so it does not overwrite another grid's part")
     return p
 
 
@@ -191,7 +193,7 @@ def run_part(a: argparse.Namespace, name: str, part: list[dict[str, Any]]) -> in
     done = [j["run_dir"] for j in todo if (Path(j["run_dir"]) / "results.json").is_file()]
     import torch
 
-    meta = {"part": name, "command": f"python scripts/evidence_grid.py run {name} " + " ".join(sys.argv[3:]),
+    meta = {"part": name, "command": a.command,
             "choices": {**CHOICES, "dg": f"{a.dg_source} (protocol all) -> {', '.join(a.dg_targets)}"},
             "bench": a.bench, "model": a.model or "pocket (the configs')", "wall_s": round(wall, 1),
             "cells": len(todo), "finished": len(done),
@@ -204,7 +206,9 @@ def run_part(a: argparse.Namespace, name: str, part: list[dict[str, Any]]) -> in
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     a = resolve(options().parse_args(argv))
+    a.command = "python scripts/evidence_grid.py " + " ".join(argv)  # recorded in the part's JSON
     os.chdir(ROOT)
     ps = parts(a)
     if a.action == "list":
@@ -217,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"evidence_grid: unknown part {a.part!r}; the parts are {', '.join(ps)} (`list` shows them)",
               file=sys.stderr)
         return 2
-    return run_part(a, a.part, ps[a.part])
+    return run_part(a, a.name or a.part, ps[a.part])
 
 
 if __name__ == "__main__":
