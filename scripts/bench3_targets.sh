@@ -5,7 +5,10 @@
 # from runs/targets-b3); then one merged JSON and the table.
 #   bash scripts/bench3_targets.sh [SECONDS per process, default 7200] [extra pocket_targets.py flags]
 # Environment: JOBS (default 2: the 2-core machine), SEEDS (default "1 2 3"), DATASETS (default the b3_ suite),
-# DEVICE (default cpu), OUT (where the merged JSON and table go, default runs/targets-b3), PY.
+# DEVICE (default cpu), OUT (where the merged JSON and table go, default runs/targets-b3), PY, TAG (a suffix of
+# each process's files, so a later pass adds rows beside an earlier one's: e.g. TAG=-tail with `--skip probe coop
+# kgcoop` adds the tail rows to seeds that ran with `--skip tail`; the merge takes every file), VARIANTS=0 (no
+# shifted-variants process).
 # On a lent GPU machine (16 cores): DEVICE=cuda JOBS=36 WHEELS=.gpu/wheels-min, carrying .gpu/wheels-min and
 # .gpu/emoji (sprites64-v1.npy.xz, sprites64-v2.npy.xz, concepts-v1.json: the banks the b3_ sets render from).
 set -uo pipefail
@@ -34,12 +37,13 @@ fi
 DATASETS=${DATASETS:-$("$PY" -c "from ncprompt.pocket.suite3 import SETS3, SUITE3
 print(' '.join(sorted(SUITE3, key=lambda n: -len(SETS3[n].select()))))")}
 t0=$(date +%s)
-export CAP PY DEVICE T0=$t0 EXTRA="$*"  # extra flags: words without spaces
+export CAP PY DEVICE T0=$t0 EXTRA="$*" TAG=${TAG:-}  # extra flags: words without spaces
 for seed in $SEEDS; do  # seed by seed, so the first seed's table is complete first
-  for d in $DATASETS variants; do echo "$seed $d"; done
+  for d in $DATASETS $([ "${VARIANTS:-1}" = 0 ] || echo variants); do echo "$seed $d"; done
 done | xargs -P "$JOBS" -L 1 bash -c '
   seed=$1; d=$2
-  done=runs/targets-b3/s$seed-$d.done
+  stem=runs/targets-b3/s$seed-$d$TAG
+  done=$stem.done
   [ -f "$done" ] && { echo "[bench3-targets] seed $seed $d: done before"; exit 0; }
   if [ "$d" = variants ]; then  # zero-shot of b3_generic and its shifted variants (no training)
     args=(--datasets b3_generic --skip probe coop kgcoop tail)
@@ -48,8 +52,8 @@ done | xargs -P "$JOBS" -L 1 bash -c '
   fi
   # the extra flags first, so that a job'"'"'s own (the variants'"'"' --skip) win
   timeout "$CAP" "$PY" benchmarks/pocket_targets.py $EXTRA --bench 3 --seeds "$seed" "${args[@]}" \
-    --device "$DEVICE" --threads 1 --cache cache/targets-b3 --json "runs/targets-b3/s$seed-$d.json" \
-    > "runs/targets-b3/s$seed-$d.log" 2>&1
+    --device "$DEVICE" --threads 1 --cache cache/targets-b3 --json "$stem.json" \
+    > "$stem.log" 2>&1
   rc=$?
   [ $rc = 0 ] && touch "$done"
   echo "[bench3-targets] seed $seed $d: exit $rc after $(( $(date +%s) - T0 )) s"

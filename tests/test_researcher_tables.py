@@ -167,3 +167,19 @@ def test_tables_command_on_run_folders(tmp_path, capsys):
     assert "| digits | CoOp | 2 | 81.00 ± 1.41 | 61.00 ± 1.41 |" in out
     assert (tmp_path / "t" / "base_to_new.tex").is_file()
     assert main([str(tmp_path / "empty")]) == 2
+
+
+def test_validation_scored_runs_are_labelled_never_passed_for_test():
+    from ncprompt.analysis.runs import ROW_FIELDS
+
+    def with_split(r, split):
+        return {**r, "setting": {**{k: r[k] for k in ROW_FIELDS if r.get(k) not in (None, "")},
+                                 "data.eval_split": split}}
+
+    pocket = [r for r in ROWS if r["model"] == "pocket"]
+    assert not any("VALIDATION" in n for n in base_to_new_table([with_split(r, "test") for r in pocket]).notes)
+    t = base_to_new_table([with_split(r, "val") for r in pocket])
+    assert t.notes[0].startswith("Scored on the VALIDATION split")
+    mixed = base_to_new_table([with_split(r, "val" if r["seed"] == 1 else "test") for r in pocket])
+    assert "4 of 6 runs are scored on the VALIDATION split" in mixed.notes[0]
+    assert "VALIDATION" in mixed.markdown()

@@ -383,6 +383,11 @@ def _long_table(name: str, caption: str, rows: list[dict[str, Any]], metrics: li
     if with_setting:
         t.notes.insert(1, "Setting: the config keys in which rows of one method differ (short key names; "
                           "content digests cut to 8 hex digits; ? = not recorded).")
+    on_val = sum(row_setting(r).get("data.eval_split") == "val" for r in rows)
+    if on_val:  # validation numbers never pass for test numbers
+        t.notes.insert(0, "Scored on the VALIDATION split (data.eval_split = val), not the test split." if
+                       on_val == len(rows) else f"{on_val} of {len(rows)} runs are scored on the VALIDATION "
+                       "split (data.eval_split = val; their Setting says so), the others on the test split.")
     return t
 
 
