@@ -264,3 +264,14 @@ def test_grid_parts_fit_the_budget_keep_pairs_and_groups_together(monkeypatch):
     assert {n.split("-")[0] for n in parts} == {"b2n", "dg"}
     no_dg = g.options().parse_args(["list", "--datasets", "small", "--no-dg"])
     assert not any(n.startswith("dg") for n in g.parts(no_dg))
+
+
+def test_grid_part_of_a_custom_grid_gets_its_own_name_and_exact_command(monkeypatch):
+    g = _grid_script(monkeypatch)
+    seen = {}
+    monkeypatch.setattr(g, "run_part", lambda a, name, part: seen.update(name=name, cmd=a.command, n=len(part)) or 0)
+    argv = ["run", "b2n-1", "--datasets", "small", "--methods", "coop", "--no-dg", "--name", "b2n-extra"]
+    assert g.main(argv) == 0
+    assert seen["name"] == "b2n-extra" and seen["n"] == 3 * 5 * 2  # taus x seeds x +-NPT
+    assert seen["cmd"] == "python scripts/evidence_grid.py " + " ".join(argv)
+    assert g.main(argv[:-2]) == 0 and seen["name"] == "b2n-1"  # default: the part's own name
