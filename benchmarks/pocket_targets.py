@@ -304,15 +304,13 @@ def print_table3(seeds: dict[str, Any]) -> None:
         print_table(mean, shifted, {})
         print("\n| average | mean | seed sd | s.e. |\n|---|---|---|---|")
         per_seed = [v[split]["datasets"] for v in seeds.values() if split in v]
-        rows = [(head, [_mean(r, key) for r in per_seed]) for key, head in COLUMNS[1:]]
-        rows += [(head, [_gap(r, a, b) for r in per_seed]) for head, a, b in GAPS]
-        for head, avgs in rows:
+        rows = [(head, [_mean(r, key) for r in per_seed], ".1f") for key, head in COLUMNS[1:]]
+        rows += [(head, [_gap(r, a, b) for r in per_seed], "+.1f") for head, a, b in GAPS]  # gaps signed
+        for head, avgs, fmt in rows:
             avgs = [x for x in avgs if x == x]
             if avgs:
                 sdv = float(np.std(avgs, ddof=1)) if len(avgs) > 1 else float("nan")
-                print(f"| {head} | {np.mean(avgs):+.1f} | {sdv:.1f} | {sdv / np.sqrt(len(avgs)):.1f} |"
-                      if head.startswith("gap") else
-                      f"| {head} | {np.mean(avgs):.1f} | {sdv:.1f} | {sdv / np.sqrt(len(avgs)):.1f} |")
+                print(f"| {head} | {np.mean(avgs):{fmt}} | {sdv:.1f} | {sdv / np.sqrt(len(avgs)):.1f} |")
 
 
 def _dump(path: str | None, rows, shifted, xartist) -> None:
