@@ -12,6 +12,7 @@ import pytest
 from ncprompt.analysis.evidence import (
     EvidenceError,
     collect,
+    correlation_table,
     correlations,
     decide,
     pair_runs,
@@ -170,6 +171,24 @@ def test_correlation_within_datasets_and_pooled_with_a_fixed_effect():
     assert corr["new"]["pooled"]["r"] == pytest.approx(-1.0) and corr["new"]["pooled"]["datasets"] == 2
     short = correlations(rows[:10], min_n=15)["new"]["per_dataset"]["ds0"]
     assert short["rho"] is None and "n = 10 < 15" in short["why"]
+
+
+def test_correlation_per_method_removes_a_between_methods_effect():
+    """Within each method lower NC3 goes with *lower* new accuracy, but the method with the lower NC3 has the
+    higher accuracy level: pooled over methods the sign flips. The per-method tables and the (dataset, method)
+    fixed effect keep the within-method sign; the all-methods table shows the confounded one."""
+    rows = [row(f"ds{d}", s, 1.0, bool(s % 2), 50.0, level + j, nc=nc0 + 0.01 * j, method=m)
+            for d in range(2) for m, level, nc0 in (("coop", 20.0, 0.9), ("kgcoop", 40.0, 0.1))
+            for j in range(16) for s in [j + 1]]
+    corr = correlations(rows, min_n=15)
+    assert set(corr["by_method"]) == {"coop", "kgcoop"}
+    for m in ("coop", "kgcoop"):
+        assert corr["by_method"][m]["new"]["per_dataset"]["ds0"]["rho"] == pytest.approx(1.0)
+        assert corr["by_method"][m]["new"]["pooled"]["r"] == pytest.approx(1.0)
+    assert corr["within_method"]["new"]["r"] == pytest.approx(1.0) and corr["within_method"]["new"]["datasets"] == 4
+    assert corr["new"]["per_dataset"]["ds0"]["rho"] < 0  # methods mixed: the confounded sign
+    md = correlation_table(corr)
+    assert "**Within coop**" in md and "pooled, (dataset, method) fixed effect (4 groups" in md
 
 
 def test_report_json_markdown_and_figure(tmp_path):

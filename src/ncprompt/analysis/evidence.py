@@ -233,11 +233,36 @@ def decide(pairs: list[Pair], tail_tau: float = 0.06, n_boot: int = 10000, seed:
     return out
 
 
+def method_families(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """{label: rows} per base method: the method's setting without data, tau and ``npt.*`` items, so a method's
+    runs with and without NPT, at every tau, are one family; labelled as :func:`pair_runs` labels families."""
+    keyed: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    entries = {}
+    for r in rows:
+        items = _no_npt(_family_items(r))
+        k = setting_key(items)
+        keyed[k].append(r)
+        entries[k] = (k, str(r.get("method", "")).removesuffix("+npt"), items)
+    labels = setting_labels(list(entries.values()))
+    return {entries[k][1] + (f" ({labels[k]})" if labels.get(k) else ""): keyed[k] for k in sorted(keyed)}
+
+
+def _nc_vs(rows: list[dict[str, Any]], acc: str, min_n: int) -> dict[str, Any]:
+    return {"per_dataset": spearman_by_dataset(rows, "nc", acc, min_n=min_n),
+            "pooled": fixed_effect_correlation(rows, "nc", acc)}
+
+
 def correlations(rows: list[dict[str, Any]], min_n: int = 15) -> dict[str, Any]:
-    """NC3 vs new-class accuracy and HM over the trained runs: Spearman per dataset and pooled (fixed effect)."""
+    """NC3 vs new-class accuracy and HM over the trained runs: Spearman per dataset and pooled with dataset as
+    a fixed effect (``new``, ``hm``: all methods together); the same within each method (``by_method``: NPT on
+    and off, every tau); and pooled with (dataset, method) as the fixed effect (``within_method``), so that a
+    difference between methods' levels cannot make a correlation that no method shows."""
     trained = [r for r in rows if r.get("trained")]
-    return {acc: {"per_dataset": spearman_by_dataset(trained, "nc", acc, min_n=min_n),
-                  "pooled": fixed_effect_correlation(trained, "nc", acc)} for acc in ("new", "hm")}
+    fams = method_families(trained)
+    cells = [{**r, "dataset": f"{r.get('dataset')} · {m}"} for m, rs in fams.items() for r in rs]
+    return {**{acc: _nc_vs(trained, acc, min_n) for acc in ("new", "hm")},
+            "by_method": {m: {acc: _nc_vs(rs, acc, min_n) for acc in ("new", "hm")} for m, rs in fams.items()},
+            "within_method": {acc: fixed_effect_correlation(cells, "nc", acc) for acc in ("new", "hm")}}
 
 
 # --- the report -------------------------------------------------------------------------------
@@ -266,16 +291,32 @@ def verdict_table(verdicts: list[dict[str, Any]]) -> str:
         f"**{v['verdict']}** |\n" for v in verdicts)
 
 
+def _pooled_line(acc: str, pool: dict[str, Any], what: str) -> str:
+    return (f"| {acc} | pooled, {what} fixed effect ({pool['datasets']} groups; Pearson r of within-group "
+            f"residuals) | {pool['n']} | {_fmt(pool['r'], '.3f')} | {_p(pool['p'])} | {pool['why']} |")
+
+
 def correlation_table(corr: dict[str, Any]) -> str:
-    lines = ["| accuracy | dataset | n | Spearman rho | p | note |", "|---|---|---|---|---|---|"]
-    for acc, c in corr.items():
-        for ds, e in c["per_dataset"].items():
-            lines.append(f"| {acc} | {ds} | {e['n']} | {_fmt(e['rho'], '.3f')} | {_p(e['p'])} | {e['why']} |")
-        pool = c["pooled"]
-        lines.append(f"| {acc} | pooled, dataset fixed effect ({pool['datasets']} datasets; Pearson r of "
-                     f"within-dataset residuals) | {pool['n']} | {_fmt(pool['r'], '.3f')} | {_p(pool['p'])} | "
-                     f"{pool['why']} |")
-    return "\n".join(lines) + "\n"
+    """One table for all methods together, one per method (NPT on and off, every tau), and the pooled
+    (dataset, method) fixed effect."""
+    head = ["| accuracy | dataset | n | Spearman rho | p | note |", "|---|---|---|---|---|---|"]
+
+    def block(c: dict[str, Any]) -> list[str]:
+        lines = []
+        for acc in ("new", "hm"):
+            lines += [f"| {acc} | {ds} | {e['n']} | {_fmt(e['rho'], '.3f')} | {_p(e['p'])} | {e['why']} |"
+                      for ds, e in c[acc]["per_dataset"].items()]
+            lines.append(_pooled_line(acc, c[acc]["pooled"], "dataset"))
+        return lines
+
+    out = ["**All methods together** (a difference between methods' levels can make this correlation alone)", ""]
+    out += head + block(corr) + [""]
+    for m, c in corr.get("by_method", {}).items():
+        out += [f"**Within {m}** (its runs with and without NPT, every tau)", ""] + head + block(c) + [""]
+    if corr.get("within_method"):
+        out += ["**Pooled within methods** ((dataset, method) as the fixed effect)", ""] + head
+        out += [_pooled_line(acc, pool, "(dataset, method)") for acc, pool in corr["within_method"].items()]
+    return "\n".join(out) + "\n"
 
 
 def gain_figure(verdicts: list[dict[str, Any]], path: str | Path) -> Path | None:
