@@ -170,9 +170,7 @@ def pair_runs(rows: list[dict[str, Any]]) -> tuple[list[Pair], list[str]]:
                          if r.get("method", "") in npt_methods]
         else:
             pairs += [(setting_key(_family_items(t)), off[0], t) for t in on]
-    entries = {fk: (fk, t["method"].removesuffix("+npt"), _family_items(t)) for fk, _, t in pairs}
-    labels = setting_labels(list(entries.values()))
-    names = {fk: f"{m}" + (f" ({labels[fk]})" if labels.get(fk) else "") for fk, (_, m, _) in entries.items()}
+    names = _family_names({fk: (t, _family_items(t)) for fk, _, t in pairs})
     out = [Pair(names[fk], str(t.get("dataset")), t.get("seed"), _tau(t["setting"]), c, t) for fk, c, t in pairs]
     seen: dict[tuple[str, float, str, Any], Pair] = {}
     for p in out:  # one pair per cell: two would overwrite each other in the claims' (dataset, seed) differences
@@ -182,6 +180,14 @@ def pair_runs(rows: list[dict[str, Any]]) -> tuple[list[Pair], list[str]]:
                                 f"data or in tau's spelling (1 and none): {other.treatment.get('run')} and "
                                 f"{p.treatment.get('run')}; pass the runs of one dataset version and one grid")
     return sorted(out, key=lambda p: (p.family, -p.tau, p.dataset, str(p.seed))), sorted(unpaired)
+
+
+def _family_names(families: dict[str, tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, str]:
+    """{key: label} of families given as {key: (a row of it, its setting items)}: the method's name, with what
+    else differs (``setting_labels``) when two families share it."""
+    entries = [(k, str(r.get("method", "")).removesuffix("+npt"), items) for k, (r, items) in families.items()]
+    labels = setting_labels(entries)
+    return {k: m + (f" ({labels[k]})" if labels.get(k) else "") for k, m, _ in entries}
 
 
 def _family_items(row: dict[str, Any]) -> dict[str, Any]:
@@ -237,14 +243,14 @@ def method_families(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]
     """{label: rows} per base method: the method's setting without data, tau and ``npt.*`` items, so a method's
     runs with and without NPT, at every tau, are one family; labelled as :func:`pair_runs` labels families."""
     keyed: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    entries = {}
+    families = {}
     for r in rows:
         items = _no_npt(_family_items(r))
         k = setting_key(items)
         keyed[k].append(r)
-        entries[k] = (k, str(r.get("method", "")).removesuffix("+npt"), items)
-    labels = setting_labels(list(entries.values()))
-    return {entries[k][1] + (f" ({labels[k]})" if labels.get(k) else ""): keyed[k] for k in sorted(keyed)}
+        families[k] = (r, items)
+    names = _family_names(families)
+    return {names[k]: keyed[k] for k in sorted(keyed)}
 
 
 def _nc_vs(rows: list[dict[str, Any]], acc: str, min_n: int) -> dict[str, Any]:
@@ -311,11 +317,10 @@ def correlation_table(corr: dict[str, Any]) -> str:
 
     out = ["**All methods together** (a difference between methods' levels can make this correlation alone)", ""]
     out += head + block(corr) + [""]
-    for m, c in corr.get("by_method", {}).items():
+    for m, c in corr["by_method"].items():
         out += [f"**Within {m}** (its runs with and without NPT, every tau)", ""] + head + block(c) + [""]
-    if corr.get("within_method"):
-        out += ["**Pooled within methods** ((dataset, method) as the fixed effect)", ""] + head
-        out += [_pooled_line(acc, pool, "(dataset, method)") for acc, pool in corr["within_method"].items()]
+    out += ["**Pooled within methods** ((dataset, method) as the fixed effect)", ""] + head
+    out += [_pooled_line(acc, pool, "(dataset, method)") for acc, pool in corr["within_method"].items()]
     return "\n".join(out) + "\n"
 
 
