@@ -17,8 +17,11 @@ cache is keyed by image content and weights, data/cache_key.py, so every cell of
 one build) and so does each NPT run with its control; groups are packed first-fit, longest first, into parts
 of at most ``--budget-s`` estimated seconds on ``--workers`` cores. The partition depends on the options only,
 never on what has run, so a part names the same cells whenever it runs. A part's cells run longest first in
-``--workers`` single-threaded processes (finished cells are reused, a rerun resumes), then its finished runs go
-to ``benchmarks/results/evidence/PART.json`` (``ncprompt evidence`` reads those files, so parts add up).
+``--workers`` single-threaded processes (finished cells are reused, a rerun resumes) and every finished cell's row
+goes to ``benchmarks/results/evidence/PART.json`` at once (``ncprompt evidence`` reads those files, so parts add
+up). An interrupted part's file holds what finished (``meta.complete`` false) and can be committed: a rerun on
+another machine or checkout, without the run folders, takes each saved row whose setting, weights digest and
+data digests equal the cell's now instead of running the cell again (a changed cell runs again).
 
 Cost per cell (idle seconds on one core of the 2-core machine), an *estimate*: ``COST_PER_CLASS[method] x
 classes`` of the dataset. CoCoOp, MaPLe, PromptSRC and TCP: docs/results.md's pilot on emoji_animals (37
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import json
 import os
 import platform
 import sys
@@ -174,35 +178,97 @@ def jobs(a: argparse.Namespace, part: list[dict[str, Any]]) -> list[dict[str, An
     return out
 
 
+def cell_row(job: dict[str, Any], row: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Worker: a cell's compact row. ``row``, the cell's row from an earlier write of this part, is returned as
+    it is when its whole setting (config, weights digest, data digests) equals the one this cell would run now;
+    otherwise (or without a row) the cell runs through :func:`ncprompt.protocols.grid.run_one` (its run folder
+    reused when finished) and its row is read back. None: the cell did not finish."""
+    from ncprompt.analysis.evidence import collect
+    from ncprompt.config.setting import setting_items, setting_key
+    from ncprompt.engine.progress import quiet
+    from ncprompt.protocols.grid import cell_experiment, run_one
+
+    if row is not None:
+        import torch
+
+        torch.set_num_threads(job["threads"])
+        with quiet():
+            cfg, exp = cell_experiment(job)
+            now = setting_items(cfg, exp.inputs(), {"dataset": job["dataset"],
+                                                    "info": {"model": {"name": exp.backbone.name}}})
+        if json.loads(setting_key(now)) == json.loads(setting_key(row.get("setting") or {})):
+            return row
+        print(f"[evidence-grid] {job['run_dir']}: its saved row is of another setting, weights or data; running "
+              "it again", flush=True)
+    run_one(job)
+    got = collect([job["run_dir"]]) if (Path(job["run_dir"]) / "results.json").is_file() else []
+    return {**got[0], "run": _key(job)} if got else None
+
+
+def _key(job: dict[str, Any]) -> str:
+    """A cell's run folder as its rows name it."""
+    return str(Path(job["run_dir"]))
+
+
+def prior_rows(path: Path) -> dict[str, dict[str, Any]]:
+    """{run folder: row} of an earlier (possibly interrupted) write of the part's compact JSON."""
+    from ncprompt.analysis.evidence import read_compact
+
+    if not path.is_file():
+        return {}
+    return {str(Path(r["run"])): {k: v for k, v in r.items() if k != "part"}
+            for r in read_compact(path) if r.get("run")}
+
+
 def run_part(a: argparse.Namespace, name: str, part: list[dict[str, Any]]) -> int:
-    from ncprompt.analysis.evidence import collect, write_compact
-    from ncprompt.protocols.grid import _die_with_parent, run_one
+    """Run a part's cells and write its compact JSON after every finished cell (so an interrupted part keeps
+    what finished, in a file that can be committed); a cell whose row an earlier write holds is not run again
+    when its setting, weights and data digests are unchanged (checked in the worker), else it runs."""
+    from ncprompt.analysis.evidence import write_compact
+    from ncprompt.protocols.grid import _die_with_parent
 
     todo, t0, failed = jobs(a, part), time.time(), []
-    print(f"[{name}] {len(todo)} cells, {a.workers} workers, estimate {sum(c['cost'] for c in part) / a.workers:.0f} s",
-          flush=True)
-    with cf.ProcessPoolExecutor(a.workers, initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
-        futs = {pool.submit(run_one, j): j for j in todo}
-        for f in cf.as_completed(futs):
-            try:
-                f.result()
-            except Exception as e:  # noqa: BLE001  (a failed cell is named; the others still run)
-                failed.append(f"{futs[f]['run_dir']}: {type(e).__name__}: {e}")
-                print(f"[{name}] FAILED {failed[-1]}", flush=True)
-    wall = time.time() - t0
-    done = [j["run_dir"] for j in todo if (Path(j["run_dir"]) / "results.json").is_file()]
+    path = Path(a.results) / f"{name}.json"
+    prior, rows = prior_rows(path), {}
+    print(f"[{name}] {len(todo)} cells ({sum(_key(j) in prior for j in todo)} in {path}), {a.workers} workers,"
+          f" estimate {sum(c['cost'] for c in part) / a.workers:.0f} s", flush=True)
     import torch
 
-    meta = {"part": name, "command": a.command,
-            "choices": {**CHOICES, "dg": f"{a.dg_source} (protocol all) -> {', '.join(a.dg_targets)}"},
-            "bench": a.bench, "model": a.model or "pocket (the configs')", "wall_s": round(wall, 1),
-            "cells": len(todo), "finished": len(done),
-            "failed": failed, "estimate_s": round(sum(c["cost"] for c in part) / a.workers),
-            "machine": {"cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
-                        "torch": torch.__version__, "workers": a.workers}}
-    path = write_compact(collect(done), Path(a.results) / f"{name}.json", meta)
-    print(f"[{name}] {len(done)} of {len(todo)} cells finished in {wall:.0f} s; {path}", flush=True)
+    def meta() -> dict[str, Any]:
+        return {"part": name, "command": a.command,
+                "choices": {**CHOICES, "dg": f"{a.dg_source} (protocol all) -> {', '.join(a.dg_targets)}"},
+                "bench": a.bench, "model": a.model or "pocket (the configs')",
+                "wall_s": round(time.time() - t0 + float(old_meta.get("wall_s") or 0), 1),
+                "cells": len(todo), "finished": len(rows), "complete": len(rows) == len(todo), "failed": failed,
+                "estimate_s": round(sum(c["cost"] for c in part) / a.workers),
+                "machine": {"cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
+                            "torch": torch.__version__, "workers": a.workers}}
+
+    old_meta = read_meta(path) if prior else {}
+    with cf.ProcessPoolExecutor(a.workers, initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
+        futs = {pool.submit(cell_row, j, prior.get(_key(j))): j for j in todo}
+        for f in cf.as_completed(futs):
+            job = futs[f]
+            try:
+                r = f.result()
+            except Exception as e:  # noqa: BLE001  (a failed cell is named; the others still run)
+                failed.append(f"{job['run_dir']}: {type(e).__name__}: {e}")
+                print(f"[{name}] FAILED {failed[-1]}", flush=True)
+                continue
+            if r is not None:
+                rows[_key(job)] = r
+                write_compact([rows[_key(j)] for j in todo if _key(j) in rows], path, meta())
+    write_compact([rows[_key(j)] for j in todo if _key(j) in rows], path, meta())
+    print(f"[{name}] {len(rows)} of {len(todo)} cells finished in {time.time() - t0:.0f} s; {path}", flush=True)
     return 1 if failed else 0
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """The meta of a compact JSON part ({} when unreadable)."""
+    try:
+        return dict(json.loads(path.read_text()).get("meta") or {})
+    except (OSError, ValueError, AttributeError):
+        return {}
 
 
 def main(argv: list[str] | None = None) -> int:

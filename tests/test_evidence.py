@@ -294,3 +294,70 @@ def test_grid_part_of_a_custom_grid_gets_its_own_name_and_exact_command(monkeypa
     assert seen["name"] == "b2n-extra" and seen["n"] == 3 * 5 * 2  # taus x seeds x +-NPT
     assert seen["cmd"] == "python scripts/evidence_grid.py " + " ".join(argv)
     assert g.main(argv[:-2]) == 0 and seen["name"] == "b2n-1"  # default: the part's own name
+
+
+def _tiny_job(tmp_path, npt=False):
+    """One real grid cell: CoOp on emoji_hands, the pocket recipe at 1 epoch, 2 shots, 2 test images per class."""
+    import yaml
+
+    from ncprompt.config import merge_layers
+    from ncprompt.protocols.grid import MethodSpec, grid_jobs
+
+    base = yaml.safe_load(open("configs/pocket_b2n.yaml"))
+    base = merge_layers(base, {"data": {"shots": 2, "max_test_per_class": 2}, "train": {"epochs": 1},
+                               "run": {"cache_dir": str(tmp_path / "cache")}})
+    spec = MethodSpec.parse("coop+npt" if npt else "coop")
+    (job,) = grid_jobs(base, ["emoji_hands"], [spec], [1], tmp_path / "grid")
+    return {**job, "threads": 1}
+
+
+def test_a_saved_row_is_reused_only_while_its_setting_weights_and_data_are_unchanged(tmp_path, monkeypatch,
+                                                                                     one_thread):
+    """A part's saved row stands for its cell (no run) when the cell's config, weights digest and data digests are
+    the ones it would run now; any other row (here: other weights) is not trusted and the cell runs again."""
+    import shutil
+    from pathlib import Path
+
+    g = _grid_script(monkeypatch)
+    job = _tiny_job(tmp_path)
+    first = g.cell_row(job, None)
+    assert first["run"] == job["run_dir"] and first["trained"] and first["new"] is not None
+    shutil.rmtree(job["run_dir"])
+    assert g.cell_row(job, first) == first and not Path(job["run_dir"]).exists()  # reused: nothing ran
+    stale = {**first, "new": -1.0, "setting": {**first["setting"], "inputs.weights": "file:other sha256:00"}}
+    again = g.cell_row(job, stale)
+    assert Path(job["run_dir"], "results.json").is_file() and again["new"] == first["new"]
+
+
+def test_a_part_writes_its_rows_as_cells_finish_and_a_rerun_passes_them_back(tmp_path, monkeypatch):
+    """run_part writes the compact JSON after every finished cell (interrupted: what finished is kept, marked
+    incomplete), and a rerun hands each cell its saved row (cell_row decides whether it stands)."""
+    import concurrent.futures as cf
+
+    g = _grid_script(monkeypatch)
+    monkeypatch.setattr("ncprompt.protocols.grid._die_with_parent", lambda parent: None)
+    monkeypatch.setattr(g.cf, "ProcessPoolExecutor", cf.ThreadPoolExecutor)  # the fake cells below are local
+    a = g.resolve(g.options().parse_args(["run", "b2n-1", "--datasets", "small", "--methods", "coop", "--no-dg",
+                                          "--seeds", "1", "--taus", "1", "--out", str(tmp_path / "g"),
+                                          "--results", str(tmp_path / "res"), "--workers", "1"]))
+    a.command = "test"
+    monkeypatch.setattr(g, "jobs", lambda a, part: [{"run_dir": f"{a.out}/c{i}", "cost": 1} for i in range(4)])
+    seen = []
+
+    def fake(job, row):
+        seen.append((job["run_dir"], row))
+        if job["run_dir"].endswith("c2") and row is None:
+            raise RuntimeError("killed")
+        return row or {"run": job["run_dir"], "method": "coop", "new": 1.0}
+
+    monkeypatch.setattr(g, "cell_row", fake)
+    assert g.run_part(a, "p", [{"cost": 1}] * 4) == 1
+    data = json.loads((tmp_path / "res" / "p.json").read_text())
+    assert [r["run"] for r in data["rows"]] == [f"{a.out}/c{i}" for i in (0, 1, 3)]
+    assert data["meta"]["finished"] == 3 and data["meta"]["complete"] is False and len(data["meta"]["failed"]) == 1
+    seen.clear()
+    monkeypatch.setattr(g, "cell_row", lambda job, row: fake(job, row) if row else {"run": job["run_dir"]})
+    assert g.run_part(a, "p", [{"cost": 1}] * 4) == 0
+    assert sorted(r is not None for _, r in seen) == [True, True, True]  # c2 ran, the others were handed back
+    done = json.loads((tmp_path / "res" / "p.json").read_text())
+    assert done["meta"]["complete"] is True and len(done["rows"]) == 4

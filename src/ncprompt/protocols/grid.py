@@ -54,34 +54,39 @@ class MethodSpec:
         return cls(spec, name, flag == "npt", tuple(sorted(opts.items())))
 
 
+def cell_experiment(job: dict[str, Any]) -> tuple[RunConfig, Any]:
+    """(the cell's config, its :class:`~ncprompt.protocols.experiment.Experiment`), the dataset kept in memory
+    for the next cell of the same dataset (a worker runs the grid dataset by dataset)."""
+    from ncprompt.protocols.experiment import Experiment
+
+    cfg = RunConfig.from_dict(job["config"])
+    data = cfg.data
+    from ncprompt.data import dataset_options
+
+    options = dataset_options(data.dataset, data.options, cfg.seed)
+    key = repr((job["dataset"], data.dataset, data.root, sorted(options.items())))
+    if key not in _DATASETS:
+        from dataclasses import replace
+
+        from ncprompt.data import get_dataset
+
+        _DATASETS.clear()  # keep one dataset in memory: the grid runs dataset by dataset
+        # the grid's name for it (NAME of NAME=ROOT) is the one results.json and the tables show
+        _DATASETS[key] = replace(get_dataset(data.dataset, data.root, **options), name=job["dataset"])
+    return cfg, Experiment(cfg, dataset=_DATASETS[key])
+
+
 def run_one(job: dict[str, Any]) -> RunResult:
     """Run (or reuse) one grid cell; top-level so it can run in a worker process."""
     import torch
 
-    from ncprompt.protocols.experiment import Experiment
-
     if job.get("threads"):
         torch.set_num_threads(job["threads"])
-    cfg = RunConfig.from_dict(job["config"])
     folder = RunFolder(job["run_dir"])
     folder.acquire()
     try:
-        data = cfg.data
-        from ncprompt.data import dataset_options
-
-        options = dataset_options(data.dataset, data.options, cfg.seed)
-        key = repr((job["dataset"], data.dataset, data.root, sorted(options.items())))
-        if key not in _DATASETS:
-            from dataclasses import replace
-
-            from ncprompt.data import get_dataset
-
-            _DATASETS.clear()  # keep one dataset in memory: the grid runs dataset by dataset
-            # the grid's name for it (NAME of NAME=ROOT) is the one results.json and the tables show
-            _DATASETS[key] = replace(get_dataset(data.dataset, data.root, **options),
-                                     name=job["dataset"])
         with quiet():  # a run's epochs go to its train.log; the grid shows one line per run
-            exp = Experiment(cfg, dataset=_DATASETS[key])
+            cfg, exp = cell_experiment(job)
             if job.get("resume", True) and folder.finished(cfg, exp.inputs()):  # same settings, weights and data
                 return read_results(folder.path)
             res = exp.run(resume=job.get("resume", True), folder=folder)
