@@ -10,7 +10,7 @@ timed figure is the wall time from the first cell to the last, feature builds in
 (``OUT/cache``, removed first), so the figure is what a fresh machine pays. A cell reused from an earlier,
 interrupted run is counted and named in the JSON (the figure is then not a whole run: rerun with a fresh ``--out``).
 
-    .venv/bin/python benchmarks/bench_whole_suite.py --switch on             # bench 3, about 45 min on 2 cores
+    .venv/bin/python benchmarks/bench_whole_suite.py --switch on             # bench 3: hours (b3_generic: below)
     .venv/bin/python benchmarks/bench_whole_suite.py --switch off            # the before figure
     .venv/bin/python benchmarks/bench_whole_suite.py --switch on --datasets b3_hands --epochs 1 --no-doc  # smoke
     .venv/bin/python benchmarks/bench_whole_suite.py --doc                   # rewrite the docs section only
@@ -41,7 +41,9 @@ DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "bench_whole_suite"
 METHODS = ["zeroshot", "linear_probe", "coop", "kgcoop", "cocoop", "maple", "ivlp", "promptsrc", "prograd", "tcp"]
 #: rough core-seconds per class of one cell, only to start the longest cells first (scripts/evidence_grid.py's
-#: measured CoOp / KgCoOp cost; the others from docs/results.md's pilot, IVLP as MaPLe, ProGrad as CoOp)
+#: measured CoOp / KgCoOp cost; the others from docs/results.md's pilot, IVLP as MaPLe, ProGrad as CoOp). They
+#: order the cells, nothing else: on b3_generic (500 classes) the measured cells took 6-17x these figures
+#: (2026-12-05: PromptSRC 3484 s with the feature build, CoOp 1792 s, CoCoOp 6121 s on one core each)
 WEIGHT = {"coop": 0.55, "kgcoop": 0.55, "cocoop": 0.71, "maple": 0.29, "ivlp": 0.29, "promptsrc": 1.14,
           "prograd": 0.55, "tcp": 0.13, "linear_probe": 0.05, "zeroshot": 0.01}
 #: the bench's suite and model
@@ -163,11 +165,23 @@ def section(runs: dict[str, dict[str, Any]]) -> str:
     for switch, d in runs.items():
         m = d["machine"]
         bad = [c for c in d["cells"] if c.get("failed") or c.get("reused")]
+        whole = len(d["datasets"]) * len(d["methods"])
+        if len(d["cells"]) < whole:
+            done = ", ".join(f"{c['method']} {c['dataset']} {fmt_s(c['seconds'])}"
+                             for c in d["cells"] if "seconds" in c)
+            lines.append(f"* shared prefix **{switch}**: **stopped after {len(d['cells'])} of {whole} cells** and "
+                         f"{fmt_s(d['wall_s'])} wall ({m['cpu']}, {m['date']}, load average at start "
+                         f"{m['loadavg_at_start'][0]:.2f}); the cells that finished, each on one core: {done}. "
+                         f"{m.get('note', '')}")
+            continue
         lines.append(f"* shared prefix **{switch}**: **{fmt_s(d['wall_s'])}** wall for {len(d['cells'])} cells "
                      f"(bench {d['bench']}: {len(d['datasets'])} datasets x {len(d['methods'])} methods, seed "
                      f"{d['seed']}, epochs {d['epochs']}), {m['workers']} workers of 1 thread, feature builds "
                      f"included; {m['cpu']}, {m['date']}, load average at start {m['loadavg_at_start'][0]:.2f}"
                      + (f", {len(bad)} cell(s) failed or reused" if bad else "") + f". {m.get('note', '')}")
+    runs = {s: d for s, d in runs.items() if len(d["cells"]) == len(d["datasets"]) * len(d["methods"])}
+    if not runs:  # only stopped runs: no per-method totals to compare
+        return "\n".join(lines + [""])
     lines += ["", "Core-seconds per method (the sum of its cells; a dataset's feature build falls to whichever of its "
               "cells ran first, so compare the totals, not one method's row) and mean top-1 over the datasets (the "
               "linear probe: all classes, as base):", ""]
@@ -198,8 +212,14 @@ def section(runs: dict[str, dict[str, Any]]) -> str:
 def _saved(bench: int) -> dict[str, dict[str, Any]]:
     import json
 
-    return {s: json.loads(p.read_text()) for s in ("off", "on")
-            if (p := RESULTS_DIR / f"whole_suite_b{bench}_{s}.json").is_file()}
+    out = {}
+    for s in ("off", "on"):
+        for p in (RESULTS_DIR / f"whole_suite_b{bench}_{s}.json",
+                  RESULTS_DIR / f"whole_suite_b{bench}_{s}.partial.json"):
+            if p.is_file():  # an interrupted run's partial file when no whole run is saved
+                out[s] = json.loads(p.read_text())
+                break
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -49,3 +49,9 @@ def test_section_compares_the_switches():
     assert "shared prefix **off**: **60.00 s** wall for 4 cells" in md
     assert "| coop | 60" in md and "3.00x" in md and "0.50 |" in md
     assert "Not measured yet" in ws.section({})
+    stopped = run("on", 10.0, 30.5)
+    stopped["cells"] = stopped["cells"][:3]
+    md = ws.section({"off": run("off", 30.0, 30.0), "on": stopped})
+    assert "stopped after 3 of 4 cells" in md and "coop a 10" in md  # a stopped run names its cells
+    assert "off / on" not in md  # and is never compared per method with a whole run
+    assert "| coop |" in md  # the whole run's own totals still show

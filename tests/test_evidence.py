@@ -301,12 +301,15 @@ def _tiny_job(tmp_path, npt=False):
     import yaml
 
     from ncprompt.config import merge_layers
+    from ncprompt.protocols.demo import per_method_options
     from ncprompt.protocols.grid import MethodSpec, grid_jobs
 
     base = yaml.safe_load(open("configs/pocket_b2n.yaml"))
-    base = merge_layers(base, {"data": {"shots": 2, "max_test_per_class": 2}, "train": {"epochs": 1},
+    opts = per_method_options(base)
+    base = merge_layers(base, {"data": {"shots": 2, "max_test_per_class": 2, "protocol": "base2new"},
+                               "train": {"epochs": 1},
                                "run": {"cache_dir": str(tmp_path / "cache")}})
-    spec = MethodSpec.parse("coop+npt" if npt else "coop")
+    spec = MethodSpec.parse("coop+npt" if npt else "coop", opts)
     (job,) = grid_jobs(base, ["emoji_hands"], [spec], [1], tmp_path / "grid")
     return {**job, "threads": 1}
 
