@@ -11,13 +11,16 @@ import pytest
 
 from ncprompt.analysis.evidence import (
     EvidenceError,
+    adjust_within_kinds,
     collect,
     correlation_table,
     correlations,
     decide,
+    multiplicity_lines,
     pair_runs,
     read_compact,
     result_row,
+    summary_line,
     write_compact,
     write_evidence,
 )
@@ -145,6 +148,9 @@ def test_each_claim_has_its_known_answer():
         assert hm_v["mean"] == pytest.approx(sum(want) / len(want))
         assert hm_v["verdict"] == "held" and hm_v["datasets_helped"] == 6 and hm_v["n_pairs"] == 12
         assert hm_v["wilcoxon_p"] == pytest.approx(2 / 2 ** 6)  # all 6 datasets positive: the smallest p
+        # three HM claims (one per tau) form the family: Holm multiplies the smallest p by 3, above 0.05
+        assert hm_v["holm_p"] == pytest.approx(3 * 2 / 2 ** 6) and hm_v["family_size"] == 3
+        assert not hm_v["survives"]
         new = v[("new", str(tau), None)]  # new gain - base gain = (3 + 4k) - (1 + 2k), on every pair
         assert new["mean"] == pytest.approx(2 + 2 * k) and new["ci_low"] == pytest.approx(2 + 2 * k)
     step = v[("tau", "[1.0, 0.25]", None)]
@@ -158,6 +164,30 @@ def test_each_claim_has_its_known_answer():
     tail = v[("group", "0.06", "tail")]
     assert tail["mean"] == pytest.approx(2 + 2.5) and tail["verdict"] == "held"
     assert tail["per_dataset"] == {f"ds{i}": pytest.approx(2 + i) for i in range(6)}
+    lines = multiplicity_lines(list(v.values()))
+    assert any(ln.startswith("- `hm`: 3 claims, 3 held per claim, 0 after Holm; with 6 datasets no claim")
+               for ln in lines)
+
+
+def test_a_held_claim_survives_holm_when_its_family_is_small_enough():
+    """7 datasets all positive give p = 2 / 2^7 = 1/64: a family of 2 such claims survives Holm (2/64 < 0.05);
+    two more (inconclusive) claims in the family make the smallest adjusted p 4/64 and none survives."""
+    def verdict(p, word="held"):
+        return {"kind": "hm", "verdict": word, "wilcoxon_p": p, "n_datasets": 7}
+
+    two = [verdict(1 / 64), verdict(1 / 64)]
+    adjust_within_kinds(two)
+    assert [v["survives"] for v in two] == [True, True] and two[0]["holm_p"] == pytest.approx(2 / 64)
+    assert multiplicity_lines(two) == ["- `hm`: 2 claims, 2 held per claim, 2 after Holm."]
+    assert "held and survives Holm's adjustment" in summary_line({**two[0], "claim": "c", "mean": 1.0,
+                                                                 "ci_low": 0.5, "ci_high": 1.5,
+                                                                 "datasets_helped": 7, "n_pairs": 14})
+    four = [*two, verdict(0.5, "inconclusive"), verdict(0.5, "inconclusive")]
+    adjust_within_kinds(four)
+    assert [v["survives"] for v in four] == [False] * 4 and four[0]["holm_p"] == pytest.approx(4 / 64)
+    assert "no claim of this family can survive" in multiplicity_lines(four)[0]
+    words = {"claim": "c", "mean": 1.0, "ci_low": 0.5, "ci_high": 1.5, "datasets_helped": 7, "n_pairs": 14}
+    assert "held per claim, but not after Holm's adjustment" in summary_line({**four[0], **words})
 
 
 def test_correlation_within_datasets_and_pooled_with_a_fixed_effect():

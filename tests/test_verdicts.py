@@ -13,6 +13,8 @@ from ncprompt.analysis.verdicts import (
     NOT_HELD,
     fixed_effect_correlation,
     hierarchical_bootstrap,
+    holm,
+    min_wilcoxon_p,
     pair,
     paired_verdict,
     spearman_by_dataset,
@@ -106,3 +108,25 @@ def test_fixed_effect_correlation_sees_through_simpsons_paradox():
            for c in ("nc", "acc")]
     assert fe["r"] == pytest.approx(pearsonr(*res).statistic)
     assert fixed_effect_correlation(rows[:3], "nc", "acc")["r"] is None
+
+
+def test_holm_adjustment_analytic_case_and_step_down_rejections():
+    # sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04 -> running max 0.02, 0.03, 0.06, 0.06
+    assert holm([0.01, 0.04, None, 0.03, 0.005]) == pytest.approx([0.03, 0.06, None, 0.06, 0.02])
+    assert holm([0.9, 0.8]) == [1.0, 1.0] and holm([]) == [] and holm([None]) == [None]
+    rng = np.random.default_rng(3)
+    for _ in range(200):  # Holm's step-down test, written as the procedure: adjusted p <= alpha <=> rejected
+        p = list(rng.uniform(0, 0.2, int(rng.integers(1, 12))))
+        alpha = float(rng.uniform(0.01, 0.1))
+        order = sorted(range(len(p)), key=lambda i: p[i])
+        rejected = set()
+        for k, i in enumerate(order):
+            if p[i] > alpha / (len(p) - k):
+                break
+            rejected.add(i)
+        assert {i for i, a in enumerate(holm(p)) if a <= alpha} == rejected
+
+
+@pytest.mark.parametrize("n", [2, 4, 6, 8, 11])
+def test_min_wilcoxon_p_is_the_exact_test_with_every_difference_positive(n):
+    assert min_wilcoxon_p(n) == pytest.approx(wilcoxon(np.arange(1.0, n + 1)).pvalue)

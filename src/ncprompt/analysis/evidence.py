@@ -18,6 +18,10 @@ Claims (each a :func:`~ncprompt.analysis.verdicts.paired_verdict` over (dataset,
 * ``new``: NPT helps new classes more than base: ``d = (new gain) - (base gain)``;
 * ``group``: head / middle / tail accuracy gains at ``tail_tau`` (the base split's groups), each its own claim;
 * ``dg``: the mean accuracy over domain-generalisation targets (runs that report targets);
+* multiplicity: each claim's Wilcoxon p is also given Holm-adjusted within its kind (all ``hm`` claims of the
+  report form one family, all ``new`` claims another, ...): a ``held`` claim *survives* when its adjusted p is
+  below alpha too; the report names the families in which no claim could survive (m claims x the smallest
+  Wilcoxon p the datasets allow >= alpha);
 * correlations: NC3 (text-to-image self-duality) of the training images against new-class accuracy and HM,
   Spearman per dataset (``min_n`` runs or more) and pooled with dataset as a fixed effect, over trained runs.
 """
@@ -38,6 +42,8 @@ from ncprompt.analysis.verdicts import (
     HELD,
     PairedVerdict,
     fixed_effect_correlation,
+    holm,
+    min_wilcoxon_p,
     paired_verdict,
     spearman_by_dataset,
 )
@@ -48,6 +54,8 @@ FORMAT = "ncprompt-evidence-rows/1"
 #: the NC metric correlated with accuracy: NC3, text-to-image self-duality (lower: class means align with text)
 NC_METRIC = "nc3_self_duality"
 GROUPS = ("head", "middle", "tail")
+#: the per-claim level, and the family-wise level of the Holm adjustment
+ALPHA = 0.05
 METRICS = ("base", "new", "hm")
 
 
@@ -236,7 +244,41 @@ def decide(pairs: list[Pair], tail_tau: float = 0.06, n_boot: int = 10000, seed:
         for t in levels:
             add("dg", fam, f"NPT raises domain-generalisation accuracy on {fam} at tau {t:g}",
                 _diffs(taus[t], "dg"), tau=t)
+    adjust_within_kinds(out)
     return out
+
+
+def adjust_within_kinds(verdicts: list[dict[str, Any]], alpha: float = ALPHA) -> None:
+    """Set ``holm_p``, ``family_size`` and ``survives`` (held and Holm p < alpha) on each verdict, the family
+    being every verdict of its ``kind``."""
+    kinds: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for v in verdicts:
+        kinds[v["kind"]].append(v)
+    for group in kinds.values():
+        for v, hp in zip(group, holm([v["wilcoxon_p"] for v in group]), strict=True):
+            v["holm_p"], v["family_size"] = hp, len(group)
+            v["survives"] = v["verdict"] == HELD and hp is not None and hp < alpha
+
+
+def multiplicity_lines(verdicts: list[dict[str, Any]], alpha: float = ALPHA) -> list[str]:
+    """One line per kind of claim: its size, the held claims that survive Holm, and whether any could."""
+    kinds: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for v in verdicts:
+        kinds[v["kind"]].append(v)
+    lines = []
+    for kind, group in kinds.items():
+        m = len(group)
+        held = sum(v["verdict"] == HELD for v in group)
+        kept = sum(bool(v.get("survives")) for v in group)
+        n = max(v["n_datasets"] for v in group)
+        floor = min(1.0, m * min_wilcoxon_p(n))
+        line = f"- `{kind}`: {m} claims, {held} held per claim, {kept} after Holm"
+        if floor >= alpha:
+            line += (f"; with {n} datasets no claim of this family can survive (m x the smallest Wilcoxon p = "
+                     f"{m} x {min_wilcoxon_p(n):.3g} = {floor:.3g} >= {alpha:g}): more datasets, or fewer claims "
+                     "fixed in advance, are needed for a family-wise verdict")
+        lines.append(line + ".")
+    return lines
 
 
 def method_families(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -283,18 +325,23 @@ def _p(v: float | None) -> str:
 def summary_line(v: dict[str, Any]) -> str:
     """A plain-word sentence from one verdict (a placeholder the author may rewrite, never a number made up)."""
     word = {HELD: "held", "not held": "did not hold", "inconclusive": "was inconclusive"}[v["verdict"]]
+    if v["verdict"] == HELD and "survives" in v:
+        word += " and survives Holm's adjustment" if v["survives"] else " per claim, but not after Holm's adjustment"
     return (f"{v['claim'][0].upper()}{v['claim'][1:]}: {word} (mean {_fmt(v['mean'])} points, 95% interval "
-            f"[{_fmt(v['ci_low'])}, {_fmt(v['ci_high'])}], Wilcoxon p {_p(v['wilcoxon_p'])}, better on "
-            f"{v['datasets_helped']} of {v['n_datasets']} datasets, {v['n_pairs']} pairs).")
+            f"[{_fmt(v['ci_low'])}, {_fmt(v['ci_high'])}], Wilcoxon p {_p(v['wilcoxon_p'])}, Holm p "
+            f"{_p(v.get('holm_p'))}, better on {v['datasets_helped']} of {v['n_datasets']} datasets, "
+            f"{v['n_pairs']} pairs).")
 
 
 def verdict_table(verdicts: list[dict[str, Any]]) -> str:
-    head = ("| claim | pairs | datasets | mean | 95% interval | Wilcoxon p | datasets better | verdict |\n"
-            "|---|---|---|---|---|---|---|---|\n")
+    head = ("| claim | pairs | datasets | mean | 95% interval | Wilcoxon p | Holm p | datasets better | verdict |\n"
+            "|---|---|---|---|---|---|---|---|---|\n")
     return head + "".join(
         f"| {v['claim']} | {v['n_pairs']} | {v['n_datasets']} | {_fmt(v['mean'])} | [{_fmt(v['ci_low'])}, "
-        f"{_fmt(v['ci_high'])}] | {_p(v['wilcoxon_p'])} | {v['datasets_helped']}/{v['n_datasets']} | "
-        f"**{v['verdict']}** |\n" for v in verdicts)
+        f"{_fmt(v['ci_high'])}] | {_p(v['wilcoxon_p'])} | {_p(v.get('holm_p'))} | "
+        f"{v['datasets_helped']}/{v['n_datasets']} | **{v['verdict']}**"
+        f"{' (survives Holm)' * bool(v.get('survives'))} |\n"
+        for v in verdicts)
 
 
 def _pooled_line(acc: str, pool: dict[str, Any], what: str) -> str:
@@ -398,7 +445,10 @@ def write_evidence(rows: list[dict[str, Any]], out_dir: str | Path, *, allow_unp
         md += [f"## tau {t:g}", ""]
         for table in (base_to_new_table(by_tau[t]), long_tail_table(by_tau[t]) if t < 1 else None):
             md += [table.markdown(), ""] if table is not None else []
-    md += ["## Verdicts", "", verdict_table(verdicts), "## What held, in plain words (generated from the verdicts;"
+    md += ["## Verdicts", "", f"Per claim: held when the 95% interval lies above 0 and the Wilcoxon p is below "
+           f"{ALPHA:g}. Holm p: the Wilcoxon p adjusted within the claim's kind (a family-wise level of {ALPHA:g}); "
+           "a held claim *survives Holm* when that is below it too.", "", *multiplicity_lines(verdicts), "",
+           verdict_table(verdicts), "## What held, in plain words (generated from the verdicts;"
            " edit freely, numbers stay as computed)", ""]
     md += [f"- {summary_line(v)}" for v in verdicts] + [""]
     md += [f"## NC3 ({NC_METRIC}) vs accuracy (trained runs; Spearman per dataset needs n >= {min_n})", "",
@@ -426,7 +476,9 @@ def cmd_evidence(a: Any) -> int:
         for u in doc["unpaired"] + doc["repeated_seeds"]:
             print(f"ncprompt evidence: {u}", file=sys.stderr)
         held = sum(v["verdict"] == HELD for v in doc["verdicts"])
-        print(f"{doc['runs']} runs, {doc['pairs']} pairs, {len(doc['verdicts'])} claims ({held} held); "
+        kept = sum(bool(v.get("survives")) for v in doc["verdicts"])
+        print(f"{doc['runs']} runs, {doc['pairs']} pairs, {len(doc['verdicts'])} claims ({held} held, {kept} after "
+              f"Holm); "
               f"{Path(a.output) / 'evidence.md'}")
     return 0
 

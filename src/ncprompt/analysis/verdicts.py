@@ -17,6 +17,12 @@ the renders and the class split are shared: the unit of evidence is the paired d
 Verdict: ``held`` when the interval lies above 0 and the Wilcoxon p is below ``alpha``; ``not held`` when the
 interval lies at or below 0 (no gain, or a loss, excluded from chance); otherwise ``inconclusive``.
 
+Multiplicity: a report decides many claims at once, so one per-claim ``held`` at alpha 0.05 among 60 claims is
+what chance alone gives.  :func:`holm` adjusts the Wilcoxon p-values of a family of claims (Holm's step-down:
+the i-th smallest of m p-values times ``m - i + 1``, made non-decreasing, capped at 1), which bounds the chance of
+any false ``held`` in the family by alpha; :func:`min_wilcoxon_p` is the floor the test puts on p with n
+datasets, so a report can say when no claim of a family could survive the adjustment at all.
+
 Correlations (NC metric vs accuracy): a Spearman rho per dataset, only where a dataset has at least
 ``min_n`` runs; and one pooled over datasets with dataset as a fixed effect: both variables are centred on
 their dataset's mean and the Pearson r of the residuals is tested with ``n - n_datasets - 1`` degrees of
@@ -100,7 +106,8 @@ def paired_verdict(claim: str, diffs: Mapping[tuple[str, Any], float], alpha: fl
     else:
         notes.append("Wilcoxon needs at least 2 datasets with a non-zero mean difference")
     if len(ds_vals) < 6:
-        notes.append(f"with {len(ds_vals)} dataset(s) the Wilcoxon p cannot fall below {2 / 2 ** len(ds_vals):.3g}")
+        floor = min_wilcoxon_p(len(ds_vals))
+        notes.append(f"with {len(ds_vals)} dataset(s) the Wilcoxon p cannot fall below {floor:.3g}")
     if len(by_ds) == 1:
         notes.append("one dataset: the interval covers its seeds only")
     helped = int(np.sum(ds_vals > 0))
@@ -111,6 +118,24 @@ def paired_verdict(claim: str, diffs: Mapping[tuple[str, Any], float], alpha: fl
     else:
         verdict = INCONCLUSIVE
     return PairedVerdict(claim, len(clean), len(per_ds), mean, lo, hi, p, helped, verdict, notes, per_ds)
+
+
+def holm(pvalues: Sequence[float | None]) -> list[float | None]:
+    """Holm-adjusted p-values, in the input order (``None`` stays ``None`` and does not count in m).
+
+    With the m present p-values sorted ascending, ``p_(i) -> max_{j <= i} min(1, (m - j + 1) p_(j))``."""
+    present = sorted((p, i) for i, p in enumerate(pvalues) if p is not None)
+    out: list[float | None] = [None] * len(pvalues)
+    m, running = len(present), 0.0
+    for rank, (p, i) in enumerate(present):
+        running = max(running, min(1.0, (m - rank) * float(p)))
+        out[i] = running
+    return out
+
+
+def min_wilcoxon_p(n_datasets: int) -> float:
+    """The smallest two-sided exact Wilcoxon signed-rank p with ``n_datasets`` non-zero differences: 2 / 2^n."""
+    return min(1.0, 2.0 / 2.0 ** n_datasets)
 
 
 def pair(treatment: Mapping[tuple[str, Any], float], control: Mapping[tuple[str, Any], float]
