@@ -40,12 +40,6 @@ ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "bench_whole_suite"
 METHODS = ["zeroshot", "linear_probe", "coop", "kgcoop", "cocoop", "maple", "ivlp", "promptsrc", "prograd", "tcp"]
-#: rough core-seconds per class of one cell, only to start the longest cells first (scripts/evidence_grid.py's
-#: measured CoOp / KgCoOp cost; the others from docs/results.md's pilot, IVLP as MaPLe, ProGrad as CoOp). They
-#: order the cells, nothing else: on b3_generic (500 classes) the measured cells took 6-17x these figures
-#: (2026-12-05: PromptSRC 3484 s with the feature build, CoOp 1792 s, CoCoOp 6121 s on one core each)
-WEIGHT = {"coop": 0.55, "kgcoop": 0.55, "cocoop": 0.71, "maple": 0.29, "ivlp": 0.29, "promptsrc": 1.14,
-          "prograd": 0.55, "tcp": 0.13, "linear_probe": 0.05, "zeroshot": 0.01}
 #: the bench's suite and model
 BENCHES = {3: ("ncprompt.pocket.suite3", "SUITE3", "SETS3", "pocket-b3"), 1: ("ncprompt.pocket.suite", "SUITE", "SETS",
                                                                           "pocket")}
@@ -76,6 +70,7 @@ def method_config(method: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]
 def jobs(a: argparse.Namespace, sizes: dict[str, int]) -> list[dict[str, Any]]:
     """One grid job per (dataset, method), longest first."""
     from ncprompt.config import merge_layers
+    from ncprompt.protocols import cell_cost
     from ncprompt.protocols.grid import MethodSpec, grid_jobs
 
     out = []
@@ -88,7 +83,7 @@ def jobs(a: argparse.Namespace, sizes: dict[str, int]) -> list[dict[str, Any]]:
                                    "train": train})
         for d, k in sizes.items():
             (j,) = grid_jobs(base, [d], [MethodSpec.parse(m, opts)], [a.seed], a.out / f"runs-{a.switch}" / m)
-            out.append({**j, "threads": 1, "method": m, "estimate_s": WEIGHT[m] * k})
+            out.append({**j, "threads": 1, "method": m, "estimate_s": cell_cost.estimate(m, k)})
     return sorted(out, key=lambda j: -j["estimate_s"])
 
 

@@ -23,14 +23,9 @@ up). An interrupted part's file holds what finished (``meta.complete`` false) an
 another machine or checkout, without the run folders, takes each saved row whose setting, weights digest and
 data digests equal the cell's now instead of running the cell again (a changed cell runs again).
 
-Cost per cell (idle seconds on one core of the 2-core machine), an *estimate*: ``COST_PER_CLASS[method] x
-classes`` of the dataset. CoCoOp, MaPLe, PromptSRC and TCP: docs/results.md's pilot on emoji_animals (37
-classes; its seconds were measured beside a second job, about twice the idle time, so halved), mean of with
-and without NPT. CoOp and KgCoOp: 0.55 s per class, the bench-3 pilot's balanced cells (b3_hands, b3_animals,
-b3_symbols, seeds 1-5, with and without NPT: 0.45-0.67 s per class, 2 workers on the idle 2-core machine,
-benchmarks/results/evidence-b3-pilot/b2n-1.json, feature builds included). Imbalanced cells train on fewer
-images: ``TAU_SHARE`` scales a cell by its tau, the same pilot's mean time at tau 0.25 and 0.06 over its time at
-tau 1 (all methods: the share of training images is the method-independent part).
+Cost per cell, an *estimate* (seconds on one core of the 2-core machine): ``ncprompt.protocols.cell_cost``, a
+model ``a + (b K + c K^2) s(tau)`` per method fitted to the cells measured so far (``benchmarks/cell_costs.py``
+refits it from the committed parts); a DG cell adds ``DG_TARGET_SHARE`` of its source cell per target (a guess).
 """
 
 from __future__ import annotations
@@ -46,11 +41,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-#: estimated idle seconds per class of one cell (see the module docstring for where each comes from)
-COST_PER_CLASS = {"coop": 0.55, "kgcoop": 0.55, "cocoop": (54.2 + 51.0) / 4 / 37, "maple": (22.7 + 20.6) / 4 / 37,
-                  "promptsrc": (88.3 + 80.1) / 4 / 37, "tcp": (9.6 + 9.1) / 4 / 37}
-#: a cell's cost at tau over its cost at tau 1 (the bench-3 pilot, CoOp and KgCoOp with and without NPT)
-TAU_SHARE = {1.0: 1.0, 0.25: 0.66, 0.06: 0.47}
 CONFIGS = {"coop": "configs/pocket_b2n.yaml", "kgcoop": "configs/pocket_b2n.yaml"}
 DG_SOURCE = "emoji_generic"
 DG_TARGETS = ["emoji_generic_v2", "emoji_generic_sketch", "emoji_generic_mono", "emoji_generic_r",
@@ -127,6 +117,8 @@ def base_config(a: argparse.Namespace, method: str, tau: float, dg: bool) -> tup
 
 def cells(a: argparse.Namespace) -> list[dict[str, Any]]:
     """Every cell: (group, part kind, dataset, method, npt, tau, seed, estimated seconds)."""
+    from ncprompt.protocols import cell_cost
+
     a, out = resolve(a), []
     grids = [("b2n", d, a.taus) for d in a.datasets] + ([] if a.no_dg else [("dg", a.dg_source, [1.0])])
     for kind, ds, taus in grids:
@@ -135,7 +127,8 @@ def cells(a: argparse.Namespace) -> list[dict[str, Any]]:
                 for tau in taus:
                     for npt in (False, True):
                         share = DG_TARGET_SHARE * len(a.dg_targets) if kind == "dg" else 0.0
-                        cost = COST_PER_CLASS[m] * classes(ds) * (1 + share) * TAU_SHARE.get(tau, 1.0)
+                        protocol = "all" if kind == "dg" else "base2new"
+                        cost = cell_cost.estimate(m, classes(ds), tau, protocol) * (1 + share)
                         out.append({"kind": kind, "group": (kind, ds, seed), "dataset": ds, "method": m, "npt": npt,
                                     "tau": tau, "seed": seed, "cost": cost})
     return out
