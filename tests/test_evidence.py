@@ -21,6 +21,7 @@ from ncprompt.analysis.evidence import (
     read_compact,
     result_row,
     summary_line,
+    verdict_table,
     write_compact,
     write_evidence,
 )
@@ -326,6 +327,29 @@ def test_grid_part_of_a_custom_grid_gets_its_own_name_and_exact_command(monkeypa
     assert g.main(argv[:-2]) == 0 and seen["name"] == "b2n-1"  # default: the part's own name
 
 
+def test_a_lambda_study_runs_on_validation_only_and_its_choice_is_recorded(monkeypatch, capsys):
+    """--npt-lambda sets both lambdas of the NPT cells (the controls' setting ignores npt.* while NPT is off);
+    on the test split of seeds 1-5 it is refused before anything runs (a choice made on the reported numbers)."""
+    g = _grid_script(monkeypatch)
+    monkeypatch.setattr(g, "classes", lambda d: 10)
+    seen = {}
+    monkeypatch.setattr(g, "run_part", lambda a, name, part: seen.update(jobs=g.jobs(a, part), a=a) or 0)
+    with pytest.raises(SystemExit, match="--split val and seeds outside 1-5"):
+        g.main(["run", "b2n-1", "--datasets", "b3_hands", "--methods", "coop", "--no-dg", "--npt-lambda", "1"])
+    assert not seen
+    assert g.main(["run", "b2n-1", "--datasets", "b3_hands", "--methods", "coop", "--no-dg", "--npt-lambda", "1",
+                   "--split", "val", "--seeds", "6", "7", "--taus", "0.06"]) == 0
+    cfgs = [j["config"] for j in seen["jobs"]]
+    assert {c["data"]["eval_split"] for c in cfgs} == {"val"} and len(cfgs) == 2 * 2
+    assert {(c["npt"]["enabled"], c["npt"]["lambda_lc"], c["npt"]["lambda_mi"]) for c in cfgs} == {
+        (False, 1.0, 1.0), (True, 1.0, 1.0)}
+    made = g.choices_made(seen["a"])
+    assert made["split"] == "data.eval_split val" and "lambda_lc = lambda_mi = 1" in made["npt"]
+    assert "seeds 6 7" in made["npt"]
+    default = g.options().parse_args(["list", "--datasets", "small"])
+    assert "npt" not in g.choices_made(default)  # the spec's lambdas: CHOICES' text stands
+
+
 def _tiny_job(tmp_path, npt=False):
     """One real grid cell: CoOp on emoji_hands, the pocket recipe at 1 epoch, 2 shots, 2 test images per class."""
     import yaml
@@ -394,3 +418,22 @@ def test_a_part_writes_its_rows_as_cells_finish_and_a_rerun_passes_them_back(tmp
     assert sorted(r is not None for _, r in seen) == [True, True, True]  # c2 ran, the others were handed back
     done = json.loads((tmp_path / "res" / "p.json").read_text())
     assert done["meta"]["complete"] is True and len(done["rows"]) == 4
+
+
+def test_the_manipulation_check_reads_npt_s_drop_of_the_nc3_gap():
+    """NPT lowers the NC3 gap by 0.1 on a control gap of 0.5 + 0.1 i on dataset i: the claim's mean is 0.1,
+    its relative size the mean of 0.1 / gap, and the plain words give NC3 units, not points."""
+    rows = []
+    for i, ds in enumerate(f"ds{i}" for i in range(6)):
+        for s in (1, 2):
+            gap = 0.5 + 0.1 * i
+            rows.append(row(ds, s, 1.0, False, 50.0, 40.0, nc=gap))
+            rows.append(row(ds, s, 1.0, True, 50.0, 40.0, nc=gap - 0.1))
+    pairs, _ = pair_runs(rows)
+    (v,) = [x for x in decide(pairs, n_boot=200) if x["kind"] == "nc"]
+    assert v["claim"] == "NPT lowers the NC3 gap on coop at tau 1" and v["verdict"] == "held"
+    assert v["mean"] == pytest.approx(0.1) and v["datasets_helped"] == 6
+    assert v["relative"] == pytest.approx(sum(0.1 / (0.5 + 0.1 * i) for i in range(6)) / 6)
+    line = summary_line(v)
+    assert "mean +0.1 NC3 units, " in line and "of the control's gap" in line and "points" not in line
+    assert "| +0.1 (" in verdict_table([v])

@@ -18,6 +18,9 @@ Claims (each a :func:`~ncprompt.analysis.verdicts.paired_verdict` over (dataset,
 * ``new``: NPT helps new classes more than base: ``d = (new gain) - (base gain)``;
 * ``group``: head / middle / tail accuracy gains at ``tail_tau`` (the base split's groups), each its own claim;
 * ``dg``: the mean accuracy over domain-generalisation targets (runs that report targets);
+* ``nc``: the manipulation check, NPT lowers the NC3 gap it is built to lower: ``d = NC3(base) - NC3(npt)``
+  (NC3 units, not points; ``relative``: the mean of ``d / NC3(base)``), so a null accuracy result can be read as
+  "NPT moved the geometry and accuracy did not follow" or "NPT barely moved it";
 * multiplicity: each claim's Wilcoxon p is also given Holm-adjusted within its kind (all ``hm`` claims of the
   report form one family, all ``new`` claims another, ...): a ``held`` claim *survives* when its adjusted p is
   below alpha too; the report names the families in which no claim could survive (m claims x the smallest
@@ -244,6 +247,12 @@ def decide(pairs: list[Pair], tail_tau: float = 0.06, n_boot: int = 10000, seed:
         for t in levels:
             add("dg", fam, f"NPT raises domain-generalisation accuracy on {fam} at tau {t:g}",
                 _diffs(taus[t], "dg"), tau=t)
+        for t in levels:
+            drop = {(p.dataset, p.seed): -g for p in taus[t] if (g := p.gain("nc")) is not None}
+            rel = [d / float(p.control["nc"]) for p in taus[t] if (d := drop.get((p.dataset, p.seed))) is not None
+                   and p.control.get("nc")]
+            add("nc", fam, f"NPT lowers the NC3 gap on {fam} at tau {t:g}", drop, tau=t,
+                relative=sum(rel) / len(rel) if rel else None)
     adjust_within_kinds(out)
     return out
 
@@ -327,18 +336,32 @@ def summary_line(v: dict[str, Any]) -> str:
     word = {HELD: "held", "not held": "did not hold", "inconclusive": "was inconclusive"}[v["verdict"]]
     if v["verdict"] == HELD and "survives" in v:
         word += " and survives Holm's adjustment" if v["survives"] else " per claim, but not after Holm's adjustment"
-    return (f"{v['claim'][0].upper()}{v['claim'][1:]}: {word} (mean {_fmt(v['mean'])} points, 95% interval "
-            f"[{_fmt(v['ci_low'])}, {_fmt(v['ci_high'])}], Wilcoxon p {_p(v['wilcoxon_p'])}, Holm p "
+    nc, spec = v.get("kind") == "nc", _spec(v)
+    unit = " NC3 units" if nc else " points"
+    if nc and v.get("relative") is not None:
+        unit += f", {v['relative']:.1%} of the control's gap"
+    return (f"{v['claim'][0].upper()}{v['claim'][1:]}: {word} (mean {_fmt(v['mean'], spec)}{unit}, 95% interval "
+            f"[{_fmt(v['ci_low'], spec)}, {_fmt(v['ci_high'], spec)}], Wilcoxon p {_p(v['wilcoxon_p'])}, Holm p "
             f"{_p(v.get('holm_p'))}, better on {v['datasets_helped']} of {v['n_datasets']} datasets, "
             f"{v['n_pairs']} pairs).")
+
+
+def _spec(v: dict[str, Any]) -> str:
+    """Points to two decimals; NC3 gaps (small numbers, another unit) to three significant digits."""
+    return "+.3g" if v.get("kind") == "nc" else "+.2f"
+
+
+def _mean_cell(v: dict[str, Any]) -> str:
+    rel = f" ({v['relative']:.1%})" if v.get("kind") == "nc" and v.get("relative") is not None else ""
+    return _fmt(v["mean"], _spec(v)) + rel
 
 
 def verdict_table(verdicts: list[dict[str, Any]]) -> str:
     head = ("| claim | pairs | datasets | mean | 95% interval | Wilcoxon p | Holm p | datasets better | verdict |\n"
             "|---|---|---|---|---|---|---|---|---|\n")
     return head + "".join(
-        f"| {v['claim']} | {v['n_pairs']} | {v['n_datasets']} | {_fmt(v['mean'])} | [{_fmt(v['ci_low'])}, "
-        f"{_fmt(v['ci_high'])}] | {_p(v['wilcoxon_p'])} | {_p(v.get('holm_p'))} | "
+        f"| {v['claim']} | {v['n_pairs']} | {v['n_datasets']} | {_mean_cell(v)} | [{_fmt(v['ci_low'], _spec(v))}, "
+        f"{_fmt(v['ci_high'], _spec(v))}] | {_p(v['wilcoxon_p'])} | {_p(v.get('holm_p'))} | "
         f"{v['datasets_helped']}/{v['n_datasets']} | **{v['verdict']}**"
         f"{' (survives Holm)' * bool(v.get('survives'))} |\n"
         for v in verdicts)
