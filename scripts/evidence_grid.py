@@ -74,9 +74,10 @@ def options() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/evidence", help="grid folder [default runs/evidence]")
     p.add_argument("--results", default="benchmarks/results/evidence", help="compact JSON parts folder")
     p.add_argument("--no-dg", action="store_true", help="leave out the domain-generalisation parts")
-    p.add_argument("--npt-lambda", type=float, default=None, metavar="L",
-                   help="lambda_lc = lambda_mi = L for every NPT cell [default: NPTConfig's, the spec's 0.1]; "
-                        "a choice: make it on --split val with seeds outside 1-5, never on the reported test splits")
+    p.add_argument("--npt-lambda", type=float, nargs="+", default=None, metavar="L",
+                   help="one NPT cell per L (lambda_lc = lambda_mi = L), all paired with one control [default: "
+                        "NPTConfig's, the spec's 0.1]; a choice: study it on --split val with seeds outside 1-5, "
+                        "never on the reported test splits")
     p.add_argument("--split", choices=["test", "val"], default="test",
                    help="the split every cell is evaluated on (data.eval_split) [default test; val for choices]")
     p.add_argument("--name", help="the compact JSON's file name and recorded part name [default: the part's]; "
@@ -89,10 +90,11 @@ def choices_made(a: argparse.Namespace) -> dict[str, str]:
     non-default lambda evaluated on the test split of seeds 1-5 (a choice made on the reported numbers)."""
     out = {"split": f"data.eval_split {a.split}"}
     if a.npt_lambda is not None:
-        out["npt"] = (f"lambda_lc = lambda_mi = {a.npt_lambda:g} (--npt-lambda), other NPTConfig defaults; "
+        lams = " / ".join(f"{x:g}" for x in a.npt_lambda)
+        out["npt"] = (f"lambda_lc = lambda_mi = {lams} (--npt-lambda), other NPTConfig defaults; "
                       f"evaluated on {a.split}, seeds {' '.join(map(str, a.seeds))}")
         if a.split == "test" and set(a.seeds) & {1, 2, 3, 4, 5}:
-            sys.exit(f"evidence_grid: --npt-lambda {a.npt_lambda:g} on the test split of seeds 1-5 would choose "
+            sys.exit(f"evidence_grid: --npt-lambda {lams} on the test split of seeds 1-5 would choose "
                      "lambda on the reported numbers; study it with --split val and seeds outside 1-5 (e.g. "
                      "--seeds 6 7), then record the choice in CHOICES")
     return out
@@ -118,9 +120,10 @@ def resolve(a: argparse.Namespace) -> argparse.Namespace:
     return a
 
 
-def base_config(a: argparse.Namespace, method: str, tau: float, dg: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+def base_config(a: argparse.Namespace, method: str, tau: float, dg: bool, lam: float | None = None
+                ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(the cell's base config, per-method options) from the method's pocket preset file (with the bench's
-    model and ``--device``)."""
+    model and ``--device``; ``lam``: both NPT lambdas, else NPTConfig's)."""
     import yaml
 
     from ncprompt.config import merge_layers
@@ -130,14 +133,15 @@ def base_config(a: argparse.Namespace, method: str, tau: float, dg: bool) -> tup
     opts = per_method_options(base)
     data = {"protocol": "all", "targets": a.dg_targets} if dg else {"protocol": "base2new"}
     run = {k: v for k, v in (("model", a.model), ("device", a.device)) if v}
-    npt = {} if a.npt_lambda is None else {"lambda_lc": a.npt_lambda, "lambda_mi": a.npt_lambda}
+    npt = {} if lam is None else {"lambda_lc": lam, "lambda_mi": lam}
     return merge_layers(base, {"data": {**data, "shots": 16, "imbalance": None if tau == 1.0 else tau,
                                         "eval_split": a.split},
                                "run": run, "npt": npt}), opts
 
 
 def cells(a: argparse.Namespace) -> list[dict[str, Any]]:
-    """Every cell: (group, part kind, dataset, method, npt, tau, seed, estimated seconds)."""
+    """Every cell: (group, part kind, dataset, method, npt, lambda, tau, seed, estimated seconds): per
+    (dataset, seed, method, tau) one control and one NPT cell per ``--npt-lambda`` (one at the default)."""
     from ncprompt.protocols import cell_cost
 
     a, out = resolve(a), []
@@ -146,12 +150,12 @@ def cells(a: argparse.Namespace) -> list[dict[str, Any]]:
         for seed in a.seeds:
             for m in a.methods:
                 for tau in taus:
-                    for npt in (False, True):
+                    for npt, lam in [(False, None)] + [(True, x) for x in (a.npt_lambda or [None])]:
                         share = DG_TARGET_SHARE * len(a.dg_targets) if kind == "dg" else 0.0
                         protocol = "all" if kind == "dg" else "base2new"
                         cost = cell_cost.estimate(m, classes(ds), tau, protocol) * (1 + share)
                         out.append({"kind": kind, "group": (kind, ds, seed), "dataset": ds, "method": m, "npt": npt,
-                                    "tau": tau, "seed": seed, "cost": cost})
+                                    "lam": lam, "tau": tau, "seed": seed, "cost": cost})
     return out
 
 
@@ -184,9 +188,11 @@ def jobs(a: argparse.Namespace, part: list[dict[str, Any]]) -> list[dict[str, An
 
     out = []
     for c in part:
-        base, opts = base_config(a, c["method"], c["tau"], c["kind"] == "dg")
+        base, opts = base_config(a, c["method"], c["tau"], c["kind"] == "dg", c.get("lam"))
         spec = MethodSpec.parse(c["method"] + ("+npt" if c["npt"] else ""), opts)
         where = Path(a.out) / ("dg" if c["kind"] == "dg" else f"tau{c['tau']}") / c["method"]
+        if c.get("lam") is not None:
+            where = where / f"lambda{c['lam']:g}"  # one run folder per lambda; the control stays where it is
         (j,) = grid_jobs(base, [c["dataset"]], [spec], [c["seed"]], where)
         out.append({**j, "threads": 1, "cost": c["cost"]})
     return out

@@ -328,8 +328,8 @@ def test_grid_part_of_a_custom_grid_gets_its_own_name_and_exact_command(monkeypa
 
 
 def test_a_lambda_study_runs_on_validation_only_and_its_choice_is_recorded(monkeypatch, capsys):
-    """--npt-lambda sets both lambdas of the NPT cells (the controls' setting ignores npt.* while NPT is off);
-    on the test split of seeds 1-5 it is refused before anything runs (a choice made on the reported numbers)."""
+    """--npt-lambda L1 L2 gives one NPT cell per lambda (both lambdas = L) beside one control; on the test split
+    of seeds 1-5 it is refused before anything runs (a choice made on the reported numbers)."""
     g = _grid_script(monkeypatch)
     monkeypatch.setattr(g, "classes", lambda d: 10)
     seen = {}
@@ -338,13 +338,14 @@ def test_a_lambda_study_runs_on_validation_only_and_its_choice_is_recorded(monke
         g.main(["run", "b2n-1", "--datasets", "b3_hands", "--methods", "coop", "--no-dg", "--npt-lambda", "1"])
     assert not seen
     assert g.main(["run", "b2n-1", "--datasets", "b3_hands", "--methods", "coop", "--no-dg", "--npt-lambda", "1",
-                   "--split", "val", "--seeds", "6", "7", "--taus", "0.06"]) == 0
+                   "10", "--split", "val", "--seeds", "6", "7", "--taus", "0.06"]) == 0
     cfgs = [j["config"] for j in seen["jobs"]]
-    assert {c["data"]["eval_split"] for c in cfgs} == {"val"} and len(cfgs) == 2 * 2
-    assert {(c["npt"]["enabled"], c["npt"]["lambda_lc"], c["npt"]["lambda_mi"]) for c in cfgs} == {
-        (False, 1.0, 1.0), (True, 1.0, 1.0)}
+    assert {c["data"]["eval_split"] for c in cfgs} == {"val"} and len(cfgs) == 2 * 3  # seeds x (control, 2 NPT)
+    assert sorted((c["npt"]["enabled"], c["npt"].get("lambda_lc"), c["npt"].get("lambda_mi")) for c in cfgs) == [
+        (False, 0.1, 0.1)] * 2 + [(True, 1.0, 1.0)] * 2 + [(True, 10.0, 10.0)] * 2  # the control: the defaults
+    assert len({j["run_dir"] for j in seen["jobs"]}) == 6  # a run folder per lambda
     made = g.choices_made(seen["a"])
-    assert made["split"] == "data.eval_split val" and "lambda_lc = lambda_mi = 1" in made["npt"]
+    assert made["split"] == "data.eval_split val" and "lambda_lc = lambda_mi = 1 / 10" in made["npt"]
     assert "seeds 6 7" in made["npt"]
     default = g.options().parse_args(["list", "--datasets", "small"])
     assert "npt" not in g.choices_made(default)  # the spec's lambdas: CHOICES' text stands
