@@ -335,8 +335,11 @@ def test_a_lambda_study_runs_on_validation_only_and_its_choice_is_recorded(monke
     seen = {}
     monkeypatch.setattr(g, "run_part", lambda a, name, part: seen.update(jobs=g.jobs(a, part), a=a) or 0)
     with pytest.raises(SystemExit, match="--split val and seeds outside 1-5"):
-        g.main(["run", "b2n-1", "--datasets", "b3_hands", "--methods", "coop", "--no-dg", "--npt-lambda", "1"])
+        g.main(["run", "b2n-1", "--datasets", "b3_hands", "--methods", "coop", "--no-dg", "--npt-lambda", "1", "7"])
     assert not seen
+    assert 7.0 not in g.CHOSEN_LAMBDAS and 1.0 in g.CHOSEN_LAMBDAS  # 1: chosen on validation, so test may run it
+    assert g.main(["run", "b2n-1", "--datasets", "b3_hands", "--methods", "coop", "--no-dg", "--npt-lambda", "1"]) == 0
+    assert "chosen on validation data: lambda_lc = lambda_mi = 1: " in g.choices_made(seen.pop("a"))["npt"]
     assert g.main(["run", "b2n-1", "--datasets", "b3_hands", "--methods", "coop", "--no-dg", "--npt-lambda", "1",
                    "10", "--split", "val", "--seeds", "6", "7", "--taus", "0.06"]) == 0
     cfgs = [j["config"] for j in seen["jobs"]]
@@ -438,3 +441,16 @@ def test_the_manipulation_check_reads_npt_s_drop_of_the_nc3_gap():
     line = summary_line(v)
     assert "mean +0.1 NC3 units, " in line and "of the control's gap" in line and "points" not in line
     assert "| +0.1 (" in verdict_table([v])
+
+
+def test_a_control_listed_in_two_parts_is_one_run_but_a_differing_repeat_is_named():
+    from ncprompt.analysis.runs import drop_repeated_seeds
+
+    a = {**row("ds0", 1, 1.0, False, 50.0, 40.0), "run": "runs/tau1.0/coop/ds0/coop/seed1"}
+    kept, warnings = drop_repeated_seeds([a, dict(a)])
+    assert kept == [a] and warnings == []  # the same folder, the same results: read twice, counted once
+    other = {**a, "base": 51.0}
+    kept, warnings = drop_repeated_seeds([a, other])
+    assert kept == [a] and len(warnings) == 1 and "counted once" in warnings[0]
+    moved = {**a, "run": "elsewhere/seed1"}
+    assert len(drop_repeated_seeds([a, moved])[1]) == 1  # another folder with the same setting and seed: named

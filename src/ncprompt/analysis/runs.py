@@ -71,18 +71,23 @@ def row_setting(row: dict[str, Any]) -> dict[str, Any]:
     return s if isinstance(s, dict) else {k: row[k] for k in ROW_FIELDS if row.get(k) not in (None, "")}
 
 
+#: the results a row of one run folder must repeat to count as the same run read twice (two parts, two inputs)
+_RESULT_KEYS = ("base", "new", "hm", "top1", "seconds")
+
+
 def drop_repeated_seeds(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
     """``rows`` with each (setting, seed) once (the first, in path order), and one warning per repeat.
 
     A row holds its setting (:func:`row_setting`), ``seed``, and ``run`` (its folder), ``dataset`` and
-    ``method`` for the warning; a row without a seed is never taken for a repeat."""
+    ``method`` for the warning; a row without a seed is never taken for a repeat. The same run read twice (one
+    folder, equal results: a control listed in two evidence parts) is counted once without a warning."""
     seen: dict[tuple[str, Any], list[dict[str, Any]]] = {}
     for i, r in enumerate(rows):
         seed = r.get("seed") if r.get("seed") is not None else ("no seed", i)
         seen.setdefault((setting_key(row_setting(r)), seed), []).append(r)
     warnings = []
     for (_, seed), same in seen.items():
-        if len(same) > 1:
+        if len({(str(x.get("run")), *(x.get(k) for k in _RESULT_KEYS)) for x in same}) > 1:
             r = same[0]
             where = ", ".join(str(x.get("run", "?")) for x in same)
             sid = setting_id(row_setting(r))
