@@ -264,6 +264,13 @@ def run_part(a: argparse.Namespace, name: str, part: list[dict[str, Any]]) -> in
     todo, t0, failed = jobs(a, part), time.time(), []
     path = Path(a.results) / f"{name}.json"
     prior, rows = prior_rows(path), {}
+    # an earlier row stays in the file until its cell has been checked (or rerun): a part interrupted while it
+    # re-checks its saved rows loses none of them
+    pending = {k: r for k, r in prior.items() if k in {_key(j) for j in todo}}
+
+    def current() -> list[dict[str, Any]]:
+        return [rows.get(_key(j)) or pending[_key(j)] for j in todo if _key(j) in rows or _key(j) in pending]
+
     print(f"[{name}] {len(todo)} cells ({sum(_key(j) in prior for j in todo)} in {path}), {a.workers} workers,"
           f" estimate {sum(c['cost'] for c in part) / a.workers:.0f} s", flush=True)
     import torch
@@ -274,7 +281,8 @@ def run_part(a: argparse.Namespace, name: str, part: list[dict[str, Any]]) -> in
                             "dg": f"{a.dg_source} (protocol all) -> {', '.join(a.dg_targets)}"},
                 "bench": a.bench, "model": a.model or "pocket (the configs')",
                 "wall_s": round(time.time() - t0 + float(old_meta.get("wall_s") or 0), 1),
-                "cells": len(todo), "finished": len(rows), "complete": len(rows) == len(todo), "failed": failed,
+                "cells": len(todo), "finished": len(current()), "complete": len(rows) == len(todo),
+                "failed": failed,
                 "estimate_s": round(sum(c["cost"] for c in part) / a.workers),
                 "machine": {"cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
                             "torch": torch.__version__, "workers": a.workers}}
@@ -284,6 +292,7 @@ def run_part(a: argparse.Namespace, name: str, part: list[dict[str, Any]]) -> in
         futs = {pool.submit(cell_row, j, prior.get(_key(j))): j for j in todo}
         for f in cf.as_completed(futs):
             job = futs[f]
+            pending.pop(_key(job), None)  # checked now: kept below as its cell's row, or dropped with its cell
             try:
                 r = f.result()
             except Exception as e:  # noqa: BLE001  (a failed cell is named; the others still run)
@@ -292,8 +301,8 @@ def run_part(a: argparse.Namespace, name: str, part: list[dict[str, Any]]) -> in
                 continue
             if r is not None:
                 rows[_key(job)] = r
-                write_compact([rows[_key(j)] for j in todo if _key(j) in rows], path, meta())
-    write_compact([rows[_key(j)] for j in todo if _key(j) in rows], path, meta())
+                write_compact(current(), path, meta())
+    write_compact(current(), path, meta())
     print(f"[{name}] {len(rows)} of {len(todo)} cells finished in {time.time() - t0:.0f} s; {path}", flush=True)
     return 1 if failed else 0
 

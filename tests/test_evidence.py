@@ -416,6 +416,17 @@ def test_a_part_writes_its_rows_as_cells_finish_and_a_rerun_passes_them_back(tmp
     data = json.loads((tmp_path / "res" / "p.json").read_text())
     assert [r["run"] for r in data["rows"]] == [f"{a.out}/c{i}" for i in (0, 1, 3)]
     assert data["meta"]["finished"] == 3 and data["meta"]["complete"] is False and len(data["meta"]["failed"]) == 1
+    # a rerun killed while it re-checks the saved rows (c0 checked, then the pool dies) keeps every saved row
+    def killed(job, row):
+        if not job["run_dir"].endswith("c0"):
+            raise KeyboardInterrupt
+        return row
+
+    monkeypatch.setattr(g, "cell_row", killed)
+    with pytest.raises(KeyboardInterrupt):
+        g.run_part(a, "p", [{"cost": 1}] * 4)
+    kept = json.loads((tmp_path / "res" / "p.json").read_text())
+    assert [r["run"] for r in kept["rows"]] == [f"{a.out}/c{i}" for i in (0, 1, 3)] and not kept["meta"]["complete"]
     seen.clear()
     monkeypatch.setattr(g, "cell_row", lambda job, row: fake(job, row) if row else {"run": job["run_dir"]})
     assert g.run_part(a, "p", [{"cost": 1}] * 4) == 0
