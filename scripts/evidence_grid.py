@@ -80,6 +80,10 @@ def options() -> argparse.ArgumentParser:
                         "never on the reported test splits")
     p.add_argument("--split", choices=["test", "val"], default="test",
                    help="the split every cell is evaluated on (data.eval_split) [default test; val for choices]")
+    p.add_argument("--reuse-rows", nargs="+", default=[], metavar="PART.json",
+                   help="other parts' JSON whose rows a cell of this part may take (its run folder named the same, "
+                        "its setting, weights and data digests checked as for the part's own saved rows): e.g. the "
+                        "controls of a new NPT lambda, already run in an earlier part")
     p.add_argument("--name", help="the compact JSON's file name and recorded part name [default: the part's]; "
                    "for a part of a custom grid (--datasets ...), so it does not overwrite another grid's part")
     return p
@@ -263,7 +267,9 @@ def run_part(a: argparse.Namespace, name: str, part: list[dict[str, Any]]) -> in
 
     todo, t0, failed = jobs(a, part), time.time(), []
     path = Path(a.results) / f"{name}.json"
-    prior, rows = prior_rows(path), {}
+    prior, rows = {}, {}
+    for other in [*a.reuse_rows, path]:  # the part's own rows last: they win
+        prior.update(prior_rows(Path(other)))
     # an earlier row stays in the file until its cell has been checked (or rerun): a part interrupted while it
     # re-checks its saved rows loses none of them
     pending = {k: r for k, r in prior.items() if k in {_key(j) for j in todo}}

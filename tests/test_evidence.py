@@ -433,6 +433,12 @@ def test_a_part_writes_its_rows_as_cells_finish_and_a_rerun_passes_them_back(tmp
     assert sorted(r is not None for _, r in seen) == [True, True, True]  # c2 ran, the others were handed back
     done = json.loads((tmp_path / "res" / "p.json").read_text())
     assert done["meta"]["complete"] is True and len(done["rows"]) == 4
+    # another part (a new lambda beside the same controls) may take p's rows: --reuse-rows hands them to its cells
+    seen.clear()
+    a.reuse_rows = [str(tmp_path / "res" / "p.json")]
+    assert g.run_part(a, "q", [{"cost": 1}] * 4) == 0
+    assert sorted(r is not None for _, r in seen) == [True] * 4
+    assert len(json.loads((tmp_path / "res" / "q.json").read_text())["rows"]) == 4
 
 
 def test_the_manipulation_check_reads_npt_s_drop_of_the_nc3_gap():
