@@ -233,6 +233,11 @@ def test_report_json_markdown_and_figure(tmp_path):
                  "pooled, dataset fixed effect"):
         assert text in md, text
     assert (tmp_path / "ev" / "gain_vs_tau.png").stat().st_size > 5000
+    assert doc["eval_splits"] == ["test"] and "**Evaluated on the test split** (`data.eval_split`)." in md
+    val = [{**r, "setting": {**r["setting"], "data.eval_split": "val"}} for r in _grid()]
+    assert write_evidence(val, tmp_path / "val", n_boot=100)["eval_splits"] == ["val"]
+    assert "**Evaluated on the val split** (`data.eval_split`): validation numbers, for choices, not results" in (
+        tmp_path / "val" / "evidence.md").read_text()
 
 
 def test_compact_parts_read_back_as_the_runs(tmp_path):

@@ -450,14 +450,18 @@ def write_evidence(rows: list[dict[str, Any]], out_dir: str | Path, *, allow_unp
     out.mkdir(parents=True, exist_ok=True)
     fig = gain_figure(verdicts, out / "gain_vs_tau.png")
     parts = sorted({json.dumps(m, sort_keys=True) for r in rows if (m := r.get("part"))})
-    doc = {"runs": len(rows), "pairs": len(pairs), "unpaired": unpaired, "repeated_seeds": repeated,
+    splits = sorted({str((r.get("setting") or {}).get("data.eval_split") or "test") for r in rows})
+    doc = {"runs": len(rows), "pairs": len(pairs), "eval_splits": splits, "unpaired": unpaired,
+           "repeated_seeds": repeated,
            "verdicts": verdicts, "correlations": corr, "tail_tau": tail_tau, "min_n": min_n,
            "commands": [*(m["command"] for m in map(json.loads, parts) if m.get("command")), *commands],
            "parts": [json.loads(p) for p in parts],
            "figure": fig.name if fig else None}
     atomic_write_bytes(out / "evidence.json", (json.dumps(doc, indent=1, default=str) + "\n").encode())
     md = ["# NPT evidence", "", f"{len(rows)} runs, {len(pairs)} NPT / control pairs "
-          f"(pairing: same setting but `npt.*`, same seed; see docs/evidence.md).", ""]
+          f"(pairing: same setting but `npt.*`, same seed; see docs/evidence.md). **Evaluated on the "
+          f"{' and '.join(splits)} split{'s' if len(splits) > 1 else ''}** (`data.eval_split`)"
+          + (": validation numbers, for choices, not results to report." if splits == ["val"] else "."), ""]
     if unpaired:
         md += ["Unpaired runs (left out):", ""] + [f"- {u}" for u in unpaired] + [""]
     md += [f"- {w}" for w in repeated] + ([""] if repeated else [])
