@@ -112,9 +112,8 @@ def choices_made(a: argparse.Namespace) -> dict[str, str]:
             out["npt"] += "; chosen on validation data: " + " | ".join(CHOSEN_LAMBDAS[x] for x in a.npt_lambda)
         elif a.split == "test" and set(a.seeds) & {1, 2, 3, 4, 5}:
             sys.exit(f"evidence_grid: --npt-lambda {' '.join(f'{x:g}' for x in unchosen)} on the test split of seeds "
-                     "1-5 would choose "
-                     "lambda on the reported numbers; study it with --split val and seeds outside 1-5 (e.g. "
-                     "--seeds 6 7), then record the choice in CHOSEN_LAMBDAS")
+                     "1-5 would choose lambda on the reported numbers; study it with --split val and seeds outside "
+                     "1-5 (e.g. --seeds 6 7), then record the choice in CHOSEN_LAMBDAS")
     return out
 
 
@@ -277,7 +276,8 @@ def run_part(a: argparse.Namespace, name: str, part: list[dict[str, Any]]) -> in
     def current() -> list[dict[str, Any]]:
         return [rows.get(_key(j)) or pending[_key(j)] for j in todo if _key(j) in rows or _key(j) in pending]
 
-    print(f"[{name}] {len(todo)} cells ({sum(_key(j) in prior for j in todo)} in {path}), {a.workers} workers,"
+    print(f"[{name}] {len(todo)} cells ({len(pending)} with a saved row: {path}"
+          f"{' and --reuse-rows' if a.reuse_rows else ''}), {a.workers} workers,"
           f" estimate {sum(c['cost'] for c in part) / a.workers:.0f} s", flush=True)
     import torch
 
