@@ -257,13 +257,17 @@ def decide(pairs: list[Pair], tail_tau: float = 0.06, n_boot: int = 10000, seed:
     return out
 
 
-def adjust_within_kinds(verdicts: list[dict[str, Any]], alpha: float = ALPHA) -> None:
-    """Set ``holm_p``, ``family_size`` and ``survives`` (held and Holm p < alpha) on each verdict, the family
-    being every verdict of its ``kind``."""
+def _by_kind(verdicts: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     kinds: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for v in verdicts:
         kinds[v["kind"]].append(v)
-    for group in kinds.values():
+    return kinds
+
+
+def adjust_within_kinds(verdicts: list[dict[str, Any]], alpha: float = ALPHA) -> None:
+    """Set ``holm_p``, ``family_size`` and ``survives`` (held and Holm p < alpha) on each verdict, the family
+    being every verdict of its ``kind``."""
+    for group in _by_kind(verdicts).values():
         for v, hp in zip(group, holm([v["wilcoxon_p"] for v in group]), strict=True):
             v["holm_p"], v["family_size"] = hp, len(group)
             v["survives"] = v["verdict"] == HELD and hp is not None and hp < alpha
@@ -271,11 +275,8 @@ def adjust_within_kinds(verdicts: list[dict[str, Any]], alpha: float = ALPHA) ->
 
 def multiplicity_lines(verdicts: list[dict[str, Any]], alpha: float = ALPHA) -> list[str]:
     """One line per kind of claim: its size, the held claims that survive Holm, and whether any could."""
-    kinds: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for v in verdicts:
-        kinds[v["kind"]].append(v)
     lines = []
-    for kind, group in kinds.items():
+    for kind, group in _by_kind(verdicts).items():
         m = len(group)
         held = sum(v["verdict"] == HELD for v in group)
         kept = sum(bool(v.get("survives")) for v in group)
