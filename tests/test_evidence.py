@@ -476,3 +476,16 @@ def test_a_control_listed_in_two_parts_is_one_run_but_a_differing_repeat_is_name
     assert kept == [a] and len(warnings) == 1 and "counted once" in warnings[0]
     moved = {**a, "run": "elsewhere/seed1"}
     assert len(drop_repeated_seeds([a, moved])[1]) == 1  # another folder with the same setting and seed: named
+
+
+def test_verdicts_do_not_depend_on_the_string_hash_seed():
+    """Differences were summed in a set's order, so a report's means changed in their last bit between runs."""
+    import subprocess
+    import sys
+
+    code = ("import json, sys; sys.path.insert(0, 'tests'); import test_evidence as t; "
+            "from ncprompt.analysis.evidence import decide, pair_runs; "
+            "print(json.dumps(decide(pair_runs(t._grid())[0], n_boot=50), sort_keys=True))")
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**__import__("os").environ, "PYTHONHASHSEED": str(h)}).stdout for h in (1, 2, 3)}
+    assert len(outs) == 1

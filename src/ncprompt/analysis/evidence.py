@@ -231,14 +231,14 @@ def decide(pairs: list[Pair], tail_tau: float = 0.06, n_boot: int = 10000, seed:
         for t in levels:
             new, base = _diffs(taus[t], "new"), _diffs(taus[t], "base")
             add("new", fam, f"NPT helps new classes more than base on {fam} at tau {t:g}",
-                {k: new[k] - base[k] for k in new.keys() & base.keys()}, tau=t)
+                {k: new[k] - base[k] for k in sorted(new.keys() & base.keys(), key=str)}, tau=t)
         steps = list(zip(levels, levels[1:]))
         if len(levels) > 2:
             steps.append((levels[0], levels[-1]))
         for hi, lo in steps:
             g_hi, g_lo = _diffs(taus[hi], "hm"), _diffs(taus[lo], "hm")
             add("tau", fam, f"the HM gain on {fam} is larger at tau {lo:g} than at tau {hi:g}",
-                {k: g_lo[k] - g_hi[k] for k in g_lo.keys() & g_hi.keys()}, taus=[hi, lo])
+                {k: g_lo[k] - g_hi[k] for k in sorted(g_lo.keys() & g_hi.keys(), key=str)}, taus=[hi, lo])
         at = [t for t in levels if math.isclose(t, tail_tau)]
         for g in GROUPS:
             if at:
