@@ -41,18 +41,7 @@ DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "bench_whole_suite"
 METHODS = ["zeroshot", "linear_probe", "coop", "kgcoop", "cocoop", "maple", "ivlp", "promptsrc", "prograd", "tcp"]
 #: the bench's suite and model
-BENCHES = {3: ("ncprompt.pocket.suite3", "SUITE3", "SETS3", "pocket-b3"), 1: ("ncprompt.pocket.suite", "SUITE", "SETS",
-                                                                          "pocket")}
-
-
-def suite(bench: int) -> dict[str, int]:
-    """{dataset: classes} of the bench's suite."""
-    import importlib
-
-    mod, suite_name, sets_name, _ = BENCHES[bench]
-    m = importlib.import_module(mod)
-    sets = getattr(m, sets_name)
-    return {d: len(sets[d].select()) for d in getattr(m, suite_name)}
+BENCHES = {3: "pocket-b3", 1: "pocket"}  # bench: its model
 
 
 def method_config(method: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
@@ -77,7 +66,7 @@ def jobs(a: argparse.Namespace, sizes: dict[str, int]) -> list[dict[str, Any]]:
     for m in a.methods:
         base, opts = method_config(m)
         train = {"shared_prefix": a.switch == "on", **({"epochs": a.epochs} if a.epochs else {})}
-        base = merge_layers(base, {"run": {"model": BENCHES[a.bench][3], "cache_dir": str(a.out / "cache"),
+        base = merge_layers(base, {"run": {"model": BENCHES[a.bench], "cache_dir": str(a.out / "cache"),
                                            "diagnostics": False},
                                    "data": {"shots": 16, "protocol": "all" if m == "linear_probe" else "base2new"},
                                    "train": train})
@@ -101,9 +90,10 @@ def _cell(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(a: argparse.Namespace) -> dict[str, Any]:
+    from ncprompt.pocket.suite3 import suite_sizes
     from ncprompt.protocols.grid import _die_with_parent
 
-    sizes = suite(a.bench)
+    sizes = suite_sizes(a.bench)
     if a.datasets:
         unknown = sorted(set(a.datasets) - set(sizes))
         if unknown:

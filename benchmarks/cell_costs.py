@@ -27,16 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import RESULTS_DIR, markdown_table, write_json  # noqa: E402
 
+from ncprompt.pocket.suite3 import class_count  # noqa: E402
 from ncprompt.protocols import cell_cost  # noqa: E402
 
 TAUS = (1.0, 0.25, 0.06)
-
-
-def classes(dataset: str) -> int:
-    from ncprompt.pocket.suite import SETS
-    from ncprompt.pocket.suite3 import SETS3
-
-    return len((SETS.get(dataset) or SETS3[dataset]).select())
 
 
 def measured(files: list[str]) -> list[dict[str, Any]]:
@@ -65,7 +59,7 @@ def main() -> int:
     files = a.files or sorted(glob.glob(str(RESULTS_DIR / "evidence*" / "*.json"))
                               + glob.glob(str(RESULTS_DIR / "whole_suite_*.json")))
     cells = measured(files)
-    sizes = {d: classes(d) for d in {c["dataset"] for c in cells}}
+    sizes = {d: class_count(d) for d in {c["dataset"] for c in cells}}
     by_method: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for c in cells:
         by_method[c["method"]].append(c)

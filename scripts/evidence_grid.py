@@ -117,13 +117,6 @@ def choices_made(a: argparse.Namespace) -> dict[str, str]:
     return out
 
 
-def classes(dataset: str) -> int:
-    from ncprompt.pocket.suite import SETS
-    from ncprompt.pocket.suite3 import SETS3
-
-    return len((SETS.get(dataset) or SETS3[dataset]).select())
-
-
 def resolve(a: argparse.Namespace) -> argparse.Namespace:
     """The bench's defaults filled in (in place, idempotent): datasets, DG source and targets, model override."""
     from ncprompt.pocket.suite import SUITE
@@ -159,6 +152,7 @@ def base_config(a: argparse.Namespace, method: str, tau: float, dg: bool, lam: f
 def cells(a: argparse.Namespace) -> list[dict[str, Any]]:
     """Every cell: (group, part kind, dataset, method, npt, lambda, tau, seed, estimated seconds): per
     (dataset, seed, method, tau) one control and one NPT cell per ``--npt-lambda`` (one at the default)."""
+    from ncprompt.pocket.suite3 import class_count
     from ncprompt.protocols import cell_cost
 
     a, out = resolve(a), []
@@ -170,7 +164,7 @@ def cells(a: argparse.Namespace) -> list[dict[str, Any]]:
                     for npt, lam in [(False, None)] + [(True, x) for x in (a.npt_lambda or [None])]:
                         share = DG_TARGET_SHARE * len(a.dg_targets) if kind == "dg" else 0.0
                         protocol = "all" if kind == "dg" else "base2new"
-                        cost = cell_cost.estimate(m, classes(ds), tau, protocol) * (1 + share)
+                        cost = cell_cost.estimate(m, class_count(ds), tau, protocol) * (1 + share)
                         out.append({"kind": kind, "group": (kind, ds, seed), "dataset": ds, "method": m, "npt": npt,
                                     "lam": lam, "tau": tau, "seed": seed, "cost": cost})
     return out

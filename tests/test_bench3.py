@@ -158,6 +158,20 @@ def test_bench3_suite_is_registered_beside_the_old_one():
         assert not getattr(DATASETS.get(name), "data_seed_follows_run", False)
 
 
+@bank_installed
+def test_class_counts_of_both_benches_come_from_their_sets():
+    from ncprompt.pocket import suite as S
+
+    sizes = S3.suite_sizes(3)
+    assert list(sizes) == S3.SUITE3 and all(k > 1 for k in sizes.values())
+    assert sizes["b3_hands"] == len(S3.SETS3["b3_hands"].select())
+    assert S3.class_count("b3_generic_sketch") == len(S3.SETS3["b3_generic_sketch"].select())
+    assert list(S3.suite_sizes(1)) == S.SUITE
+    assert S3.class_count("emoji_animals") == len(S.SETS["emoji_animals"].select())
+    with pytest.raises(KeyError, match="not a pocket suite dataset"):
+        S3.class_count("imagenet")
+
+
 def test_data_seed_follows_run_seed_for_bench3_only():
     assert dataset_options("b3_hands", {}, 3) == {"seed": 3}
     assert dataset_options("emoji_hands_openmoji", {}, 3) == {}  # the earlier suite: its builder's data seed 0

@@ -293,7 +293,7 @@ def _grid_script(monkeypatch):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     sizes = {"big": 500, "mid": 100, "small": 10, "b3_generic": 500}
-    monkeypatch.setattr(mod, "classes", sizes.__getitem__)
+    monkeypatch.setattr("ncprompt.pocket.suite3.class_count", sizes.__getitem__)
     return mod
 
 
@@ -336,7 +336,7 @@ def test_a_lambda_study_runs_on_validation_only_and_its_choice_is_recorded(monke
     """--npt-lambda L1 L2 gives one NPT cell per lambda (both lambdas = L) beside one control; on the test split
     of seeds 1-5 it is refused before anything runs (a choice made on the reported numbers)."""
     g = _grid_script(monkeypatch)
-    monkeypatch.setattr(g, "classes", lambda d: 10)
+    monkeypatch.setattr("ncprompt.pocket.suite3.class_count", lambda d: 10)
     seen = {}
     monkeypatch.setattr(g, "run_part", lambda a, name, part: seen.update(jobs=g.jobs(a, part), a=a) or 0)
     with pytest.raises(SystemExit, match="--split val and seeds outside 1-5"):

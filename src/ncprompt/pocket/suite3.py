@@ -92,6 +92,19 @@ SUITE3 = [n for n, s in SETS3.items() if s.source is None]
 VARIANTS3 = [n for n, s in SETS3.items() if s.source is not None]
 
 
+def class_count(name: str) -> int:
+    """Classes of a pocket dataset of bench 1 or 3 (variants included); KeyError for other names."""
+    found = SETS3.get(name) or S.SETS.get(name)
+    if found is None:
+        raise KeyError(f"{name!r} is not a pocket suite dataset")
+    return len(found.select())
+
+
+def suite_sizes(bench: int) -> dict[str, int]:
+    """{dataset: classes} of bench 3's suite (``bench`` 3) or the earlier one (``bench`` 1), in suite order."""
+    return {d: class_count(d) for d in (SUITE3 if bench == 3 else S.SUITE)}
+
+
 def allowed_artworks(concepts: list[int], split: str, test_artist: str | None = None) -> torch.Tensor:
     """``(K, A)`` bool: the artworks a split of these classes is drawn from."""
     r = torch.from_numpy(B3.roles()[concepts])
