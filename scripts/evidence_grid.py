@@ -270,9 +270,10 @@ def run_part(a: argparse.Namespace, name: str, part: list[dict[str, Any]]) -> in
     def current() -> list[dict[str, Any]]:
         return [rows.get(_key(j)) or pending[_key(j)] for j in todo if _key(j) in rows or _key(j) in pending]
 
+    to_run = sum(j["cost"] for j in todo if _key(j) not in pending) / a.workers  # estimated seconds, by the model
     print(f"[{name}] {len(todo)} cells ({len(pending)} with a saved row: {path}"
           f"{' and --reuse-rows' if a.reuse_rows else ''}), {a.workers} workers,"
-          f" estimate {sum(c['cost'] for c in part) / a.workers:.0f} s", flush=True)
+          f" estimate {to_run:.0f} s for the {len(todo) - len(pending)} without", flush=True)
     import torch
 
     def meta() -> dict[str, Any]:
@@ -302,6 +303,11 @@ def run_part(a: argparse.Namespace, name: str, part: list[dict[str, Any]]) -> in
             if r is not None:
                 rows[_key(job)] = r
                 write_compact(current(), path, meta())
+                if r != prior.get(_key(job)):  # ran now: a progress line (a reused row is silent)
+                    to_run -= job["cost"] / a.workers
+                    print(f"[{name}] {len(rows)}/{len(todo)} {job['run_dir']}: HM {r.get('hm', float('nan')):.2f},"
+                          f" {float(r.get('seconds') or 0):.0f} s; about {max(to_run, 0) / 60:.0f} min left",
+                          flush=True)
     write_compact(current(), path, meta())
     print(f"[{name}] {len(rows)} of {len(todo)} cells finished in {time.time() - t0:.0f} s; {path}", flush=True)
     return 1 if failed else 0

@@ -395,7 +395,7 @@ def test_a_saved_row_is_reused_only_while_its_setting_weights_and_data_are_uncha
     assert Path(job["run_dir"], "results.json").is_file() and again["new"] == first["new"]
 
 
-def test_a_part_writes_its_rows_as_cells_finish_and_a_rerun_passes_them_back(tmp_path, monkeypatch):
+def test_a_part_writes_its_rows_as_cells_finish_and_a_rerun_passes_them_back(tmp_path, monkeypatch, capsys):
     """run_part writes the compact JSON after every finished cell (interrupted: what finished is kept, marked
     incomplete), and a rerun hands each cell its saved row (cell_row decides whether it stands)."""
     import concurrent.futures as cf
@@ -418,6 +418,9 @@ def test_a_part_writes_its_rows_as_cells_finish_and_a_rerun_passes_them_back(tmp
 
     monkeypatch.setattr(g, "cell_row", fake)
     assert g.run_part(a, "p", [{"cost": 1}] * 4) == 1
+    out = capsys.readouterr().out
+    assert "estimate 4 s for the 4 without" in out and f"[p] 3/4 {a.out}/c3: HM nan, 0 s; about 0 min left" in out
+    assert out.count("min left") == 3  # a progress line per finished cell
     data = json.loads((tmp_path / "res" / "p.json").read_text())
     assert [r["run"] for r in data["rows"]] == [f"{a.out}/c{i}" for i in (0, 1, 3)]
     assert data["meta"]["finished"] == 3 and data["meta"]["complete"] is False and len(data["meta"]["failed"]) == 1
@@ -434,8 +437,11 @@ def test_a_part_writes_its_rows_as_cells_finish_and_a_rerun_passes_them_back(tmp
     assert [r["run"] for r in kept["rows"]] == [f"{a.out}/c{i}" for i in (0, 1, 3)] and not kept["meta"]["complete"]
     seen.clear()
     monkeypatch.setattr(g, "cell_row", lambda job, row: fake(job, row) if row else {"run": job["run_dir"]})
+    capsys.readouterr()
     assert g.run_part(a, "p", [{"cost": 1}] * 4) == 0
     assert sorted(r is not None for _, r in seen) == [True, True, True]  # c2 ran, the others were handed back
+    out = capsys.readouterr().out
+    assert "estimate 1 s for the 1 without" in out and out.count("min left") == 1  # a reused row is silent
     done = json.loads((tmp_path / "res" / "p.json").read_text())
     assert done["meta"]["complete"] is True and len(done["rows"]) == 4
     # another part (a new lambda beside the same controls) may take p's rows: --reuse-rows hands them to its cells
