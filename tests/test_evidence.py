@@ -254,6 +254,13 @@ def test_compact_parts_read_back_as_the_runs(tmp_path):
     a = write_evidence(direct, tmp_path / "a", n_boot=100)
     b = write_evidence(collect([tmp_path / "parts"]), tmp_path / "b", n_boot=100)
     assert a["verdicts"] == b["verdicts"] and "scripts/evidence_grid.sh b2n-1" in b["commands"]
+    assert "| p1 | 4 | ? / ? | – | – |" in (tmp_path / "b" / "evidence.md").read_text()  # no wall time recorded
+    meta = {"part": "p2", "cells": 6, "finished": 4, "complete": False, "wall_s": 1234.5,
+            "machine": {"cpus": 2, "workers": 2, "torch": "2.x"}}
+    write_compact(back, tmp_path / "p2.json", meta)
+    write_evidence(collect([tmp_path / "p2.json"]), tmp_path / "c", n_boot=100)
+    assert "| p2 | 4 | 4 / 6 (partial) | 1,234 s | cpus 2, workers 2, torch 2.x |" in (
+        tmp_path / "c" / "evidence.md").read_text()
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(EvidenceError, match="not an evidence part"):
         collect([tmp_path / "bad.json"])

@@ -368,6 +368,23 @@ def verdict_table(verdicts: list[dict[str, Any]]) -> str:
         for v in verdicts)
 
 
+def parts_table(rows: list[dict[str, Any]]) -> str:
+    """One line per part the rows came from: its runs here, cells finished of its cells, wall time, machine."""
+    used: dict[str, int] = defaultdict(int)
+    for r in rows:
+        if r.get("part"):
+            used[json.dumps(r["part"], sort_keys=True)] += 1
+    lines = ["| part | runs here | finished / cells | wall | machine |", "|---|---|---|---|---|"]
+    for key in sorted(used):
+        m = json.loads(key)
+        mach = m.get("machine") or {}
+        where = ", ".join(f"{k} {mach[k]}" for k in ("cpus", "workers", "cpu", "torch") if mach.get(k) is not None)
+        wall = f"{float(m['wall_s']):,.0f} s" if m.get("wall_s") is not None else "–"
+        done = f"{m.get('finished', '?')} / {m.get('cells', '?')}" + ("" if m.get("complete", True) else " (partial)")
+        lines.append(f"| {m.get('part') or '?'} | {used[key]} | {done} | {wall} | {where or '–'} |")
+    return "\n".join(lines) + "\n"
+
+
 def _pooled_line(acc: str, pool: dict[str, Any], what: str) -> str:
     return (f"| {acc} | pooled, {what} fixed effect ({pool['datasets']} groups; Pearson r of within-group "
             f"residuals) | {pool['n']} | {_fmt(pool['r'], '.3f')} | {_p(pool['p'])} | {pool['why']} |")
@@ -483,6 +500,9 @@ def write_evidence(rows: list[dict[str, Any]], out_dir: str | Path, *, allow_unp
            correlation_table(corr)]
     if fig:
         md += ["## NPT gain vs tau", "", f"![NPT HM gain vs tau]({fig.name})", ""]
+    if parts:
+        md += ["## Parts", "", "Runs taken over from another part (`--reuse-rows`) count in each part that lists "
+               "them; wall time is the part's own, on the machine named.", "", parts_table(rows)]
     md += ["## Commands", "", "```"] + (doc["commands"] or ["(not recorded)"]) + ["```", ""]
     atomic_write_bytes(out / "evidence.md", "\n".join(md).encode())
     return doc
