@@ -40,8 +40,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "bench_whole_suite"
 METHODS = ["zeroshot", "linear_probe", "coop", "kgcoop", "cocoop", "maple", "ivlp", "promptsrc", "prograd", "tcp"]
-#: the bench's suite and model
-BENCHES = {3: "pocket-b3", 1: "pocket"}  # bench: its model
+#: each bench's model (its suite: ncprompt.pocket.suite3.suite_sizes)
+BENCHES = {3: "pocket-b3", 1: "pocket"}
 
 
 def method_config(method: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:

@@ -6,6 +6,7 @@ real writers (RunFolder: config.yaml and inputs.json; write_results: results.jso
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -500,5 +501,5 @@ def test_verdicts_do_not_depend_on_the_string_hash_seed():
             "from ncprompt.analysis.evidence import decide, pair_runs; "
             "print(json.dumps(decide(pair_runs(t._grid())[0], n_boot=50), sort_keys=True))")
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                           env={**__import__("os").environ, "PYTHONHASHSEED": str(h)}).stdout for h in (1, 2, 3)}
+                           env={**os.environ, "PYTHONHASHSEED": str(h)}).stdout for h in (1, 2, 3)}
     assert len(outs) == 1

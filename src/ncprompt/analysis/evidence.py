@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -368,12 +368,9 @@ def verdict_table(verdicts: list[dict[str, Any]]) -> str:
         for v in verdicts)
 
 
-def parts_table(rows: list[dict[str, Any]]) -> str:
-    """One line per part the rows came from: its runs here, cells finished of its cells, wall time, machine."""
-    used: dict[str, int] = defaultdict(int)
-    for r in rows:
-        if r.get("part"):
-            used[json.dumps(r["part"], sort_keys=True)] += 1
+def parts_table(used: Counter[str]) -> str:
+    """One line per part (``used``: its meta as sorted-key JSON -> its runs here): runs, cells finished of its
+    cells, wall time, machine."""
     lines = ["| part | runs here | finished / cells | wall | machine |", "|---|---|---|---|---|"]
     for key in sorted(used):
         m = json.loads(key)
@@ -467,7 +464,8 @@ def write_evidence(rows: list[dict[str, Any]], out_dir: str | Path, *, allow_unp
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     fig = gain_figure(verdicts, out / "gain_vs_tau.png")
-    parts = sorted({json.dumps(m, sort_keys=True) for r in rows if (m := r.get("part"))})
+    used = Counter(json.dumps(m, sort_keys=True) for r in rows if (m := r.get("part")))
+    parts = sorted(used)
     splits = sorted({str((r.get("setting") or {}).get("data.eval_split") or "test") for r in rows})
     doc = {"runs": len(rows), "pairs": len(pairs), "eval_splits": splits, "unpaired": unpaired,
            "repeated_seeds": repeated,
@@ -502,7 +500,7 @@ def write_evidence(rows: list[dict[str, Any]], out_dir: str | Path, *, allow_unp
         md += ["## NPT gain vs tau", "", f"![NPT HM gain vs tau]({fig.name})", ""]
     if parts:
         md += ["## Parts", "", "Runs taken over from another part (`--reuse-rows`) count in each part that lists "
-               "them; wall time is the part's own, on the machine named.", "", parts_table(rows)]
+               "them; wall time is the part's own, on the machine named.", "", parts_table(used)]
     md += ["## Commands", "", "```"] + (doc["commands"] or ["(not recorded)"]) + ["```", ""]
     atomic_write_bytes(out / "evidence.md", "\n".join(md).encode())
     return doc
