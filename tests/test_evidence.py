@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 
 import pytest
 
@@ -19,6 +20,7 @@ from ncprompt.analysis.evidence import (
     decide,
     multiplicity_lines,
     pair_runs,
+    parts_table,
     read_compact,
     result_row,
     summary_line,
@@ -267,6 +269,13 @@ def test_compact_parts_read_back_as_the_runs(tmp_path):
         collect([tmp_path / "bad.json"])
     write_compact([], tmp_path / "empty.json")
     assert read_compact(tmp_path / "empty.json") == []
+
+
+def test_parts_table_orders_parts_by_name_with_numbers_as_numbers():
+    used = Counter({json.dumps({"part": n, "cells": 1, "finished": 1}, sort_keys=True): 1
+                    for n in ("b2n-10", "lam1-1", "b2n-9", "b2n-1", "")})
+    names = [line.split("|")[1].strip() for line in parts_table(used).splitlines()[2:]]
+    assert names == ["?", "b2n-1", "b2n-9", "b2n-10", "lam1-1"]
 
 
 def test_tiny_real_grid_end_to_end(tmp_path, one_thread, capsys):

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -368,11 +369,17 @@ def verdict_table(verdicts: list[dict[str, Any]]) -> str:
         for v in verdicts)
 
 
+def _part_order(key: str) -> tuple[tuple[Any, ...], str]:
+    """Sort key for a part's meta JSON: its name with numbers compared as numbers (b2n-9 before b2n-10)."""
+    name = str(json.loads(key).get("part") or "")
+    return tuple(int(t) if i % 2 else t for i, t in enumerate(re.split(r"(\d+)", name))), key
+
+
 def parts_table(used: Counter[str]) -> str:
     """One line per part (``used``: its meta as sorted-key JSON -> its runs here): runs, cells finished of its
     cells, wall time, machine."""
     lines = ["| part | runs here | finished / cells | wall | machine |", "|---|---|---|---|---|"]
-    for key in sorted(used):
+    for key in sorted(used, key=_part_order):
         m = json.loads(key)
         mach = m.get("machine") or {}
         where = ", ".join(f"{k} {mach[k]}" for k in ("cpus", "workers", "cpu", "torch") if mach.get(k) is not None)
@@ -465,7 +472,7 @@ def write_evidence(rows: list[dict[str, Any]], out_dir: str | Path, *, allow_unp
     out.mkdir(parents=True, exist_ok=True)
     fig = gain_figure(verdicts, out / "gain_vs_tau.png")
     used = Counter(json.dumps(m, sort_keys=True) for r in rows if (m := r.get("part")))
-    parts = sorted(used)
+    parts = sorted(used, key=_part_order)
     splits = sorted({str((r.get("setting") or {}).get("data.eval_split") or "test") for r in rows})
     doc = {"runs": len(rows), "pairs": len(pairs), "eval_splits": splits, "unpaired": unpaired,
            "repeated_seeds": repeated,
