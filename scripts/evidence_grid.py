@@ -98,17 +98,27 @@ CHOSEN_LAMBDAS = {
          "(benchmarks/results/evidence-lambda/lambda-1.json, docs/evidence-lambda/)",
 }
 
+#: the seeds whose validation runs made the choices in :data:`CHOSEN_LAMBDAS`: a chosen lambda is not reported on
+#: their test splits (the same trained prompts chose it)
+CHOICE_SEEDS = frozenset({6, 7})
+
 
 def choices_made(a: argparse.Namespace) -> dict[str, str]:
     """What this part's options change from :data:`CHOICES` (recorded in its JSON), and a one-line refusal of a
-    non-default lambda evaluated on the test split of seeds 1-5 (a choice made on the reported numbers)."""
+    non-default lambda evaluated on the test split of seeds 1-5 (a choice made on the reported numbers) or of a
+    chosen lambda on the test split of the seeds that chose it (:data:`CHOICE_SEEDS`)."""
     out = {"split": f"data.eval_split {a.split}"}
     if a.npt_lambda is not None:
         lams = " / ".join(f"{x:g}" for x in a.npt_lambda)
         out["npt"] = (f"lambda_lc = lambda_mi = {lams} (--npt-lambda), other NPTConfig defaults; "
                       f"evaluated on {a.split}, seeds {' '.join(map(str, a.seeds))}")
         unchosen = [x for x in a.npt_lambda if x not in CHOSEN_LAMBDAS]
-        if a.split == "test" and set(a.seeds) & {1, 2, 3, 4, 5} and not unchosen:
+        choosers = sorted(set(a.seeds) & CHOICE_SEEDS)
+        if a.split == "test" and not unchosen and choosers:
+            sys.exit(f"evidence_grid: seed(s) {' '.join(map(str, choosers))} chose lambda on their validation split, "
+                     "so their test numbers at that lambda are not independent of the choice; report seeds outside "
+                     f"{' '.join(map(str, sorted(CHOICE_SEEDS)))} (e.g. --seeds 8 9 10 11 12)")
+        if a.split == "test" and not unchosen:
             out["npt"] += "; chosen on validation data: " + " | ".join(CHOSEN_LAMBDAS[x] for x in a.npt_lambda)
         elif a.split == "test" and set(a.seeds) & {1, 2, 3, 4, 5}:
             sys.exit(f"evidence_grid: --npt-lambda {' '.join(f'{x:g}' for x in unchosen)} on the test split of seeds "

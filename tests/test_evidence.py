@@ -362,6 +362,13 @@ def test_a_lambda_study_runs_on_validation_only_and_its_choice_is_recorded(monke
     assert 7.0 not in g.CHOSEN_LAMBDAS and 1.0 in g.CHOSEN_LAMBDAS  # 1: chosen on validation, so test may run it
     assert g.main(["run", "b2n-1", "--datasets", "b3_hands", "--methods", "coop", "--no-dg", "--npt-lambda", "1"]) == 0
     assert "chosen on validation data: lambda_lc = lambda_mi = 1: " in g.choices_made(seen.pop("a"))["npt"]
+    with pytest.raises(SystemExit, match=r"seed\(s\) 6 chose lambda on their validation split"):
+        g.main(["run", "b2n-1", "--datasets", "b3_hands", "--methods", "coop", "--no-dg", "--npt-lambda", "1",
+                "--seeds", "6", "8"])  # the seeds that chose lambda do not report it on test
+    assert "a" not in seen
+    assert g.main(["run", "b2n-1", "--datasets", "b3_hands", "--methods", "coop", "--no-dg", "--npt-lambda", "1",
+                   "--seeds", "8", "9"]) == 0  # more seeds where a verdict is close: the choice's text goes along
+    assert "chosen on validation data" in g.choices_made(seen.pop("a"))["npt"]
     assert g.main(["run", "b2n-1", "--datasets", "b3_hands", "--methods", "coop", "--no-dg", "--npt-lambda", "1",
                    "10", "--split", "val", "--seeds", "6", "7", "--taus", "0.06"]) == 0
     cfgs = [j["config"] for j in seen["jobs"]]
