@@ -280,7 +280,8 @@ def run_part(a: argparse.Namespace, name: str, part: list[dict[str, Any]]) -> in
     def current() -> list[dict[str, Any]]:
         return [rows.get(_key(j)) or pending[_key(j)] for j in todo if _key(j) in rows or _key(j) in pending]
 
-    to_run = sum(j["cost"] for j in todo if _key(j) not in pending) / a.workers  # estimated seconds, by the model
+    estimated = {_key(j) for j in todo if _key(j) not in pending}  # the cells in the estimate
+    to_run = sum(j["cost"] for j in todo if _key(j) in estimated) / a.workers  # estimated seconds, by the model
     print(f"[{name}] {len(todo)} cells ({len(pending)} with a saved row: {path}"
           f"{' and --reuse-rows' if a.reuse_rows else ''}), {a.workers} workers,"
           f" estimate {to_run:.0f} s for the {len(todo) - len(pending)} without", flush=True)
@@ -314,9 +315,11 @@ def run_part(a: argparse.Namespace, name: str, part: list[dict[str, Any]]) -> in
                 rows[_key(job)] = r
                 write_compact(current(), path, meta())
                 if r != prior.get(_key(job)):  # ran now: a progress line (a reused row is silent)
-                    to_run -= job["cost"] / a.workers
+                    # a stale saved row's cell was never in the estimate, so it leaves the minutes left alone
+                    to_run -= job["cost"] / a.workers if _key(job) in estimated else 0.0
+                    stale = "" if _key(job) in estimated else " (its saved row was stale: rerun)"
                     print(f"[{name}] {len(rows)}/{len(todo)} {job['run_dir']}: HM {r.get('hm', float('nan')):.2f},"
-                          f" {float(r.get('seconds') or 0):.0f} s; about {max(to_run, 0) / 60:.0f} min left",
+                          f" {float(r.get('seconds') or 0):.0f} s{stale}; about {max(to_run, 0) / 60:.0f} min left",
                           flush=True)
     write_compact(current(), path, meta())
     print(f"[{name}] {len(rows)} of {len(todo)} cells finished in {time.time() - t0:.0f} s; {path}", flush=True)

@@ -468,6 +468,13 @@ def test_a_part_writes_its_rows_as_cells_finish_and_a_rerun_passes_them_back(tmp
     assert "estimate 1 s for the 1 without" in out and out.count("min left") == 1  # a reused row is silent
     done = json.loads((tmp_path / "res" / "p.json").read_text())
     assert done["meta"]["complete"] is True and len(done["rows"]) == 4
+    # a saved row found stale is rerun and said so; it was never in the estimate, so it leaves the minutes alone
+    monkeypatch.setattr(g, "cell_row", lambda job, row: {**row, "hm": 5.0} if job["run_dir"].endswith("c0") else row)
+    assert g.run_part(a, "p", [{"cost": 1}] * 4) == 0
+    out = capsys.readouterr().out
+    assert "estimate 0 s for the 0 without" in out and out.count("min left") == 1
+    assert f"{a.out}/c0: HM 5.00, 0 s (its saved row was stale: rerun); about 0 min left" in out
+    monkeypatch.setattr(g, "cell_row", fake)
     # another part (a new lambda beside the same controls) may take p's rows: --reuse-rows hands them to its cells
     seen.clear()
     a.reuse_rows = [str(tmp_path / "res" / "p.json")]
