@@ -349,6 +349,19 @@ def test_grid_part_of_a_custom_grid_gets_its_own_name_and_exact_command(monkeypa
     assert g.main(argv[:-2]) == 0 and seen["name"] == "b2n-1"  # default: the part's own name
 
 
+def test_zero_shot_is_a_reference_cell_without_an_npt_twin(monkeypatch):
+    g = _grid_script(monkeypatch)
+    monkeypatch.setattr("ncprompt.pocket.suite3.class_count", lambda d: 10)
+    seen = {}
+    monkeypatch.setattr(g, "run_part", lambda a, name, part: seen.update(jobs=g.jobs(a, part)) or 0)
+    assert g.main(["run", "b2n-1", "--datasets", "b3_hands", "--methods", "zeroshot", "coop", "--no-dg", "--seeds", "1",
+                   "--taus", "1", "0.06", "--npt-lambda", "1"]) == 0
+    cfgs = sorted((j["config"]["method"]["name"], j["config"]["npt"]["enabled"],
+                   j["config"]["data"]["imbalance"] or 1.0) for j in seen["jobs"])
+    assert cfgs == [("coop", False, 0.06), ("coop", False, 1.0), ("coop", True, 0.06), ("coop", True, 1.0),
+                    ("zeroshot", False, 0.06), ("zeroshot", False, 1.0)]  # one zero-shot cell per tau, no twin
+
+
 def test_a_lambda_study_runs_on_validation_only_and_its_choice_is_recorded(monkeypatch, capsys):
     """--npt-lambda L1 L2 gives one NPT cell per lambda (both lambdas = L) beside one control; on the test split
     of seeds 1-5 it is refused before anything runs (a choice made on the reported numbers)."""
