@@ -322,8 +322,9 @@ def run_part(a: argparse.Namespace, name: str, part: list[dict[str, Any]]) -> in
                 write_compact(current(), path, meta())
                 if r != prior.get(_key(job)):  # ran now: a progress line (a reused row is silent)
                     # a stale saved row's cell was never in the estimate, so it leaves the minutes left alone
-                    to_run -= job["cost"] / a.workers if _key(job) in estimated else 0.0
-                    stale = "" if _key(job) in estimated else " (its saved row was stale: rerun)"
+                    fresh = _key(job) in estimated
+                    to_run -= job["cost"] / a.workers if fresh else 0.0
+                    stale = "" if fresh else " (its saved row was stale: rerun)"
                     print(f"[{name}] {len(rows)}/{len(todo)} {job['run_dir']}: HM {r.get('hm', float('nan')):.2f},"
                           f" {float(r.get('seconds') or 0):.0f} s{stale}; about {max(to_run, 0) / 60:.0f} min left",
                           flush=True)
